@@ -1,0 +1,37 @@
+"""Shared fixtures. Real images live in ../shared/data (never copied into the repo).
+
+With CI=true the real-image tests must run: a missing data folder fails them instead of skipping,
+and the session fails if no test marked ``realdata`` passed.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+_realdata_passed = 0
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real-image folder; fails under CI and skips elsewhere when it is missing."""
+    if not (SHARED_DATA / "azgcb_sample").is_dir():
+        message = f"real images not found at {SHARED_DATA}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: real-image tests must run)")
+        pytest.skip(message)
+    return SHARED_DATA
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    global _realdata_passed
+    if report.when == "call" and report.passed and "realdata" in report.keywords:
+        _realdata_passed += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if IN_CI and exitstatus == 0 and _realdata_passed == 0:
+        print("\nCI=true but no real-image (realdata) test passed: failing the run")
+        session.exitstatus = 1
