@@ -123,3 +123,150 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
     if out is not None:
         lines += ["", f"manifest written to {out}"]
     emit(fmt, payload, "\n".join(lines))
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--lines", type=int, default=4, show_default=True, help="cell lines")
+@click.option("--batches", type=int, default=2, show_default=True, help="batches per cell line")
+@click.option("--positions", type=int, default=2, show_default=True, help="positions per batch")
+@click.option("--timepoints", type=int, default=4, show_default=True, help="images per position")
+@click.option("--seed", type=int, default=0, show_default=True)
+@format_option
+def synth(
+    out: Path, lines: int, batches: int, positions: int, timepoints: int, seed: int, fmt: str
+) -> None:
+    """Write a synthetic Incucyte-like export (deterministic for a seed)."""
+    from clanet_store.exports.synth import synth_export
+
+    total = lines * batches * positions * timepoints
+    with progress("rendering", "image", total=max(total, 0)) as bar:
+        try:
+            result = synth_export(
+                out, lines, batches, positions, timepoints, seed, on_image=lambda _: bar.update()
+            )
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    rows = [
+        {"cell_line": line, "batch": b.name, "prefix": b.prefix, "interval_h": b.interval_h,
+         "seeding_per_mm2": round(b.seeding_per_mm2), "start_h": round(b.start_min / 60, 2)}
+        for line, styles in result.batches.items()
+        for b in styles
+    ]  # fmt: skip
+    payload = {
+        "root": str(result.root),
+        "cell_lines": len(result.lines),
+        "sequences": result.n_sequences,
+        "images": result.n_images,
+        "seed": seed,
+        "batches": rows,
+    }
+    human = (
+        f"{out}: {len(result.lines)} cell lines, {len(rows)} batches, {result.n_sequences} "
+        f"sequences, {result.n_images} images (seed {seed})\n\n"
+        + render_table(rows, list(rows[0]))
+    )
+    emit(fmt, payload, human)
+
+
+store_option = click.option(
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="CLANET_STORE",
+    required=True,
+    help="store directory (default: $CLANET_STORE)",
+)
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@main.command()
+@click.argument("export_root", type=click.Path(path_type=Path))
+@store_option
+@click.option("--plate-map", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--workers", type=click.IntRange(min=1), help="local worker processes (default: cores)")
+@click.option("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+@click.option("--wait", is_flag=True, help="wait for another writer instead of failing")
+@click.option("--strict", is_flag=True, help="exit non-zero if any image is rejected")
+@click.option(
+    "--commit-every",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="images per table commit (fewer = less rework after a crash, more table versions)",
+)
+@format_option
+def ingest(
+    export_root: Path,
+    store: Path,
+    plate_map: Path | None,
+    workers: int | None,
+    scheduler: str | None,
+    wait: bool,
+    strict: bool,
+    commit_every: int,
+    fmt: str,
+) -> None:
+    """Scan an export, extract mask + CCS patches on Dask, write them into the store."""
+    from clanet_store.pipelines.ingest import ingest as run_ingest
+
+    with progress("ingesting", "image") as bar:
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = run_ingest(
+            export_root, store, plate_map, workers, scheduler, wait, update, commit_every
+        )
+    r = report.as_dict()
+    lines = [
+        f"{store}: {r['images_added']} images added, {r['images_replaced']} replaced, "
+        f"{r['images_skipped']} skipped (already stored), {r['images_rejected']} rejected; "
+        f"{r['patches_added']} patches added",
+        f"{r['seconds']:.1f} s, {r['images_per_s']:.2f} images/s on {r['workers']} workers",
+    ]
+    if r["recovered_rows"]:
+        lines.append(f"recovered from an interrupted run: {r['recovered_rows']} orphan rows removed")
+    if not (r["images_added"] or r["images_replaced"] or r["images_rejected"]):
+        lines.append("nothing new to ingest")
+    if r["rejects"]:
+        lines += ["", "rejected files:", render_table(r["rejects"], ["path", "reason"])]
+    emit(fmt, r, "\n".join(lines))
+    processed = r["images_added"] + r["images_replaced"]
+    if strict and r["images_rejected"]:
+        raise click.ClickException(f"{r['images_rejected']} image(s) rejected (--strict)")
+    if r["images_rejected"] and not processed and not r["images_skipped"]:
+        raise click.ClickException("no image could be ingested")
+
+
+@main.command()
+@store_option
+@format_option
+def info(store: Path, fmt: str) -> None:
+    """Counts per cell line and batch, time range, size on disk, table versions, rejects."""
+    from clanet_store.stores.patch_store import PatchStore
+    from clanet_store.stores.summary import store_info
+
+    r = store_info(PatchStore(store))
+    versions = ", ".join(f"{k} v{v}" for k, v in r["table_versions"].items())
+    lines = [
+        f"{r['store']}: {r['cell_lines']} cell lines, {r['batches']} batches, "
+        f"{r['sequences']} sequences, {r['images']} images, {r['patches']} patches, "
+        f"{r['rejected']} rejected",
+        f"size on disk {_human_size(r['size_bytes'])}; table versions: {versions}",
+    ]
+    if r["images"]:
+        lines.append(f"time points {r['t_min_h']:.2f} h to {r['t_max_h']:.2f} h")
+        cols = ["cell_line", "batch", "sequences", "images", "patches", "t_min_h", "t_max_h",
+                "mean_confluency"]  # fmt: skip
+        lines += ["", render_table(r["per_batch"], cols)]
+    if r["rejects"]:
+        lines += ["", "rejected files:", render_table(r["rejects"], ["path", "reason"])]
+    emit(fmt, r, "\n".join(lines))
