@@ -51,5 +51,7 @@ def load_schema(name: str) -> pa.Schema:
 
 
 def schema_version(name: str) -> int:
-    """The version number of table ``name``'s layout."""
+    """The version number of table ``name``'s layout; 0 for a table this code does not know."""
+    if not (SCHEMA_DIR / f"{name}.json").exists():
+        return 0
     return int(load_schema(name).metadata[b"version"])

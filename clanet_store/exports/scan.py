@@ -123,7 +123,7 @@ def scan_export(
         if on_file is not None:
             on_file()
         try:
-            row = _image_row(root, rel, parts, plates)
+            row = _image_row(str(root), rel, parts, plates)
         except (NameParseError, HeaderError, OSError, _Reject) as exc:
             rejects.append((rel, _reason(exc)))
             continue
@@ -164,7 +164,7 @@ def _reason(exc: Exception) -> str:
 
 
 def _image_row(
-    root: Path, rel: str, parts: tuple[str, ...], plates: dict[tuple[str, str], tuple[str, str]]
+    root: str, rel: str, parts: tuple[str, ...], plates: dict[tuple[str, str], tuple[str, str]]
 ) -> dict:
     name = parse_name(rel.rsplit("/", 1)[-1])
     plate = plates.get((name.prefix, name.well))
@@ -177,9 +177,9 @@ def _image_row(
     else:
         cell_line = parts[0]
         batch = parts[1] if len(parts) == 2 else (plate[1] if plate else name.prefix)
-    full = root / rel
-    header = read_header(str(full))
-    stat = full.stat()
+    full = os.path.join(root, rel)
+    header = read_header(full)
+    stat = os.stat(full)
     return {
         "image_id": short_hash(rel),
         "path": rel,

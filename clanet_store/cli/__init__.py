@@ -1,0 +1,10 @@
+"""The ``clanet-store`` command line: parse arguments, call one library function, print.
+
+One module per group of commands; each registers its commands on ``main`` when imported. Every
+reporting command takes ``--format table|json``; failures exit non-zero with one line.
+"""
+
+from clanet_store.cli import exports  # noqa: F401  (registers the commands)
+from clanet_store.cli.app import main
+
+__all__ = ["main"]

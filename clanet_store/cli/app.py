@@ -1,0 +1,70 @@
+"""The ``clanet-store`` group and what every command shares: options, progress bars, output."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from clanet_store import __version__
+from clanet_store.errors import ClanetError
+from clanet_store.textout import to_json
+
+
+class _Group(click.Group):
+    """Turn ``ClanetError`` into click's one-line ``Error: ...`` and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClanetError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="human-readable table or machine-readable JSON",
+)
+
+
+@contextmanager
+def progress(desc: str, unit: str, total: int | None = None):
+    """A progress bar on stderr (silent when stderr is not a terminal)."""
+    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False) as bar:
+        yield bar
+
+
+def emit(fmt: str, payload: dict, human: str) -> None:
+    """Print the JSON payload or the human text."""
+    click.echo(to_json(payload) if fmt == "json" else human)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="clanet-store")
+def main() -> None:
+    """clanet-store: a feature store for cross-batch cell line authentication (CLANet)."""
+
+
+store_option = click.option(
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="CLANET_STORE",
+    required=True,
+    help="store directory (default: $CLANET_STORE)",
+)
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
