@@ -1,0 +1,79 @@
+"""The MIL bag (one sequence of patch embeddings, SPEC 1 and 6) and its padded batch form."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class Bag:
+    """One sequence: the K patch embeddings of each of its T images, in time order.
+
+    key: sequence id; label: class index (cell line); batch: batch key (``cell_line/batch``);
+    position: flask position (well/location[/crop]) within the batch; times: (T,) float64 hours,
+    ascending; embeddings: (T, K, D) float32; mask: (T, K) bool, False in the slots of an image
+    that has fewer than K patches (whatever values those slots hold are ignored). Compared by
+    identity (the arrays make field equality meaningless).
+    """
+
+    key: str
+    label: int
+    batch: str
+    position: str
+    times: np.ndarray
+    embeddings: np.ndarray
+    mask: np.ndarray
+
+    def __post_init__(self) -> None:
+        n_images, k = self.mask.shape
+        if self.embeddings.shape[:2] != (n_images, k) or self.times.shape != (n_images,):
+            raise ValueError(
+                f"bag {self.key}: times {self.times.shape}, embeddings {self.embeddings.shape} "
+                f"and mask {self.mask.shape} disagree"
+            )
+        if n_images == 0 or not self.mask.any():
+            raise ValueError(f"bag {self.key}: no patch")
+        if np.any(np.diff(self.times) < 0):
+            raise ValueError(f"bag {self.key}: times are not sorted")
+
+
+def collate(
+    bags: Sequence[Bag],
+    indices_per_bag: Sequence[np.ndarray | None] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Pad bags into one batch: ``x[B, N, D]`` and ``mask[B, N]``, N = the largest bag.
+
+    ``indices_per_bag[b]`` selects the images (time indices, ascending) of bag b that take part (a
+    TSS sample, a part of the sequence); None takes them all. The instances of a bag are its
+    selected images' K slots in time order, image by image; padding and missing patches are zero
+    with mask False. Every selected set must hold at least one patch. ``dtype``: x's (float64 in
+    tests).
+    """
+    if indices_per_bag is None:
+        indices_per_bag = [None] * len(bags)
+    pairs = list(zip(bags, indices_per_bag, strict=True))
+    n_images = [len(bag.times) if index is None else len(index) for bag, index in pairs]
+    k, dim = bags[0].embeddings.shape[1:]
+    x = np.zeros((len(bags), max(n_images) * k, dim), dtype=bags[0].embeddings.dtype)
+    mask = np.zeros(x.shape[:2], dtype=bool)
+    for b, (bag, index) in enumerate(pairs):
+        n = n_images[b] * k
+        images = x[b, :n].reshape(n_images[b], k, dim)
+        if index is None:
+            images[...] = bag.embeddings
+            mask[b, :n] = bag.mask.reshape(n)
+        else:  # straight into the batch, without a copy of the selected images in between
+            np.take(bag.embeddings, index, axis=0, out=images)
+            mask[b, :n] = bag.mask[index].reshape(n)
+        valid = mask[b, :n]
+        if not valid.any():
+            raise ValueError(f"bag {bag.key}: the selected images hold no patch")
+        if not valid.all():
+            x[b, :n][~valid] = 0  # whatever the bag holds in its missing slots
+    return torch.from_numpy(x).to(dtype), torch.from_numpy(mask)

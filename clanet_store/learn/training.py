@@ -1,0 +1,313 @@
+"""Batched MIL training with TSS and Eq. 14 weighted gradient accumulation (SPEC 6), model files.
+
+A mini-batch of ``batch_bags`` sequences is one padded forward/backward of
+``loss = sum_b (W_b / sum W) * L_b`` (L_b: the bag's cross-entropy, W_b: its Eq. 12 TSS weight, 1
+without TSS). Its gradient is by linearity the reference's per-bag accumulation (each bag's
+gradient scaled by ``W_b / sum W``), kept here as `per_bag_backward` for the test and the
+benchmark. SGD as in the reference code; inference runs on full sequences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clanet_store.learn.aggregators import AGGREGATORS, MILAggregator, build_aggregator
+from clanet_store.learn.bags import Bag, collate
+from clanet_store.learn.splits import Split
+from clanet_store.learn.tss import (
+    IntervalPrior,
+    draw_intervals,
+    fit_interval_prior,
+    floor_mean_gap,
+    tss_sample,
+)
+
+MODEL_FORMAT = "clanet-mil"
+MODEL_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MILConfig:
+    """Everything that defines a training run (SPEC 6 defaults: the reference code's values).
+
+    aggregator: one of `aggregators.AGGREGATORS`; tss: Time-series Segment Sampling on/off; k:
+    patch slots per image the bags must have; alpha1, alpha2: the Eq. 12 coefficients;
+    tss_candidates, tss_sigma: the T_e prior, None = fitted on the training sequences (reference:
+    `tss.REFERENCE_CANDIDATES`, `tss.REFERENCE_SIGMA`); seed: model init, shuffling and TSS.
+    """
+
+    aggregator: str = "gated"
+    tss: bool = True
+    k: int = 10
+    epochs: int = 2000
+    lr: float = 5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_bags: int = 32
+    alpha1: float = 1.0
+    alpha2: float = 1.0
+    tss_candidates: tuple[int, ...] | None = None
+    tss_sigma: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.aggregator not in AGGREGATORS:
+            raise ValueError(f"unknown aggregator {self.aggregator!r}; choose one of {AGGREGATORS}")
+        if self.epochs < 0 or self.batch_bags < 1 or self.k < 1:
+            raise ValueError("epochs must be >= 0, batch_bags and k >= 1")
+        if self.alpha1 <= 0 or self.alpha2 < 0:
+            raise ValueError("alpha1 must be > 0 (every TSS weight then is too), alpha2 >= 0")
+        if self.tss_candidates is not None:
+            object.__setattr__(self, "tss_candidates", tuple(int(c) for c in self.tss_candidates))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class MiniBatch:
+    """The bags of one optimiser step, each with its TSS image indices (None = all) and weight."""
+
+    bags: list[Bag]
+    indices: list[np.ndarray | None]
+    weights: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class MILModel:
+    """A loaded model file: the module (in eval mode) and what it was trained with."""
+
+    model: MILAggregator
+    config: MILConfig
+    classes: tuple[str, ...]
+    split: Split | None
+    encoder_model_id: str
+
+
+def init_model(config: MILConfig, dim: int, n_classes: int) -> MILAggregator:
+    """The aggregator of ``config`` initialised from ``config.seed`` (the global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_aggregator(config.aggregator, dim, n_classes)
+
+
+def plan_epoch(
+    bags: Sequence[Bag],
+    mus: np.ndarray,
+    prior: IntervalPrior | None,
+    config: MILConfig,
+    rng: np.random.Generator,
+) -> list[MiniBatch]:
+    """One epoch: the bags shuffled into mini-batches, each bag TSS-sampled (prior None: no TSS).
+
+    ``mus``: each bag's ``mu_s`` (`tss.floor_mean_gap`), in the order of ``bags``.
+    """
+    order = rng.permutation(len(bags))
+    if prior is None:
+        samples = [(None, 1.0)] * len(bags)
+    else:
+        intervals = draw_intervals(mus[order], prior, rng)
+        samples = [
+            tss_sample(bags[i].times, mus[i], t_e, rng, config.alpha1, config.alpha2)
+            for i, t_e in zip(order, intervals, strict=True)
+        ]
+    return [
+        MiniBatch(
+            bags=[bags[i] for i in order[start : start + config.batch_bags]],
+            indices=[index for index, _ in samples[start : start + config.batch_bags]],
+            weights=np.array([w for _, w in samples[start : start + config.batch_bags]]),
+        )
+        for start in range(0, len(bags), config.batch_bags)
+    ]
+
+
+def _weighted_loss(
+    model: MILAggregator,
+    bags: Sequence[Bag],
+    indices: Sequence[np.ndarray | None],
+    shares: np.ndarray,
+) -> tuple[Tensor, int]:
+    """``sum_b shares_b * L_b`` over one padded batch, and how many bags it classifies right."""
+    x, mask = collate(bags, indices, next(model.parameters()).dtype)
+    y = torch.tensor([bag.label for bag in bags])
+    losses, logits = model.loss(x, mask, y)
+    weighted = (torch.as_tensor(shares, dtype=losses.dtype) * losses).sum()
+    return weighted, int((logits.argmax(dim=1) == y).sum())
+
+
+def batched_backward(model: MILAggregator, batch: MiniBatch) -> tuple[float, int]:
+    """Eq. 14 as one padded forward/backward; returns the loss and the number classified right."""
+    loss, correct = _weighted_loss(
+        model, batch.bags, batch.indices, batch.weights / batch.weights.sum()
+    )
+    loss.backward()
+    return loss.item(), correct
+
+
+def per_bag_backward(model: MILAggregator, batch: MiniBatch) -> tuple[float, int]:
+    """The reference's Eq. 14: one forward/backward per bag, its loss scaled by ``W_b / sum W``.
+
+    Only the baseline of the gradient test and of ``benchmarks/bench_mil.py``.
+    """
+    shares = batch.weights / batch.weights.sum()
+    total, correct = 0.0, 0
+    for b in range(len(batch.bags)):
+        loss, right = _weighted_loss(
+            model, batch.bags[b : b + 1], batch.indices[b : b + 1], shares[b : b + 1]
+        )
+        loss.backward()
+        total, correct = total + loss.item(), correct + right
+    return total, correct
+
+
+def train_epoch(
+    model: MILAggregator,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[MiniBatch],
+    backward: Callable[[MILAggregator, MiniBatch], tuple[float, int]] = batched_backward,
+) -> dict[str, float]:
+    """One optimiser step per mini-batch; the epoch's mean weighted loss and training accuracy."""
+    model.train()
+    loss_sum, correct, n_bags = 0.0, 0, 0
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss, right = backward(model, batch)
+        optimizer.step()
+        loss_sum += loss * len(batch.bags)
+        correct += right
+        n_bags += len(batch.bags)
+    return {"loss": loss_sum / n_bags, "accuracy": correct / n_bags}
+
+
+def make_optimizer(model: MILAggregator, config: MILConfig) -> torch.optim.SGD:
+    """SGD with the reference code's momentum and weight decay."""
+    return torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def train_mil(
+    bags: Sequence[Bag],
+    classes: Sequence[str],
+    config: MILConfig,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[MILAggregator, dict[str, Any]]:
+    """Train a bag classifier on ``bags`` (labels index ``classes``); deterministic for a seed.
+
+    ``progress`` receives each epoch's stats (epoch, loss, accuracy, seconds). Returns the model
+    in eval mode and the history ``{"tss_candidates", "tss_sigma", "epochs": [stats, ...]}`` (the
+    TSS prior is None without TSS).
+    """
+    if not bags:
+        raise ValueError("no training bags")
+    dims = {bag.embeddings.shape[2] for bag in bags}
+    slots = {bag.embeddings.shape[1] for bag in bags}
+    if len(dims) != 1 or slots != {config.k}:
+        raise ValueError(f"bags must share one D and have k={config.k} slots: D {dims}, K {slots}")
+    if not all(0 <= bag.label < len(classes) for bag in bags):
+        raise ValueError(f"a bag label is outside the {len(classes)} classes")
+    model = init_model(config, dims.pop(), len(classes))
+    optimizer = make_optimizer(model, config)
+    rng = np.random.default_rng(config.seed)
+    prior = (
+        fit_interval_prior([b.times for b in bags], config.tss_candidates, config.tss_sigma)
+        if config.tss
+        else None
+    )
+    mus = np.array([floor_mean_gap(bag.times) for bag in bags])
+    history: dict[str, Any] = {
+        "tss_candidates": None if prior is None else list(prior.candidates),
+        "tss_sigma": None if prior is None else prior.sigma,
+        "epochs": [],
+    }
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        stats = train_epoch(model, optimizer, plan_epoch(bags, mus, prior, config, rng))
+        stats = {"epoch": epoch, **stats, "seconds": time.perf_counter() - start}
+        history["epochs"].append(stats)
+        if progress is not None:
+            progress(stats)
+    return model.eval(), history
+
+
+def predict_proba(
+    model: MILAggregator,
+    bags: Sequence[Bag],
+    indices_per_bag: Sequence[np.ndarray | None] | None = None,
+    batch_bags: int = 32,
+) -> np.ndarray:
+    """Softmax (n_bags, C) on full sequences (or the images ``indices_per_bag`` selects)."""
+    if not bags:
+        return np.zeros((0, model.classifier.out_features))
+    if indices_per_bag is None:
+        indices_per_bag = [None] * len(bags)
+    dtype = next(model.parameters()).dtype
+    model.eval()
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(bags), batch_bags):
+            end = start + batch_bags
+            x, mask = collate(bags[start:end], indices_per_bag[start:end], dtype)
+            chunks.append(torch.softmax(model(x, mask), dim=1).numpy())
+    return np.concatenate(chunks).astype(np.float64)
+
+
+def save_model(
+    path: str | Path,
+    model: MILAggregator,
+    config: MILConfig,
+    classes: Sequence[str],
+    split: Split | None,
+    encoder_model_id: str,
+) -> None:
+    """Write a model file: weights, config, class list, split and the encoder's model_id.
+
+    Loads with ``torch.load(weights_only=True)``; the embeddings a model is applied to must come
+    from the encoder ``encoder_model_id`` (the caller checks that against the store).
+    """
+    torch.save(
+        {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "config": config.as_dict(),
+            "classes": list(classes),
+            "dim": model.classifier.in_features,
+            "split": None if split is None else split.as_dict(),
+            "encoder_model_id": encoder_model_id,
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
+
+
+def load_model(path: str | Path) -> MILModel:
+    """Read a file written by `save_model`; raises ValueError naming the file if it is not one."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("format") != MODEL_FORMAT or data.get("version") != MODEL_VERSION:
+            raise ValueError(f"not a {MODEL_FORMAT} v{MODEL_VERSION} model file")
+        config = MILConfig(**data["config"])
+        model = build_aggregator(config.aggregator, data["dim"], len(data["classes"]))
+        model.load_state_dict(data["state_dict"])
+        split = None if data["split"] is None else Split.from_dict(data["split"])
+    except (
+        OSError,
+        RuntimeError,
+        pickle.UnpicklingError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as error:
+        raise ValueError(f"{path}: cannot load the MIL model ({error})") from error
+    return MILModel(model.eval(), config, tuple(data["classes"]), split, data["encoder_model_id"])
