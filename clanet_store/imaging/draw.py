@@ -1,0 +1,35 @@
+"""Picture of an extraction, like the paper's Fig. 5 and 9: mask outline and ranked red boxes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from clanet_store.imaging.extract import Extraction
+
+OUTLINE = (0, 255, 255)  # cyan: border of the cell mask
+OVERLAY_TINT = (0, 0, 255)  # blue wash over excluded overlay pixels
+BOX = (255, 0, 0)
+
+
+def draw_extraction(grey: np.ndarray, extraction: Extraction, path: str | Path) -> None:
+    """Write a PNG of ``grey`` with the mask outline, the overlays tinted and the boxes ranked."""
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    mask = extraction.mask
+    inner = np.zeros_like(mask)
+    inner[1:-1, 1:-1] = (
+        mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    )
+    rgb[mask & ~inner] = OUTLINE
+    ex = extraction.exclude
+    rgb[ex] = (rgb[ex] // 2 + np.array(OVERLAY_TINT, np.uint8) // 2).astype(np.uint8)
+    image = Image.fromarray(rgb)
+    pen = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(12, grey.shape[0] // 40))
+    for box in extraction.boxes:
+        x, y, w, h = (int(box[f]) for f in ("x", "y", "w", "h"))
+        pen.rectangle((x, y, x + w - 1, y + h - 1), outline=BOX, width=3)
+        pen.text((x + 5, y + 3), str(int(box["rank"])), fill=BOX, font=font)
+    image.save(path, format="PNG")

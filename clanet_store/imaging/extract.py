@@ -1,0 +1,89 @@
+"""One image in, everything the store keeps about it out: overlays, mask, CCS boxes and patches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clanet_store.imaging import ccs, decode, mask, overlays
+
+# Bump whenever the boxes, patches or mask of any image would change.
+EXTRACTOR_VERSION = "ccs-1"
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What ``extract`` finds in one grey image.
+
+    mask: cells (bool, H x W). exclude: overlay pixels (bool, H x W). boxes: the CCS structured
+    array (x, y, w, h, density, rank), best first. patches: their pixels, (n, size, size) uint8.
+    confluency: mask fraction of the non-overlay pixels (the paper's confluency). mask_fraction:
+    mask fraction of the whole image.
+    """
+
+    mask: np.ndarray
+    exclude: np.ndarray
+    boxes: np.ndarray
+    patches: np.ndarray
+    confluency: float
+    mask_fraction: float
+
+
+def extract(grey: np.ndarray, k: int = ccs.K_STORED, size: int = ccs.PATCH_SIZE) -> Extraction:
+    """Overlays, brightfield mask and the top ``k`` CCS patches of a uint8 grey image."""
+    exclude = overlays.exclusion_mask(grey.shape, overlays.find_overlays(grey))
+    cells = mask.brightfield_mask(grey, exclude)
+    boxes = ccs.select_patches(grey, cells, k=k, size=size, exclude=exclude)
+    return Extraction(
+        mask=cells,
+        exclude=exclude,
+        boxes=boxes,
+        patches=ccs.crop_patches(grey, boxes, size),
+        confluency=mask.confluency(cells, exclude),
+        mask_fraction=float(np.count_nonzero(cells)) / cells.size,
+    )
+
+
+def extractor_params(k: int = ccs.K_STORED, size: int = ccs.PATCH_SIZE) -> dict[str, Any]:
+    """Every parameter of ``extract``, recorded with the patches (store attributes)."""
+    return {
+        "version": EXTRACTOR_VERSION,
+        "decode": {
+            "working_shape": list(decode.WORKING_SHAPE),
+            "legacy_shape": list(decode.LEGACY_SHAPE),
+            "scale_percentiles": list(decode.SCALE_PERCENTILES),
+        },
+        "overlays": {
+            "bar_min_grey": overlays.BAR_MIN_GREY,
+            "min_bar_length": overlays.MIN_BAR_LENGTH,
+            "bar_margins": dict(overlays.BAR_MARGINS),
+            "box_max_grey": overlays.BOX_MAX_GREY,
+            "min_box": list(overlays.MIN_BOX),
+            "box_margin": overlays.BOX_MARGIN,
+        },
+        "mask": {
+            "percentiles": list(mask.PERCENTILES),
+            "otsu_bins": mask.OTSU_BINS,
+            "canny_sigma": mask.CANNY_SIGMA,
+            "canny_thresholds": list(mask.CANNY_THRESHOLDS),
+            "invert_disagreement": mask.INVERT_DISAGREEMENT,
+            "fill_structure": mask.FILL_STRUCTURE,
+            "max_iterations": mask.MAX_ITERATIONS,
+            "tolerance": mask.TOLERANCE,
+            "min_hole": mask.MIN_HOLE,
+            "min_object": mask.MIN_OBJECT,
+        },
+        "ccs": {
+            "k": k,
+            "patch_size": size,
+            "max_regions": ccs.MAX_REGIONS,
+            "tile_factor": ccs.TILE_FACTOR,
+            "grey_bins": ccs.GREY_BINS,
+            "lbp_points": ccs.LBP_POINTS,
+            "lbp_radius": ccs.LBP_RADIUS,
+            "lbp_bins": ccs.LBP_BINS,
+            "tie_break": "farthest-first",
+        },
+    }
