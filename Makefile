@@ -22,6 +22,8 @@ demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(BIN)/clanet-store synth $(DEMO)/export --lines 4 --batches 2 --positions 2 --timepoints 4 --seed 0
 	$(BIN)/clanet-store scan $(DEMO)/export --out $(DEMO)/manifest.parquet
+	$(BIN)/clanet-store ingest $(DEMO)/export --store $(DEMO)/store
+	$(BIN)/clanet-store info --store $(DEMO)/store
 
 # pytest exits 5 when it collected no tests: that is a failure here, not a pass.
 test: $(STAMP)

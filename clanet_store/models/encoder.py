@@ -244,6 +244,17 @@ def build_encoder(
     return PatchEncoder(backbone, config, Path(weights).name, fmt)
 
 
+def checkpoint_arch(path: str | Path) -> str | None:
+    """The arch a clanet-ssl checkpoint was trained as; None for other formats (timm, DINO).
+
+    Lets ``encode --weights CKPT`` build the right model without being told the arch.
+    """
+    ckpt = _read_checkpoint(Path(path))
+    if isinstance(ckpt, Mapping) and ckpt.get("format") == SSL_FORMAT:
+        return str(ckpt.get("arch"))
+    return None
+
+
 def select_device(name: str = "auto") -> torch.device:
     """``auto`` (CUDA when torch sees a device, else CPU), ``cpu`` or ``cuda``.
 

@@ -1,0 +1,101 @@
+"""Ingest throughput with 1 and 2 Dask workers against bare mask + CCS, measured in one run.
+
+For each image set (the real azgcb_sample repeated to >= 200 images, and a synthetic export):
+
+* ``bare``: ``extract(read_grey(path))`` in a loop in this process, one core (the baseline);
+* ``ingest w=1`` and ``ingest w=2``: ``clanet-store ingest`` into a fresh store with a LocalCluster
+  of 1 or 2 single-threaded workers, end to end (scan, cluster start-up, extraction, Zarr and
+  LanceDB writes, compaction).
+
+Targets (issue 4): 2 workers >= 1.7x one worker; 1 worker >= 0.9x bare.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ingest.py [--copies 3] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from clanet_store.exports.scan import scan_export
+from clanet_store.exports.synth import synth_export
+from clanet_store.imaging.decode import read_grey
+from clanet_store.imaging.extract import extract
+from clanet_store.pipelines.ingest import ingest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "azgcb_sample"
+
+
+def real_export(dest: Path, copies: int) -> Path:
+    """The real sample, ``copies`` times, as cell-line folders ``<line> r<i>`` (symlinked files)."""
+    for i in range(copies):
+        for line in sorted(p for p in SHARED.iterdir() if p.is_dir()):
+            folder = dest / f"{line.name} r{i}"
+            folder.mkdir(parents=True)
+            for f in line.iterdir():
+                (folder / f.name).symlink_to(f)
+    return dest
+
+
+def bare_rate(root: Path) -> float:
+    paths = [root / p for p in scan_export(root).manifest["path"]]
+    start = time.perf_counter()
+    for path in paths:
+        extract(read_grey(path))
+    return len(paths) / (time.perf_counter() - start)
+
+
+def ingest_rate(root: Path, workers: int, tmp: Path) -> float:
+    store = tmp / f"store-w{workers}"
+    shutil.rmtree(store, ignore_errors=True)
+    start = time.perf_counter()
+    report = ingest(root, store, workers=workers)
+    return report.images_added / (time.perf_counter() - start)
+
+
+def measure(label: str, root: Path, tmp: Path) -> dict:
+    n = scan_export(root).manifest.height
+    row = {"images": n, "bare": bare_rate(root)}
+    for w in (1, 2):
+        row[f"ingest_w{w}"] = ingest_rate(root, w, tmp)
+    row["w2_vs_w1"] = row["ingest_w2"] / row["ingest_w1"]
+    row["w1_vs_bare"] = row["ingest_w1"] / row["bare"]
+    print(
+        f"{label:>9}: {n} images | bare {row['bare']:.2f} img/s | ingest 1 worker "
+        f"{row['ingest_w1']:.2f} img/s ({row['w1_vs_bare']:.2f}x bare) | 2 workers "
+        f"{row['ingest_w2']:.2f} img/s ({row['w2_vs_w1']:.2f}x 1 worker)",
+        flush=True,
+    )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=3, help="repeats of the 72 real images")
+    parser.add_argument("--synth-positions", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "python": platform.python_version(),
+    }
+    print(f"machine: {results['machine']}, Python {results['python']}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        results["real"] = measure("real", real_export(tmp / "real", args.copies), tmp)
+        synth = tmp / "synth"
+        synth_export(
+            synth, lines=4, batches=2, positions=args.synth_positions, timepoints=5, seed=1
+        )
+        results["synthetic"] = measure("synthetic", synth, tmp)
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

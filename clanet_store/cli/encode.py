@@ -1,0 +1,73 @@
+"""The ``encode`` command: patch embeddings into LanceDB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from clanet_store.cli.app import emit, format_option, main, progress, store_option
+
+
+@main.command()
+@store_option
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="local checkpoint: timm, original DINO, or clanet-store ssl-train (default: random init)",
+)
+@click.option("--arch", help="timm ViT name (default: from an ssl-train checkpoint, else ViT-S/8)")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the random init")
+@click.option("--normalize", is_flag=True, help="ImageNet mean/std normalisation (off: reference)")
+@click.option("--wait", is_flag=True, help="wait for another writer instead of failing")
+@click.option(
+    "--commit-every",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="patches per table commit (at most this much work is redone after a crash)",
+)
+@format_option
+def encode(
+    store: Path,
+    weights: Path | None,
+    arch: str | None,
+    device: str,
+    batch_size: int,
+    seed: int,
+    normalize: bool,
+    wait: bool,
+    commit_every: int,
+    fmt: str,
+) -> None:
+    """Embed every stored patch that has no embedding for this encoder yet (1536-d for ViT-S/8)."""
+    from clanet_store.pipelines.encode import encode as run_encode
+    from clanet_store.pipelines.encode import load_encoder
+
+    encoder = load_encoder(weights, arch, device, seed, normalize)
+    with progress("encoding", "patch") as bar:
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = run_encode(store, encoder, batch_size, wait, update, commit_every)
+    r = report.as_dict()
+    lines = [
+        f"{store}: {r['patches_encoded']} patches encoded, {r['patches_skipped']} already had an "
+        f"embedding of this model",
+        f"model {r['model_id']} ({r['arch']}, {r['embedding_dim']}-d, weights {r['weights']}) "
+        f"-> table {r['table']}",
+        f"{r['seconds']:.1f} s, {r['patches_per_s']:.1f} patches/s on {r['device']}",
+    ]
+    if r["random_init"]:
+        lines.insert(
+            0,
+            "WARNING: no --weights given: these embeddings come from a RANDOMLY INITIALISED "
+            "encoder (seeded), useful for tests and demos only",
+        )
+    emit(fmt, r, "\n".join(lines))

@@ -1,0 +1,115 @@
+"""Commands that write or describe a store: ``ingest`` and ``info``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from clanet_store.cli.app import (
+    emit,
+    format_option,
+    human_size,
+    main,
+    progress,
+    store_option,
+)
+from clanet_store.textout import render_table
+
+
+@main.command()
+@click.argument("export_root", type=click.Path(path_type=Path))
+@store_option
+@click.option("--plate-map", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="local worker processes (default: one per core)"
+)
+@click.option("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+@click.option("--wait", is_flag=True, help="wait for another writer instead of failing")
+@click.option("--strict", is_flag=True, help="exit non-zero if any image is rejected")
+@click.option(
+    "--commit-every",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="images per table commit (fewer = less rework after a crash, more table versions)",
+)
+@format_option
+def ingest(
+    export_root: Path,
+    store: Path,
+    plate_map: Path | None,
+    workers: int | None,
+    scheduler: str | None,
+    wait: bool,
+    strict: bool,
+    commit_every: int,
+    fmt: str,
+) -> None:
+    """Scan an export, extract mask + CCS patches on Dask, write them into the store."""
+    from clanet_store.pipelines.ingest import ingest as run_ingest
+
+    with progress("ingesting", "image") as bar:
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = run_ingest(
+            export_root, store, plate_map, workers, scheduler, wait, update, commit_every
+        )
+    r = report.as_dict()
+    lines = [
+        f"{store}: {r['images_added']} images added, {r['images_replaced']} replaced, "
+        f"{r['images_skipped']} skipped (already stored), {r['images_rejected']} rejected; "
+        f"{r['patches_added']} patches added",
+        f"{r['seconds']:.1f} s, {r['images_per_s']:.2f} images/s on {r['workers']} workers",
+    ]
+    if r["recovered_rows"]:
+        lines.append(
+            f"recovered from an interrupted run: {r['recovered_rows']} orphan rows removed"
+        )
+    if not (r["images_added"] or r["images_replaced"] or r["images_rejected"]):
+        lines.append("nothing new to ingest")
+    if r["rejects"]:
+        lines += ["", "rejected files:", render_table(r["rejects"], ["path", "reason"])]
+    emit(fmt, r, "\n".join(lines))
+    processed = r["images_added"] + r["images_replaced"]
+    if strict and r["images_rejected"]:
+        raise click.ClickException(f"{r['images_rejected']} image(s) rejected (--strict)")
+    if r["images_rejected"] and not processed and not r["images_skipped"]:
+        raise click.ClickException("no image could be ingested")
+
+
+@main.command()
+@store_option
+@format_option
+def info(store: Path, fmt: str) -> None:
+    """Counts per cell line and batch, time range, size on disk, table versions, rejects."""
+    from clanet_store.stores.patch_store import PatchStore
+    from clanet_store.stores.summary import store_info
+
+    r = store_info(PatchStore(store))
+    versions = ", ".join(f"{k} v{v}" for k, v in r["table_versions"].items())
+    lines = [
+        f"{r['store']}: {r['cell_lines']} cell lines, {r['batches']} batches, "
+        f"{r['sequences']} sequences, {r['images']} images, {r['patches']} patches, "
+        f"{r['rejected']} rejected",
+        f"size on disk {human_size(r['size_bytes'])}; table versions: {versions}",
+    ]
+    if r["images"]:
+        lines.append(f"time points {r['t_min_h']:.2f} h to {r['t_max_h']:.2f} h")
+        cols = [
+            "cell_line",
+            "batch",
+            "sequences",
+            "images",
+            "patches",
+            "t_min_h",
+            "t_max_h",
+            "mean_confluency",
+        ]
+        lines += ["", render_table(r["per_batch"], cols)]
+    if r["rejects"]:
+        lines += ["", "rejected files:", render_table(r["rejects"], ["path", "reason"])]
+    emit(fmt, r, "\n".join(lines))

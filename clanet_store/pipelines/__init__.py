@@ -1,0 +1,1 @@
+"""Orchestration: Dask ingest, batched encode, training loops reading from stores."""

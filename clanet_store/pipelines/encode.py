@@ -1,0 +1,225 @@
+"""``encode``: embed every stored patch that has no embedding for this encoder yet.
+
+Incremental and resumable: the work list is the ``patches`` table minus the patch ids that
+already have a row for this ``model_id``, so a re-run adds nothing and a killed run continues
+where it stopped (rows are committed every ``commit_every`` patches; at most that much work is
+redone). Patches are read from Zarr in row order, in whole batches, by a background thread that
+stays a few batches ahead, so the model never waits on I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import torch
+from lancedb.expr import col
+
+from clanet_store.errors import ClanetError
+from clanet_store.models.encoder import (
+    CheckpointError,
+    EncoderConfig,
+    PatchEncoder,
+    build_encoder,
+    checkpoint_arch,
+    inference_context,
+    select_device,
+)
+from clanet_store.stores import lance
+from clanet_store.stores.embedding_store import (
+    EmbeddingStore,
+    embeddings_schema,
+    embeddings_table_name,
+)
+from clanet_store.stores.lock import writer_lock
+
+META_COLUMNS = (
+    "patch_id",
+    "image_id",
+    "cell_line",
+    "batch",
+    "experiment",
+    "well",
+    "location",
+    "crop",
+    "sequence_id",
+    "timepoint_h",
+    "rank",
+    "density",
+)
+PREFETCH_BATCHES = 4
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class EncodeReport:
+    """What one encode run did (the JSON keys of ``clanet-store encode --format json``)."""
+
+    patches_encoded: int
+    patches_skipped: int
+    seconds: float
+    patches_per_s: float
+    model_id: str
+    weights: str
+    weights_format: str
+    random_init: bool
+    arch: str
+    embedding_dim: int
+    table: str
+    device: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def load_encoder(
+    weights: str | Path | None,
+    arch: str | None,
+    device: str,
+    seed: int = 0,
+    normalize: bool = False,
+) -> PatchEncoder:
+    """The encoder for ``encode``: the arch comes from ``arch``, else from a clanet-ssl
+    checkpoint, else the default ViT-S/8; weights only from a local file or a seeded init."""
+    try:
+        arch = arch or (checkpoint_arch(weights) if weights else None) or EncoderConfig.arch
+        encoder = build_encoder(EncoderConfig(arch=arch, normalize=normalize), weights, seed)
+        return encoder.to(select_device(device))
+    except (CheckpointError, ValueError) as exc:
+        raise ClanetError(str(exc)) from None
+
+
+def _batches(store: EmbeddingStore, rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Patch pixels batch by batch, read by a background thread a few batches ahead."""
+    out: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for start in range(0, len(rows), batch_size):
+                if stop.is_set():
+                    return
+                out.put(store.read_rows(rows[start : start + batch_size]))
+            out.put(None)
+        except Exception as exc:  # handed to the consumer, which raises it
+            out.put(exc)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        while (item := out.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                out.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+def _register_model(store: EmbeddingStore, encoder: PatchEncoder, table: str) -> None:
+    if not store.models().filter(pl.col("model_id") == encoder.model_id).is_empty():
+        return
+    row = {
+        "model_id": encoder.model_id,
+        "arch": encoder.config.arch,
+        "img_size": encoder.config.img_size,
+        "embedding_dim": encoder.embedding_dim,
+        "config": json.dumps(encoder.config.as_dict(), sort_keys=True),
+        "weights_source": encoder.weights_source,
+        "weights_format": encoder.weights_format,
+        "random_init": encoder.random_init,
+        "table": table,
+        "created_at": datetime.now(UTC).replace(tzinfo=None),
+    }
+    models = lance.open_table(store.db, "models", create=True)
+    store.register_table("models")
+    lance.upsert(models, lance.to_arrow([row], "models"), "model_id")
+
+
+def encode(
+    store_path: str | Path,
+    encoder: PatchEncoder,
+    batch_size: int = 64,
+    wait: bool = False,
+    progress: Progress | None = None,
+    commit_every: int = 2048,
+) -> EncodeReport:
+    """Embed the store's patches that lack an embedding for ``encoder``; see the module doc."""
+    start = time.perf_counter()
+    store = EmbeddingStore(store_path)
+    dim = encoder.embedding_dim
+    name = embeddings_table_name(dim)
+    schema = embeddings_schema(dim)
+    with writer_lock(store.path, wait=wait):
+        table = lance.open_table(store.db, name, create=True, schema=schema)
+        store.register_table(name)
+        _register_model(store, encoder, name)
+        done = lance.read(table, ["patch_id"], where=col("model_id") == encoder.model_id)
+        patches = store.patches_table([*META_COLUMNS, "row"])
+        todo = patches.join(done, on="patch_id", how="anti").sort("row")
+        meta = todo.select(META_COLUMNS).to_arrow()
+        pending: list[pa.Table] = []
+        encoded = 0
+        device = encoder.device
+        with inference_context(device):
+            for pixels in _batches(store, todo["row"].to_numpy(), batch_size):
+                x = torch.from_numpy(pixels)
+                if device.type == "cuda":
+                    x = x.pin_memory()
+                vectors = encoder(x.to(device, non_blocking=True)).cpu().numpy()
+                pending.append(
+                    _rows(meta.slice(encoded, len(vectors)), vectors, encoder.model_id, schema)
+                )
+                encoded += len(vectors)
+                if sum(t.num_rows for t in pending) >= commit_every:
+                    table.add(pa.concat_tables(pending))
+                    pending = []
+                if progress is not None:
+                    progress(encoded, todo.height)
+        if pending:
+            table.add(pa.concat_tables(pending))
+        if encoded:
+            table.optimize()
+    seconds = time.perf_counter() - start
+    return EncodeReport(
+        patches_encoded=encoded,
+        patches_skipped=patches.height - todo.height,
+        seconds=seconds,
+        patches_per_s=encoded / seconds if seconds else 0.0,
+        model_id=encoder.model_id,
+        weights=encoder.weights_source,
+        weights_format=encoder.weights_format,
+        random_init=encoder.random_init,
+        arch=encoder.config.arch,
+        embedding_dim=dim,
+        table=name,
+        device=str(device),
+    )
+
+
+def _rows(meta: pa.Table, vectors: np.ndarray, model_id: str, schema: pa.Schema) -> pa.Table:
+    """Arrow rows of the embeddings layout for one batch."""
+    n, dim = vectors.shape
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+    columns = {
+        **{name: meta.column(name) for name in META_COLUMNS},
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        "model_id": pa.array([model_id] * n, pa.string()),
+        "created_at": pa.array([datetime.now(UTC).replace(tzinfo=None)] * n, pa.timestamp("us")),
+    }
+    return pa.table(columns).cast(schema)

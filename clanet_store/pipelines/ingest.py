@@ -1,0 +1,363 @@
+"""``ingest``: scan an export, mask + CCS on a Dask cluster, patches and rows into the store.
+
+Data flow and guarantees:
+
+* Dask workers only compute (read, hash, decode, mask, CCS) and return patches; the driver is the
+  one writer. Workers therefore need to see the export files but never the store, so the same code
+  runs on a ``LocalCluster`` or on a remote cluster (``scheduler``).
+* Each image's patches go to its own slot, one whole Zarr chunk (``stores.patch_store``), written
+  before any row refers to it. Rows are committed in groups: ``patches`` rows first, then the
+  ``images`` row, which is the commit marker. ``recover`` deletes patch rows that no ``images`` row
+  vouches for (a run killed between the two writes), so ``kill -9`` at any moment followed by the
+  same command ends with the store a clean run produces.
+* Incremental: an image whose size, mtime and extractor version match its row is skipped without
+  reading it; one whose bytes hash to the stored hash is skipped after hashing; one whose content
+  changed is re-extracted and its old patch rows deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from distributed import Client, LocalCluster, as_completed
+from lancedb.expr import col
+
+from clanet_store.exports.scan import scan_export, short_hash
+from clanet_store.imaging.decode import read_grey
+from clanet_store.imaging.extract import EXTRACTOR_VERSION, extract, extractor_params
+from clanet_store.stores import lance
+from clanet_store.stores.lock import writer_lock
+from clanet_store.stores.patch_store import SLOT_SIZE, PatchStore
+
+FLUSH_IMAGES = 64
+FLUSH_SECONDS = 5.0
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did (the JSON keys of ``clanet-store ingest --format json``)."""
+
+    images_added: int = 0
+    images_replaced: int = 0
+    images_skipped: int = 0
+    images_rejected: int = 0
+    patches_added: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    workers: int = 0
+    recovered_rows: int = 0
+    rejects: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def extract_file(path: str, known_hash: str | None = None) -> dict[str, Any]:
+    """Worker task: read, hash, decode, mask + CCS one file. Never raises: errors become rejects."""
+    try:
+        with open(path, "rb") as f:
+            content_hash = hashlib.sha1(f.read()).hexdigest()[:16]
+    except OSError as exc:
+        return {"status": "rejected", "error": f"cannot read file: {exc.strerror or exc}"}
+    if content_hash == known_hash:
+        return {"status": "unchanged", "content_hash": content_hash}
+    try:
+        result = extract(read_grey(path), k=SLOT_SIZE)
+    except Exception as exc:  # a bad image must reject one file, never stop the run
+        return {"status": "rejected", "error": str(exc), "content_hash": content_hash}
+    return {
+        "status": "ok",
+        "content_hash": content_hash,
+        "patches": result.patches,
+        "boxes": result.boxes,
+        "confluency": result.confluency,
+        "mask_fraction": result.mask_fraction,
+    }
+
+
+@contextmanager
+def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Client]:
+    """A client on an existing scheduler, or on a LocalCluster of single-threaded processes."""
+    if scheduler:
+        with Client(scheduler, timeout="30s") as client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    with (
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def recover(store: PatchStore) -> int:
+    """Delete patch rows that no ``images`` row vouches for; return how many were deleted."""
+    patches = store.patches_table(["patch_id", "image_id", "content_hash"])
+    if patches.height == 0:
+        return 0
+    good = store.images(["image_id", "content_hash", "status"]).filter(pl.col("status") == "ok")
+    stale = patches.join(good.drop("status"), on=["image_id", "content_hash"], how="anti")
+    return lance.delete_where_in(store.table("patches"), "patch_id", stale["patch_id"].to_list())
+
+
+def _patch_rows(image: dict, result: dict, rows: np.ndarray) -> list[dict]:
+    keys = (
+        "image_id",
+        "cell_line",
+        "batch",
+        "experiment",
+        "well",
+        "location",
+        "crop",
+        "sequence_id",
+        "timepoint_h",
+    )
+    base = {k: image[k] for k in keys}
+    out = []
+    for box, row in zip(result["boxes"], rows, strict=True):
+        x, y = int(box["x"]), int(box["y"])
+        ident = f"{image['image_id']}|{result['content_hash']}|{x}|{y}|{EXTRACTOR_VERSION}"
+        out.append(
+            {
+                **base,
+                "patch_id": short_hash(ident),
+                "content_hash": result["content_hash"],
+                "rank": int(box["rank"]),
+                "x": x,
+                "y": y,
+                "w": int(box["w"]),
+                "h": int(box["h"]),
+                "density": float(box["density"]),
+                "row": int(row),
+            }
+        )
+    return out
+
+
+def _image_row(image: dict, status: str, **values: Any) -> dict:
+    return {
+        **image,
+        "status": status,
+        "error": None,
+        "content_hash": None,
+        "confluency": None,
+        "mask_fraction": None,
+        "patch_count": 0,
+        "slot": None,
+        "extractor_version": EXTRACTOR_VERSION,
+        "ingested_at": datetime.now(UTC).replace(tzinfo=None),
+        **values,
+    }
+
+
+def _plan(manifest: pl.DataFrame, existing: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Manifest rows to (re)process, with the stored hash if any; and how many are skipped."""
+    current = existing.filter(pl.col("extractor_version") == EXTRACTOR_VERSION).select(
+        "image_id",
+        pl.col("file_size").alias("_size"),
+        pl.col("mtime_ns").alias("_mtime"),
+        pl.col("content_hash").alias("known_hash"),
+        pl.col("status").alias("_status"),
+    )
+    joined = manifest.join(current, on="image_id", how="left")
+    same_file = (pl.col("_size") == pl.col("file_size")) & (pl.col("_mtime") == pl.col("mtime_ns"))
+    todo = joined.filter(~same_file.fill_null(False))
+    known_ok = pl.when(pl.col("_status") == "ok").then(pl.col("known_hash"))
+    todo = todo.with_columns(known_hash=known_ok).drop("_size", "_mtime", "_status")
+    return todo, joined.height - todo.height
+
+
+def ingest(
+    export_root: str | Path,
+    store_path: str | Path,
+    plate_map: str | Path | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    wait: bool = False,
+    progress: Progress | None = None,
+    commit_every: int = FLUSH_IMAGES,
+) -> IngestReport:
+    """Ingest an export into a store (created if missing); see the module docstring."""
+    start = time.perf_counter()
+    scan = scan_export(export_root, plate_map)
+    store = PatchStore(store_path, create=True, extractor=extractor_params())
+    with writer_lock(store.path, wait=wait):
+        writer = _Writer(store, commit_every)
+        writer.record_scan_rejects(scan.rejects)
+        todo, writer.report.images_skipped = _plan(scan.manifest, writer.existing)
+        writer.report.images_skipped += writer.scan_rejects_skipped
+        if todo.height:
+            writer.run(Path(export_root), todo, workers, scheduler, progress)
+        writer.finish()
+    report = writer.report
+    report.seconds = time.perf_counter() - start
+    processed = report.images_added + report.images_replaced
+    report.images_per_s = processed / report.seconds if report.seconds else 0.0
+    return report
+
+
+class _Writer:
+    """The one writer: slots, Zarr writes, grouped row commits, recovery. Holds no Dask state."""
+
+    def __init__(self, store: PatchStore, commit_every: int):
+        self.store = store
+        self.commit_every = commit_every
+        self.report = IngestReport(recovered_rows=recover(store))
+        self.existing = store.images(
+            [
+                "image_id",
+                "path",
+                "status",
+                "error",
+                "file_size",
+                "mtime_ns",
+                "content_hash",
+                "extractor_version",
+                "slot",
+            ]
+        )
+        used = self.existing["slot"].drop_nulls()
+        self.next_slot = int(used.max()) + 1 if used.len() else 0
+        self.stored_ok = set(self.existing.filter(pl.col("status") == "ok")["image_id"])
+        self.images: list[dict] = []
+        self.patches: list[dict] = []
+        self.scan_rejects_skipped = 0
+
+    def record_scan_rejects(self, rejects: pl.DataFrame) -> None:
+        """Files the scan rejected (bad names, unreadable headers) become ``rejected`` rows."""
+        known = set(
+            self.existing.filter(pl.col("status") == "rejected").select("path", "error").iter_rows()
+        )
+        for path, reason in rejects.iter_rows():
+            if (path, reason) in known:
+                self.scan_rejects_skipped += 1
+            else:
+                self._reject({"image_id": short_hash(path), "path": path}, reason, None)
+        self.flush()
+
+    def run(
+        self,
+        root: Path,
+        todo: pl.DataFrame,
+        workers: int | None,
+        scheduler: str | None,
+        progress: Progress | None,
+    ) -> None:
+        """Map ``extract_file`` over ``todo`` on Dask, a bounded window of tasks in flight."""
+        self.store.ensure_slots(self.next_slot + todo.height)
+        images = todo.to_dicts()
+        last_flush = time.monotonic()
+        with dask_client(workers, scheduler) as client:
+            self.report.workers = len(client.scheduler_info()["workers"])
+            queue = iter(range(len(images)))
+            running = as_completed()
+            owner: dict[Any, int] = {}
+
+            def submit(i: int) -> None:
+                path = str(root / images[i]["path"])
+                future = client.submit(extract_file, path, images[i]["known_hash"], pure=False)
+                owner[future] = i
+                running.add(future)
+
+            for i in _take(queue, 2 * max(self.report.workers, 1) + 2):
+                submit(i)
+            for done, future in enumerate(running, start=1):
+                self.handle(images[owner.pop(future)], future.result())
+                future.release()
+                for i in _take(queue, 1):
+                    submit(i)
+                if progress is not None:
+                    progress(done, len(images))
+                if (
+                    len(self.images) >= self.commit_every
+                    or time.monotonic() - last_flush > FLUSH_SECONDS
+                ):
+                    self.flush()
+                    last_flush = time.monotonic()
+        self.flush()
+
+    def handle(self, image: dict, result: dict) -> None:
+        """Write one worker result: pixels now, rows at the next flush."""
+        row = {k: v for k, v in image.items() if k != "known_hash"}
+        if result["status"] == "unchanged":
+            self.images.append(_image_row(row, "ok", **self._kept(image["image_id"])))
+            return
+        if result["status"] == "rejected":
+            self._reject(row, result["error"], result.get("content_hash"))
+            return
+        slot = self.next_slot
+        self.next_slot += 1
+        rows = self.store.write_slot(slot, result["patches"])
+        self.patches += _patch_rows(row, result, rows)
+        self.images.append(
+            _image_row(
+                row,
+                "ok",
+                content_hash=result["content_hash"],
+                confluency=result["confluency"],
+                mask_fraction=result["mask_fraction"],
+                patch_count=len(rows),
+                slot=slot,
+            )
+        )
+        if image["image_id"] in self.stored_ok:
+            self.report.images_replaced += 1
+        else:
+            self.report.images_added += 1
+        self.report.patches_added += len(rows)
+
+    def _kept(self, image_id: str) -> dict:
+        """The stored values of an unchanged image (only its size / mtime are refreshed)."""
+        old = self.store.images(where=col("image_id") == image_id).row(0, named=True)
+        self.report.images_skipped += 1
+        keep = ("content_hash", "confluency", "mask_fraction", "patch_count", "slot")
+        return {k: old[k] for k in keep}
+
+    def _reject(self, image: dict, reason: str, content_hash: str | None) -> None:
+        self.images.append(_image_row(image, "rejected", error=reason, content_hash=content_hash))
+        self.report.images_rejected += 1
+        self.report.rejects.append({"path": image["path"], "reason": reason})
+
+    def flush(self) -> None:
+        """Commit pending rows: ``patches`` first, then the ``images`` rows that vouch for them."""
+        if self.patches:
+            self.store.table("patches").add(lance.to_arrow(self.patches, "patches"))
+        if self.images:
+            lance.upsert(
+                self.store.table("images"), lance.to_arrow(self.images, "images"), "image_id"
+            )
+        self.patches, self.images = [], []
+
+    def finish(self) -> None:
+        """Drop replaced patch rows, trim unused slots, compact the tables if anything changed."""
+        r = self.report
+        if r.images_replaced or r.images_rejected:
+            recover(self.store)  # the old patch rows of re-extracted or now-rejected images
+        used = self.store.images(["slot"])["slot"].drop_nulls()
+        self.store.ensure_slots(int(used.max()) + 1 if used.len() else 0)
+        if r.images_added or r.images_replaced or r.images_rejected or r.recovered_rows:
+            for name in ("images", "patches"):
+                self.store.table(name).optimize()
+
+
+def _take(items: Iterator, n: int) -> list:
+    return [item for _, item in zip(range(n), items, strict=False)]

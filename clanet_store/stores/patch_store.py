@@ -1,0 +1,207 @@
+"""The patch store on disk: ``store.json``, a Zarr v3 patch array and LanceDB tables.
+
+Layout of a store directory::
+
+    store.json       format name, store layout version, table layout versions, patch geometry
+    patches.zarr/    Zarr v3 array (rows, 112, 112) uint8, Blosc/zstd, one chunk = 20 rows
+    lance/           LanceDB database: tables ``images`` and ``patches`` (layouts in schemas/)
+    .write.lock      advisory lock held by the one writer (see ``stores.lock``)
+
+Each image owns one *slot*: the 20-row block ``slot*20 .. slot*20+19`` of the patch array, which is
+exactly one Zarr chunk, so writing an image is one aligned, whole-chunk write (no read-modify-write,
+no two writers on one chunk). An image with fewer than 20 patches leaves the rest of its block zero;
+the ``patches`` table says which rows hold patches. ``patches.zarr`` is a plain Zarr array and can
+be opened with ``zarr.open_array`` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import numpy as np
+import polars as pl
+import zarr
+from lancedb.expr import Expr, col
+from zarr.codecs import BloscCodec
+
+from clanet_store.errors import ClanetError
+from clanet_store.schemas import schema_version
+from clanet_store.stores import lance
+
+STORE_FORMAT = "clanet-store"
+STORE_VERSION = 1
+PATCH_SIZE = 112
+SLOT_SIZE = 20
+PIXEL_SIZE_UM = 1.24
+TABLES = ("images", "patches")
+
+
+class StoreVersionError(ClanetError):
+    """The store was written by a newer clanet-store with a layout this code does not know."""
+
+
+def table_layout(table: str) -> str:
+    """The schema file a table follows: ``embeddings_<dim>`` tables follow ``embeddings``."""
+    base, _, dim = table.partition("_")
+    return base if base == "embeddings" and dim.isdigit() else table
+
+
+def _check_meta(path: Path, meta: dict) -> None:
+    if meta.get("format") != STORE_FORMAT:
+        raise ClanetError(
+            f"{path}: not a clanet-store store (store.json format is not {STORE_FORMAT})"
+        )
+    if meta.get("store_version", 0) > STORE_VERSION:
+        raise StoreVersionError(
+            f"{path}: store layout version {meta['store_version']} is newer than this clanet-store "
+            f"understands ({STORE_VERSION}); upgrade clanet-store to read it"
+        )
+    for name, version in meta.get("tables", {}).items():
+        known = schema_version(table_layout(name))
+        if version > known:
+            raise StoreVersionError(
+                f"{path}: table {name!r} has layout version {version}, newer than this "
+                f"clanet-store understands ({known}); upgrade clanet-store to read it"
+            )
+
+
+class PatchStore:
+    """A store directory: tables as polars DataFrames, patch pixels as NumPy arrays."""
+
+    def __init__(self, path: str | Path, create: bool = False, extractor: dict | None = None):
+        self.path = Path(path)
+        meta_path = self.path / "store.json"
+        if not meta_path.exists():
+            if not create:
+                raise ClanetError(f"{self.path}: no clanet-store store here (store.json missing)")
+            self._create(extractor or {})
+        self.meta = json.loads(meta_path.read_text())
+        _check_meta(self.path, self.meta)
+        # Readers see every commit at once (a long-lived store object never reads a stale version).
+        self.db = lancedb.connect(self.path / "lance", read_consistency_interval=timedelta(0))
+        self._tables: dict[str, Any] = {}
+        self._array: zarr.Array | None = None
+
+    def _create(self, extractor: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        zarr.create_array(
+            store=str(self.path / "patches.zarr"),
+            shape=(0, PATCH_SIZE, PATCH_SIZE),
+            chunks=(SLOT_SIZE, PATCH_SIZE, PATCH_SIZE),
+            dtype="uint8",
+            compressors=BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle"),
+            fill_value=0,
+            dimension_names=("patch", "y", "x"),
+            attributes={
+                "description": "CCS brightfield patches, grey uint8; rows are listed in the "
+                "LanceDB table 'patches' (column row)",
+                "pixel_size_um": PIXEL_SIZE_UM,
+                "patch_size": PATCH_SIZE,
+                "rows_per_image_slot": SLOT_SIZE,
+                "source": "clanet-store ingest",
+                "extractor": extractor,
+            },
+            overwrite=True,
+        )
+        db = lancedb.connect(self.path / "lance")
+        for name in TABLES:
+            lance.open_table(db, name, create=True)
+        meta = {
+            "format": STORE_FORMAT,
+            "store_version": STORE_VERSION,
+            "tables": {name: schema_version(name) for name in TABLES},
+            "patch_size": PATCH_SIZE,
+            "slot_size": SLOT_SIZE,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        tmp = self.path / "store.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(self.path / "store.json")  # the store exists once this file does
+
+    # --- tables -------------------------------------------------------------------------------
+
+    def table(self, name: str):
+        """The LanceDB table ``name``, opened once (tables do not pickle: one per process)."""
+        if name not in self._tables:
+            self._tables[name] = lance.open_table(self.db, name)
+        return self._tables[name]
+
+    def images(
+        self, columns: Sequence[str] | None = None, where: Expr | None = None
+    ) -> pl.DataFrame:
+        """The ``images`` table as a polars DataFrame."""
+        return lance.read(self.table("images"), columns, where)
+
+    def patches_table(
+        self, columns: Sequence[str] | None = None, where: Expr | None = None
+    ) -> pl.DataFrame:
+        """The ``patches`` table as a polars DataFrame (``where`` e.g. ``col("rank") < 10``)."""
+        return lance.read(self.table("patches"), columns, where)
+
+    # --- pixels -------------------------------------------------------------------------------
+
+    @property
+    def array(self) -> zarr.Array:
+        """The Zarr patch array (rows, 112, 112) uint8."""
+        if self._array is None:
+            self._array = zarr.open_array(str(self.path / "patches.zarr"), mode="r+")
+        return self._array
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Patch pixels for array rows, in the order given (one read per chunk touched)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return np.zeros((0, PATCH_SIZE, PATCH_SIZE), np.uint8)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return self.array.oindex[unique][inverse]
+
+    def patches(self, patch_ids: Sequence[str]) -> np.ndarray:
+        """Patch pixels (n, 112, 112) uint8 for these patch ids, in the order given."""
+        ids = list(patch_ids)
+        found = self.patches_table(["patch_id", "row"], where=col("patch_id").isin(ids))
+        lookup = dict(zip(found["patch_id"], found["row"], strict=True))
+        missing = [p for p in ids if p not in lookup]
+        if missing:
+            raise ClanetError(f"{self.path}: unknown patch id(s) {', '.join(missing[:5])}")
+        return self.read_rows(np.array([lookup[p] for p in ids], dtype=np.int64))
+
+    # --- writer side (call only while holding the writer lock) -------------------------------
+
+    def ensure_slots(self, n_slots: int) -> None:
+        """Grow (or shrink) the patch array to exactly ``n_slots`` image slots."""
+        shape = (n_slots * SLOT_SIZE, PATCH_SIZE, PATCH_SIZE)
+        if self.array.shape != shape:
+            self.array.resize(shape)
+
+    def write_slot(self, slot: int, patches: np.ndarray) -> np.ndarray:
+        """Write an image's patches as one whole chunk; return the array rows they occupy."""
+        block = np.zeros((SLOT_SIZE, PATCH_SIZE, PATCH_SIZE), np.uint8)
+        block[: len(patches)] = patches
+        start = slot * SLOT_SIZE
+        self.array[start : start + SLOT_SIZE] = block
+        return np.arange(start, start + len(patches), dtype=np.int64)
+
+    def register_table(self, name: str) -> None:
+        """Record a new table and the version of its layout in store.json (writer only)."""
+        tables = self.meta.setdefault("tables", {})
+        version = schema_version(table_layout(name))
+        if tables.get(name) == version:
+            return
+        tables[name] = version
+        tmp = self.path / "store.json.tmp"
+        tmp.write_text(json.dumps(self.meta, indent=2))
+        tmp.replace(self.path / "store.json")
+
+    def size_on_disk(self) -> int:
+        """Bytes used by the store directory."""
+        return sum(
+            os.path.getsize(os.path.join(root, f))
+            for root, _, files in os.walk(self.path)
+            for f in files
+        )

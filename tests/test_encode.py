@@ -1,0 +1,136 @@
+"""encode on a real store: stored vectors equal a direct timm computation, checkpoint formats
+share one path and one model_id, re-runs add nothing, and a SIGKILLed run resumes exactly."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import timm
+import torch
+from lancedb.expr import col
+
+from clanet_store.pipelines.encode import encode, load_encoder
+from clanet_store.pipelines.ingest import ingest
+from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+
+BIN = Path(sys.executable).parent
+IMAGES = ("A431/A431_B1_1_00d00h00m.jpg", "HCC 2279/HCC 2279_G7_1_06d04h00m.jpg")
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory, shared_data):
+    root = tmp_path_factory.mktemp("export")
+    for rel in IMAGES:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / "azgcb_sample" / rel, root / rel)
+    path = tmp_path_factory.mktemp("store") / "store"
+    ingest(root, path, workers=1)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.realdata
+def test_stored_embedding_equals_direct_forward_intermediates(store_path, tmp_path):
+    model = timm.create_model("vit_small_patch8_224", pretrained=False, img_size=112, num_classes=0)
+    weights = tmp_path / "vits8.pth"
+    torch.save(model.state_dict(), weights)
+    encoder = load_encoder(weights, None, "cpu")
+    report = encode(store_path, encoder, batch_size=16)
+    store = EmbeddingStore(store_path)
+    n_patches = store.patches_table().height
+    assert report.patches_encoded == n_patches > 0
+    assert (report.embedding_dim, report.table, report.random_init) == (1536, "embeddings", False)
+    table = store.embeddings_arrow(model_id=report.model_id)
+    assert table.num_rows == n_patches
+    got = vectors(table)
+    assert got.shape == (n_patches, 1536)
+    ids = table.column("patch_id").to_pylist()[:5]
+    pixels = store.patches(ids)
+    x = torch.from_numpy(pixels).float().div(255).unsqueeze(1).repeat(1, 3, 1, 1)
+    model.eval()
+    with torch.inference_mode():
+        layers = model.forward_intermediates(
+            x,
+            indices=4,
+            return_prefix_tokens=True,
+            norm=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )
+        expected = torch.cat([prefix[:, 0] for _, prefix in layers], dim=1).numpy()
+    np.testing.assert_allclose(got[:5], expected, atol=1e-5, rtol=0)
+    again = encode(store_path, encoder, batch_size=16)
+    assert (again.patches_encoded, again.patches_skipped) == (0, n_patches)
+
+
+@pytest.mark.realdata
+def test_dino_and_timm_checkpoints_share_model_id_and_rows(store_path, tmp_path):
+    torch.manual_seed(3)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    timm_file = tmp_path / "timm.pth"
+    torch.save(model.state_dict(), timm_file)  # 224 px: pos_embed resized to 112 px on load
+    dino_file = tmp_path / "dino.pth"
+    state = {f"module.backbone.{k}": v for k, v in model.state_dict().items()}
+    head = {"module.head.last_layer.weight": torch.zeros(8, 192)}
+    torch.save({"teacher": {**state, **head}, "student": {}, "epoch": 3}, dino_file)
+    first = encode(store_path, load_encoder(timm_file, "vit_tiny_patch16_224", "cpu"), 32)
+    second = encode(store_path, load_encoder(dino_file, "vit_tiny_patch16_224", "cpu"), 32)
+    assert first.model_id == second.model_id
+    assert (first.table, first.embedding_dim) == ("embeddings_768", 768)
+    assert second.patches_encoded == 0 and second.patches_skipped == first.patches_encoded
+    models = EmbeddingStore(store_path).models()
+    assert models.filter(pl.col("model_id") == first.model_id)["weights_format"].to_list() == [
+        "timm"
+    ]
+
+
+@pytest.mark.realdata
+def test_sigkill_midrun_then_rerun_gives_one_row_per_patch(store_path, tmp_path):
+    path = tmp_path / "store"
+    shutil.copytree(store_path, path)
+    cmd = [str(BIN / "clanet-store"), "encode", "--store", str(path), "--arch"]
+    cmd += ["vit_small_patch8_224", "--batch-size", "4", "--commit-every", "4", "--seed", "7"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, "encode finished before it could be killed"
+            assert time.monotonic() < deadline, "encode committed nothing in time"
+            try:
+                store = EmbeddingStore(path)
+                model = store.models().filter(pl.col("weights_source") == "random-init(seed=7)")
+                mine = col("model_id") == model["model_id"][0] if model.height else None
+                if mine is not None and store.table("embeddings").count_rows(mine.to_sql()):
+                    break
+            except Exception:  # tables not created yet
+                pass
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    partial = EmbeddingStore(path).embeddings(columns=["patch_id"], model_id=model["model_id"][0])
+    n = EmbeddingStore(path).patches_table().height
+    assert 0 < partial.height < n
+    res = subprocess.run([*cmd, "--format", "json"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["random_init"] is True
+    assert report["patches_encoded"] == n - partial.height
+    rows = EmbeddingStore(path).embeddings(columns=["patch_id"], model_id=report["model_id"])
+    assert rows.height == n and rows["patch_id"].n_unique() == n
