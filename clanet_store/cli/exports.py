@@ -102,11 +102,17 @@ def synth(
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
     rows = [
-        {"cell_line": line, "batch": b.name, "prefix": b.prefix, "interval_h": b.interval_h,
-         "seeding_per_mm2": round(b.seeding_per_mm2), "start_h": round(b.start_min / 60, 2)}
+        {
+            "cell_line": line,
+            "batch": b.name,
+            "prefix": b.prefix,
+            "interval_h": b.interval_h,
+            "seeding_per_mm2": round(b.seeding_per_mm2),
+            "start_h": round(b.start_min / 60, 2),
+        }
         for line, styles in result.batches.items()
         for b in styles
-    ]  # fmt: skip
+    ]
     payload = {
         "root": str(result.root),
         "cell_lines": len(result.lines),
