@@ -4,7 +4,13 @@ One module per group of commands; each registers its commands on ``main`` when i
 reporting command takes ``--format table|json``; failures exit non-zero with one line.
 """
 
-from clanet_store.cli import encode, exports, imaging, store  # noqa: F401
+from clanet_store.cli import (  # noqa: F401  (importing a module registers its commands)
+    encode,
+    exports,
+    imaging,
+    search,
+    store,
+)
 from clanet_store.cli.app import main
 
 __all__ = ["main"]

@@ -33,3 +33,32 @@ def draw_extraction(grey: np.ndarray, extraction: Extraction, path: str | Path) 
         pen.rectangle((x, y, x + w - 1, y + h - 1), outline=BOX, width=3)
         pen.text((x + 5, y + 3), str(int(box["rank"])), fill=BOX, font=font)
     image.save(path, format="PNG")
+
+
+def draw_gallery(
+    rows: list[list[tuple[np.ndarray, str]]], path: str | Path, scale: int = 2
+) -> None:
+    """Write a PNG grid of labelled grey patches: one row per query, the query first.
+
+    ``rows`` holds (patch pixels, label) pairs; labels (e.g. line / batch / time) go under each
+    patch, and the first patch of a row (the query) gets a red frame.
+    """
+    side = max((px.shape[0] for row in rows for px, _ in row), default=112) * scale
+    label_h, pad = 3 * 14, 6
+    width = max((len(row) for row in rows), default=1) * (side + pad) + pad
+    height = len(rows) * (side + label_h + pad) + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    pen = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=12)
+    for r, row in enumerate(rows):
+        top = pad + r * (side + label_h + pad)
+        for c, (pixels, label) in enumerate(row):
+            left = pad + c * (side + pad)
+            tile = Image.fromarray(pixels).resize((side, side), Image.Resampling.NEAREST)
+            canvas.paste(tile.convert("RGB"), (left, top))
+            if c == 0:
+                pen.rectangle(
+                    (left - 3, top - 3, left + side + 2, top + side + 2), outline=BOX, width=3
+                )
+            pen.multiline_text((left, top + side + 2), label, fill="black", font=font, spacing=1)
+    canvas.save(path, format="PNG")

@@ -100,6 +100,28 @@ def load_encoder(
         raise ClanetError(str(exc)) from None
 
 
+def encoder_for_model(
+    model: dict, weights: str | Path | None, device: str = "auto"
+) -> PatchEncoder:
+    """Rebuild the encoder that wrote a model's embeddings (a models-table row): from ``weights``
+    for trained encoders, from the recorded seed for a random init; refuse any other encoder."""
+    config = json.loads(model["config"])
+    seed = 0
+    if model["random_init"]:
+        weights, seed = None, int(model["weights_source"].split("seed=")[1].rstrip(")"))
+    elif weights is None:
+        raise ClanetError(
+            f"model {model['model_id']} was made from weights {model['weights_source']}: "
+            "pass that file with --weights"
+        )
+    encoder = load_encoder(weights, config["arch"], device, seed, config["normalize"])
+    if encoder.model_id != model["model_id"]:
+        raise ClanetError(
+            f"{weights}: gives model {encoder.model_id}, not {model['model_id']} (other weights?)"
+        )
+    return encoder
+
+
 def _batches(store: EmbeddingStore, rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     """Patch pixels batch by batch, read by a background thread a few batches ahead."""
     out: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)

@@ -21,6 +21,18 @@ from clanet_store.stores import lance
 from clanet_store.stores.patch_store import PatchStore
 
 DEFAULT_DIM = 1536
+REFINE_FACTOR = 10  # IVF_PQ candidates re-ranked with full vectors: PQ alone loses recall
+NPROBES = 32
+RESULT_COLUMNS = (
+    "patch_id",
+    "image_id",
+    "cell_line",
+    "batch",
+    "well",
+    "location",
+    "timepoint_h",
+    "rank",
+)
 
 
 def embeddings_table_name(dim: int) -> str:
@@ -87,6 +99,67 @@ class EmbeddingStore(PatchStore):
     ) -> pl.DataFrame:
         """Embedding rows as a polars DataFrame (the ``embedding`` column is an Array column)."""
         return pl.from_arrow(self.embeddings_arrow(where, columns, model_id))
+
+    def search(
+        self,
+        query: np.ndarray | str,
+        k: int = 10,
+        where: Expr | None = None,
+        model_id: str | None = None,
+        other_batches: bool = False,
+    ) -> pl.DataFrame:
+        """The k patches nearest (cosine distance) to a vector or to a stored patch id.
+
+        A patch id query leaves the patch itself out, and with ``other_batches`` its whole batch
+        (one (cell_line, batch) pair). Exact below the index size threshold; with an IVF_PQ index,
+        ``REFINE_FACTOR`` x k candidates are re-ranked with the full vectors.
+        """
+        model = self.model_row(model_id)
+        condition = col("model_id") == model["model_id"]
+        if isinstance(query, str):
+            keys = self.patch_keys(query, model["model_id"])
+            condition = condition & (col("patch_id") != query)
+            if other_batches:
+                other = (col("cell_line") != keys["cell_line"]) | (col("batch") != keys["batch"])
+                condition = condition & other
+            query = keys["embedding"]
+        elif other_batches:
+            raise ClanetError("other_batches needs a stored patch id as the query")
+        if query.shape != (model["embedding_dim"],):
+            raise ClanetError(
+                f"query vector has shape {query.shape}, the model gives {model['embedding_dim']}-d"
+            )
+        if where is not None:
+            condition = condition & where
+        table = self.table(model["table"])
+        search = (
+            table.search(query.astype(np.float32), vector_column_name="embedding")
+            .distance_type("cosine")
+            .where(condition, prefilter=True)
+            .select([*RESULT_COLUMNS, "_distance"])
+            .limit(k)
+        )
+        if any(i.columns == ["embedding"] for i in table.list_indices()):
+            search = search.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
+        found = pl.from_arrow(search.to_arrow()).rename({"_distance": "distance"})
+        ids = col("image_id").isin(found["image_id"].to_list())
+        paths = self.images(["image_id", "path"], where=ids)
+        return found.join(paths, on="image_id", how="left").sort("distance")
+
+    def patch_keys(self, patch_id: str, model_id: str | None = None) -> dict:
+        """A stored patch's embedding (NumPy), cell line, batch and image id."""
+        rows = self.embeddings(
+            where=col("patch_id") == patch_id,
+            columns=["embedding", "cell_line", "batch", "image_id"],
+            model_id=model_id,
+        )
+        if rows.height == 0:
+            raise ClanetError(
+                f"{self.path}: no embedding for patch {patch_id!r} (wrong id or model?)"
+            )
+        row = rows.row(0, named=True)
+        row["embedding"] = np.asarray(row["embedding"], dtype=np.float32)
+        return row
 
 
 def vectors(table: pa.Table, column: str = "embedding") -> np.ndarray:

@@ -31,7 +31,7 @@ from lancedb.expr import Expr, col
 from zarr.codecs import BloscCodec
 
 from clanet_store.errors import ClanetError
-from clanet_store.schemas import schema_version
+from clanet_store.schemas import load_schema, schema_version
 from clanet_store.stores import lance
 
 STORE_FORMAT = "clanet-store"
@@ -129,7 +129,8 @@ class PatchStore:
     def table(self, name: str):
         """The LanceDB table ``name``, opened once (tables do not pickle: one per process)."""
         if name not in self._tables:
-            self._tables[name] = lance.open_table(self.db, name)
+            layout = load_schema(table_layout(name))  # columns to check; vector sizes vary
+            self._tables[name] = lance.open_table(self.db, name, schema=layout)
         return self._tables[name]
 
     def images(

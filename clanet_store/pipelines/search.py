@@ -1,0 +1,127 @@
+"""Similarity search of patches across batches, and the indexes that make it fast.
+
+``build_index`` adds scalar indexes on the columns filters use and, above ``EXACT_BELOW`` rows, an
+IVF_PQ vector index (cosine) sized from the table: ``sqrt(n)`` partitions and one PQ sub-vector per
+16 dimensions. Below the threshold a search is exact (LanceDB scans every row). Rows added after
+an index build are still found: LanceDB scans the unindexed rows too; the next ``index`` folds
+them in. The searches themselves are ``EmbeddingStore.search``.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from math import isqrt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from lancedb.expr import Expr
+from lancedb.index import Bitmap, BTree, IvfPq
+
+from clanet_store.errors import ClanetError
+from clanet_store.imaging.ccs import PATCH_SIZE
+from clanet_store.imaging.extract import extract
+from clanet_store.models.encoder import PatchEncoder, inference_context
+from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.lock import writer_lock
+
+EXACT_BELOW = 100_000
+KEEP_VERSIONS = timedelta(hours=1)  # readers of an older version get this long to finish
+# Bitmaps for the few-valued columns filters use, B-trees for ids.
+SCALAR_INDEXES = {
+    "cell_line": Bitmap,
+    "batch": Bitmap,
+    "well": Bitmap,
+    "model_id": Bitmap,
+    "image_id": BTree,
+    "patch_id": BTree,
+}
+RESULT_COLUMNS = (
+    "patch_id",
+    "image_id",
+    "cell_line",
+    "batch",
+    "well",
+    "location",
+    "timepoint_h",
+    "rank",
+)
+
+
+def index_parameters(rows: int, dim: int) -> dict[str, int]:
+    """IVF partitions (~sqrt of the rows) and PQ sub-vectors (one per 16 dims, dividing dim)."""
+    partitions = max(1, min(4096, isqrt(rows)))
+    sub_vectors = next(s for s in (dim // 16, dim // 8, dim // 4, 1) if s and dim % s == 0)
+    return {"num_partitions": partitions, "num_sub_vectors": sub_vectors}
+
+
+def build_index(
+    store_path: str | Path,
+    model_id: str | None = None,
+    exact_below: int = EXACT_BELOW,
+    wait: bool = False,
+) -> dict[str, Any]:
+    """Scalar and vector indexes on one model's embeddings table; compact and prune versions."""
+    start = time.perf_counter()
+    store = EmbeddingStore(store_path)
+    model = store.model_row(model_id)
+    with writer_lock(store.path, wait=wait):
+        table = store.table(model["table"])
+        for name in ("images", "patches", model["table"]):
+            store.table(name).optimize(cleanup_older_than=KEEP_VERSIONS)
+        rows = table.count_rows()
+        for column, kind in SCALAR_INDEXES.items():
+            table.create_index(column, config=kind(), replace=True)
+        vector: dict[str, Any] = {"vector_index": False}
+        if rows >= max(exact_below, 1):
+            params = index_parameters(rows, model["embedding_dim"])
+            table.create_index("embedding", config=IvfPq(distance_type="cosine", **params))
+            vector = {"vector_index": True, **params}
+        table.optimize(cleanup_older_than=KEEP_VERSIONS)
+    return {
+        "table": model["table"],
+        "model_id": model["model_id"],
+        "rows": rows,
+        **vector,
+        "scalar_indexes": sorted(SCALAR_INDEXES),
+        "table_version": table.version,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def neighbours_of_image(
+    store: EmbeddingStore,
+    encoder: PatchEncoder,
+    grey: np.ndarray,
+    k: int = 10,
+    box: tuple[int, int] | None = None,
+    n_patches: int = 10,
+    where: Expr | None = None,
+) -> list[tuple[dict, np.ndarray, pl.DataFrame]]:
+    """Neighbours of a new image's patches: its top CCS patches, or the patch at ``box`` (x, y).
+
+    Returns one (query keys, query pixels, results) triple per query patch.
+    """
+    if box is not None:
+        x, y = box
+        h, w = grey.shape
+        if not (0 <= x <= w - PATCH_SIZE and 0 <= y <= h - PATCH_SIZE):
+            raise ClanetError(f"box {x},{y} does not fit a {PATCH_SIZE}-px patch in {w} x {h}")
+        boxes = [{"x": x, "y": y, "rank": None}]
+        pixels = grey[None, y : y + PATCH_SIZE, x : x + PATCH_SIZE]
+    else:
+        found = extract(grey, k=n_patches)
+        boxes = [{"x": int(b["x"]), "y": int(b["y"]), "rank": int(b["rank"])} for b in found.boxes]
+        pixels = found.patches
+    if len(pixels) == 0:
+        raise ClanetError("the image has no cell patches to search with (empty mask)")
+    with inference_context(encoder.device):
+        vectors = encoder(torch.from_numpy(np.ascontiguousarray(pixels)).to(encoder.device))
+    vectors = vectors.cpu().numpy()
+    return [
+        (keys, px, store.search(v, k, where, model_id=encoder.model_id))
+        for keys, px, v in zip(boxes, pixels, vectors, strict=True)
+    ]
