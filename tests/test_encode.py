@@ -35,14 +35,6 @@ def store_path(tmp_path_factory, shared_data):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.realdata
 def test_stored_embedding_equals_direct_forward_intermediates(store_path, tmp_path):
     model = timm.create_model("vit_small_patch8_224", pretrained=False, img_size=112, num_classes=0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,15 +57,6 @@ def reference_features(model: nn.Module, patches: Tensor, normalize: bool = Fals
 def embed(encoder: PatchEncoder, patches: Tensor) -> Tensor:
     with inference_context(encoder.device):
         return encoder(patches)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the 2 cores are shared, and two threads halve the speed under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

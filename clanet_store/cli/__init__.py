@@ -9,6 +9,7 @@ from clanet_store.cli import (  # noqa: F401  (importing a module registers its 
     exports,
     imaging,
     search,
+    ssl,
     store,
 )
 from clanet_store.cli.app import main

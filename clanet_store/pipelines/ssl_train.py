@@ -1,0 +1,393 @@
+"""DINO training on the patches of a store (SPEC 5): `ssl_train`, behind ``clanet-store ssl-train``.
+
+The training set is every stored patch of rank < k (all batches, labels unused) that passes an
+optional filter. Patches are read straight from the Zarr array by DataLoader workers, each with
+its own handle, one sorted read per batch (one decompression per chunk touched), and augmented
+there, so decoding and multi-crop run beside the training step.
+
+Reproducible from (seed, epoch): the patch order, the augmentations (seeded per batch, whatever
+the number of workers) and drop path (the global RNG, seeded per epoch inside a forked RNG) depend
+on nothing else. A checkpoint, written atomically after every epoch through `ssl_checkpoint`,
+holds the teacher backbone (what ``encode --weights`` reads), the teacher head, the student,
+AdamW, the loss centre, the schedule position, the epoch, the run config and the per-epoch mean
+losses; ``resume`` continues from it with the same config, so the same schedule values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from lancedb.expr import col
+from torch.utils.data import DataLoader, Dataset
+
+from clanet_store.errors import ClanetError
+from clanet_store.models.dino import (
+    DinoConfig,
+    DinoLoss,
+    DinoNet,
+    MultiCrop,
+    ScheduleValues,
+    build_dino,
+    build_loss,
+    build_optimizer,
+    schedule_at,
+    train_step,
+)
+from clanet_store.models.encoder import EncoderConfig, select_device, ssl_checkpoint
+from clanet_store.schemas import load_schema
+from clanet_store.stores.filters import parse_filters
+from clanet_store.stores.patch_store import PatchStore
+
+
+@dataclasses.dataclass(frozen=True)
+class SSLTrainConfig:
+    """One training run; saved in every checkpoint and checked again on resume.
+
+    arch: timm ViT name, built at img_size px; k: patches per image (rank < k); where: filters
+    on the patches table (see `training_rows`); init: the weights file the run started from
+    (None: random init seeded with ``seed``); dino: the numbers of SPEC 5.
+    """
+
+    arch: str = "vit_small_patch8_224"
+    img_size: int = 112
+    epochs: int = 200
+    batch_size: int = 256
+    k: int = 10
+    where: tuple[str, ...] = ()
+    init: str | None = None
+    seed: int = 0
+    dino: DinoConfig = dataclasses.field(default_factory=DinoConfig)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Numbers, strings and tuples only (loads with ``weights_only=True``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SSLTrainConfig:
+        """Inverse of `as_dict`."""
+        fields = {**values, "where": tuple(values["where"])}
+        return cls(**{**fields, "dino": DinoConfig.from_dict(values["dino"])})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainProgress:
+    """Sent after every step. ``epoch_loss`` is set on an epoch's last step, once its
+    checkpoint is written: the epoch's mean loss."""
+
+    epoch: int
+    step: int
+    total_steps: int
+    loss: float
+    values: ScheduleValues
+    epoch_loss: float | None = None
+
+
+def training_rows(store: PatchStore, k: int, where: Sequence[str]) -> np.ndarray:
+    """Sorted Zarr rows of the patches with rank < k that pass the ``where`` filters
+    (`parse_filters`: ``cell_line=A549``, ``batch!=b2``, typed by the patches schema)."""
+    extra = parse_filters(where, load_schema("patches"))
+    expr = col("rank") < k if extra is None else (col("rank") < k) & extra
+    rows = store.patches_table(["row"], where=expr)["row"].to_numpy()
+    return np.sort(rows)
+
+
+class EpochBatches:
+    """The batches of one epoch: shuffled rows, sorted inside a batch, each with its own seed.
+
+    Set ``epoch`` before iterating; the order and the seeds depend only on (seed, epoch).
+    The incomplete last batch is dropped (DINO's ``drop_last``).
+    """
+
+    def __init__(self, rows: np.ndarray, batch_size: int, seed: int) -> None:
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.rows) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.rows)[: len(self) * self.batch_size]
+        seeds = rng.integers(2**63, size=len(self))
+        for seed, batch in zip(seeds, order.reshape(len(self), self.batch_size), strict=True):
+            yield int(seed), np.sort(batch)
+
+
+class PatchViews(Dataset):
+    """(seed, rows) -> the multi-crop views of those patches, read from the Zarr array.
+
+    The Zarr array pickles, so each worker unpickles a handle of its own; augmentation
+    runs under a forked RNG seeded with the batch's seed (the caller's RNG is left as it was).
+    """
+
+    def __init__(self, array: zarr.Array, crop: MultiCrop) -> None:
+        self.array, self.crop = array, crop
+
+    def __getitem__(self, item: tuple[int, np.ndarray]) -> list[torch.Tensor]:
+        seed, rows = item
+        patches = torch.from_numpy(self.array.oindex[rows])
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # the CPU RNG only, restored by fork_rng
+            return self.crop.batch(patches)
+
+
+def patch_loader(
+    array: zarr.Array, batches: EpochBatches, dino: DinoConfig, workers: int, pin_memory: bool
+) -> DataLoader:
+    """A DataLoader of view batches; ``workers`` processes stay alive across epochs.
+
+    Workers start by forkserver (spawn where there is none), never by a plain fork: this process
+    runs LanceDB's and Zarr's background threads, which a forked child would inherit half-copied.
+    A worker pays the imports once per run (seconds); 0 workers load in this process.
+    """
+    context = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    return DataLoader(
+        PatchViews(array, MultiCrop(dino)),
+        batch_size=None,
+        sampler=batches,
+        num_workers=workers,
+        multiprocessing_context=context if workers > 0 else None,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+    )
+
+
+def default_workers() -> int:
+    """Loader processes: one core is left to the training step, at most 4 (0: in-process)."""
+    return min(4, (os.cpu_count() or 1) - 1)
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What a step changes: student, teacher, loss centre, AdamW; saved and restored together."""
+
+    student: DinoNet
+    teacher: DinoNet
+    loss_fn: DinoLoss
+    optimizer: torch.optim.Optimizer
+
+    def step(self, views: Sequence[torch.Tensor], values: ScheduleValues, freeze: bool) -> float:
+        """One DINO step (`train_step`); returns the loss."""
+        return train_step(
+            self.student, self.teacher, self.loss_fn, self.optimizer, views, values, freeze
+        )
+
+    def state_dicts(self) -> dict[str, Any]:
+        """The checkpoint entries; ``teacher`` is the backbone alone (what the encoder reads)."""
+        return {
+            "teacher": self.teacher.backbone.state_dict(),
+            "teacher_head": self.teacher.head.state_dict(),
+            "student": self.student.state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dicts(self, ckpt: dict[str, Any]) -> None:
+        """Inverse of `state_dicts`; raises ClanetError when the checkpoint does not fit."""
+        try:
+            self.teacher.backbone.load_state_dict(ckpt["teacher"])
+            self.teacher.head.load_state_dict(ckpt["teacher_head"])
+            self.student.load_state_dict(ckpt["student"])
+            self.loss_fn.load_state_dict(ckpt["loss"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ClanetError(f"cannot resume from this checkpoint: {exc}") from exc
+
+
+def ssl_train(
+    store_path: str | Path,
+    out: str | Path,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    arch: str | None = None,
+    init: str | Path | None = None,
+    resume: bool = False,
+    where: Sequence[str] | None = None,
+    k: int | None = None,
+    progress: Callable[[TrainProgress], None] | None = None,
+    *,
+    dino: DinoConfig | None = None,
+    seed: int | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Train DINO on a store's patches, checkpointing to ``out`` after every epoch.
+
+    Options left as None take `SSLTrainConfig`'s defaults, or on ``resume`` the values saved in
+    ``out``; a value given on resume must equal the saved one (the schedules depend on it).
+    ``resume`` with no file at ``out`` starts afresh; without ``resume`` an existing ``out`` is an
+    error. ``workers``: loader processes (default `default_workers`; 0 loads in this process).
+    Returns the run's summary, with ``losses`` the mean loss of every epoch so far.
+    """
+    start_time = time.perf_counter()
+    out = Path(out)
+    requested = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "arch": arch,
+        "init": None if init is None else str(init),
+        "where": None if where is None else tuple(where),
+        "k": k,
+        "seed": seed,
+        "dino": dino,
+    }
+    given = {key: value for key, value in requested.items() if value is not None}
+    config, saved = _run_config(out, resume, given)
+    torch_device = select_device(device)
+    state = _build_state(config, torch_device, from_init=saved is None)
+    store = PatchStore(store_path)
+    rows = training_rows(store, config.k, config.where)
+    batches = EpochBatches(rows, config.batch_size, config.seed)
+    steps_per_epoch, total_steps = len(batches), len(batches) * config.epochs
+    if steps_per_epoch == 0:
+        raise ClanetError(
+            f"{store.path}: {len(rows)} patches selected, fewer than one batch of "
+            f"{config.batch_size}"
+        )
+    if saved and saved["schedules"]["steps_per_epoch"] != steps_per_epoch:
+        raise ClanetError(
+            f"{out}: trained on {saved['patches']} patches, the store now selects {len(rows)}; "
+            "resuming would change the schedules"
+        )
+
+    start_epoch, losses = 0, []
+    if saved:
+        state.load_state_dicts(saved)
+        start_epoch, losses = saved["epoch"], list(saved["losses"])
+    workers = default_workers() if workers is None else workers
+    loader = patch_loader(store.array, batches, config.dino, workers, torch_device.type == "cuda")
+    with torch.random.fork_rng():
+        for epoch in range(start_epoch, config.epochs):
+            batches.epoch = epoch
+            torch.manual_seed(_epoch_seed(config.seed, epoch))
+            state.student.train()
+            freeze = epoch < config.dino.freeze_last_layer_epochs
+            epoch_losses = []
+            for i, views in enumerate(loader):
+                step = epoch * steps_per_epoch + i
+                values = schedule_at(config.dino, config.batch_size, step, total_steps)
+                epoch_losses.append(state.step(views, values, freeze))
+                event = TrainProgress(epoch, step + 1, total_steps, epoch_losses[-1], values)
+                if i == steps_per_epoch - 1:
+                    losses.append(float(np.mean(epoch_losses)))
+                    _save(out, config, state, epoch + 1, steps_per_epoch, losses, len(rows))
+                    event = dataclasses.replace(event, epoch_loss=losses[-1])
+                if progress is not None:
+                    progress(event)
+
+    seconds = time.perf_counter() - start_time
+    steps_run = (config.epochs - start_epoch) * steps_per_epoch
+    return {
+        "store": str(store.path),
+        "out": str(out),
+        "arch": config.arch,
+        "img_size": config.img_size,
+        "embedding_dim": EncoderConfig().n_blocks * state.student.backbone.embed_dim,
+        "init": config.init,
+        "k": config.k,
+        "where": list(config.where),
+        "patches": len(rows),
+        "batch_size": config.batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs": config.epochs,
+        "start_epoch": start_epoch,
+        "epochs_run": config.epochs - start_epoch,
+        "device": str(torch_device),
+        "workers": workers,
+        "seconds": seconds,
+        "patches_per_s": steps_run * config.batch_size / seconds,
+        "losses": losses,
+    }
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """The global torch seed of an epoch: drop path (augmentations are seeded per batch)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _run_config(
+    out: Path, resume: bool, requested: dict[str, Any]
+) -> tuple[SSLTrainConfig, dict[str, Any] | None]:
+    """The run's config, and the checkpoint to resume from (None: a fresh run)."""
+    if not out.exists():
+        config = SSLTrainConfig(**requested)
+        if min(config.epochs, config.batch_size, config.k) < 1:
+            raise ClanetError("epochs, batch size and k must be at least 1")
+        return config, None
+    if not resume:
+        raise ClanetError(f"{out} exists: pass --resume to continue it, or choose another --out")
+    try:
+        ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types (pickle, zip, EOF, key errors)
+        raise ClanetError(f"{out}: not a readable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(ckpt, dict) or not {"config", "schedules", "optimizer"} <= ckpt.keys():
+        raise ClanetError(f"{out}: not an ssl-train checkpoint, cannot resume from it")
+    saved = SSLTrainConfig.from_dict(ckpt["config"])
+    conflicts = [
+        f"{key} {value!r} (saved: {getattr(saved, key)!r})"
+        for key, value in requested.items()
+        if getattr(saved, key) != value
+    ]
+    if conflicts:
+        raise ClanetError(f"{out}: cannot resume with other settings: {'; '.join(conflicts)}")
+    return saved, ckpt
+
+
+def _build_state(config: SSLTrainConfig, device: torch.device, from_init: bool) -> TrainState:
+    """Fresh networks (from ``config.init`` when ``from_init``), loss and AdamW on ``device``."""
+    init = config.init if from_init else None
+    try:
+        student, teacher = build_dino(config.arch, config.img_size, config.dino, init, config.seed)
+    except ValueError as exc:  # an unknown arch, or a bad --init file (CheckpointError)
+        raise ClanetError(str(exc)) from exc
+    student, teacher = student.to(device), teacher.to(device)
+    loss_fn = build_loss(config.dino).to(device)
+    return TrainState(student, teacher, loss_fn, build_optimizer(student))
+
+
+def _save(
+    out: Path,
+    config: SSLTrainConfig,
+    state: TrainState,
+    epoch: int,
+    steps_per_epoch: int,
+    losses: list[float],
+    patches: int,
+) -> None:
+    """Write the checkpoint after ``epoch`` epochs (to a temporary file, then renamed: never a
+    half-written file)."""
+    next_step, total_steps = epoch * steps_per_epoch, config.epochs * steps_per_epoch
+    schedules = {
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "next_step": next_step,
+        "next": dataclasses.asdict(
+            schedule_at(config.dino, config.batch_size, next_step, total_steps)
+        ),
+    }
+    entries = state.state_dicts()
+    teacher = entries.pop("teacher")
+    ckpt = ssl_checkpoint(
+        teacher,
+        config.arch,
+        config.img_size,
+        **entries,
+        schedules=schedules,
+        epoch=epoch,
+        config=config.as_dict(),
+        losses=losses,
+        patches=patches,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(out)

@@ -1,0 +1,339 @@
+"""DINO training (SPEC 5): loss, centre, schedules, EMA, multi-crop, the loader's batches, and
+`ssl_train` / ``ssl-train`` on real patches: the loss falls, the checkpoint feeds the encoder, a
+resumed run matches an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torchvision.transforms import InterpolationMode
+
+import clanet_store.pipelines.ssl_train as ssl_module
+from clanet_store.cli import main
+from clanet_store.errors import ClanetError
+from clanet_store.models.dino import (
+    DinoConfig,
+    DinoLoss,
+    MultiCrop,
+    build_dino,
+    build_loss,
+    build_optimizer,
+    ema_update,
+    schedule_at,
+    train_step,
+)
+from clanet_store.models.encoder import EncoderConfig, build_encoder
+from clanet_store.pipelines.ingest import ingest
+from clanet_store.pipelines.ssl_train import (
+    EpochBatches,
+    PatchViews,
+    TrainProgress,
+    ssl_train,
+)
+from clanet_store.stores.patch_store import PatchStore
+
+TINY = "vit_tiny_patch16_224"
+# SPEC 5 except a small head, and a learning rate for batches of 4 rather than 256.
+SMALL = DinoConfig(out_dim=256, hidden_dim=256, bottleneck_dim=64, base_lr=0.05)
+LINE = "BT474"  # one real image: 20 stored patches
+RUN = {"epochs": 2, "batch_size": 4, "arch": TINY, "k": 12, "dino": SMALL}  # 12 patches, 3 steps
+
+
+def random_patches(n: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 112, 112), dtype=torch.uint8, generator=generator)
+
+
+# --- loss, centre, schedules, EMA -------------------------------------------------------------
+
+
+def spec_loss(student: np.ndarray, teacher: np.ndarray, center: np.ndarray, n_views: int) -> float:
+    """SPEC 5 written out with math: every (teacher global view, other student view) pair."""
+    batch = teacher.shape[0] // 2
+
+    def softmax(logits: np.ndarray) -> list[float]:
+        exps = [math.exp(x - max(logits)) for x in logits]
+        return [e / sum(exps) for e in exps]
+
+    terms = []
+    for t in range(2):
+        for s in range(n_views):
+            if s == t:
+                continue
+            per_patch = []
+            for b in range(batch):
+                q = softmax((teacher[t * batch + b] - center) / 0.04)
+                p = softmax(student[s * batch + b] / 0.1)
+                per_patch.append(-sum(qk * math.log(pk) for qk, pk in zip(q, p, strict=True)))
+            terms.append(sum(per_patch) / batch)
+    return sum(terms) / len(terms)
+
+
+def test_loss_equals_spec_formula() -> None:
+    generator = torch.Generator().manual_seed(0)
+    n_views, batch, dim = 5, 3, 7
+    student = torch.randn(n_views * batch, dim, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(2 * batch, dim, generator=generator, dtype=torch.float64)
+    loss_fn = DinoLoss(dim, teacher_temp=0.04, student_temp=0.1, center_momentum=0.9).double()
+    loss_fn.center.copy_(0.3 * torch.randn(1, dim, generator=generator, dtype=torch.float64))
+    expected = spec_loss(student.numpy(), teacher.numpy(), loss_fn.center[0].numpy(), n_views)
+    student.requires_grad_(True)
+    teacher.requires_grad_(True)
+    loss = loss_fn(student, teacher)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    loss.backward()
+    assert teacher.grad is None and student.grad is not None  # no gradient through the teacher
+
+
+def test_loss_uses_spec_numbers() -> None:
+    loss_fn = build_loss(DinoConfig())
+    assert (loss_fn.teacher_temp, loss_fn.student_temp) == (0.04, 0.1)
+    assert loss_fn.center_momentum == 0.9
+    assert loss_fn.center.shape == (1, 65536) and not loss_fn.center.any()
+
+
+def test_center_moves_with_momentum() -> None:
+    loss_fn = DinoLoss(4, 0.04, 0.1, center_momentum=0.9)
+    first = torch.tensor([[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0]])
+    loss_fn.update_center(first)
+    torch.testing.assert_close(loss_fn.center, 0.1 * torch.tensor([[2.0, 2.0, 2.0, 2.0]]))
+    second = torch.tensor([[10.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 4.0]])
+    loss_fn.update_center(second)
+    expected = 0.9 * 0.1 * torch.full((1, 4), 2.0) + 0.1 * torch.tensor([[10.0, 0.0, 0.0, 2.0]])
+    torch.testing.assert_close(loss_fn.center, expected)
+
+
+def test_schedules_are_spec_cosines() -> None:
+    config, batch, total = DinoConfig(), 512, 1000
+    start, end = (schedule_at(config, batch, step, total) for step in (0, total))
+    assert start.lr == pytest.approx(5e-5 * 512 / 256) and end.lr == pytest.approx(1e-6)
+    assert (start.weight_decay, end.weight_decay) == (pytest.approx(0.04), pytest.approx(0.4))
+    assert (start.momentum, end.momentum) == (pytest.approx(0.996), pytest.approx(1.0))
+    middle = schedule_at(config, batch, total // 2, total)
+    assert middle.lr == pytest.approx((start.lr + end.lr) / 2)
+    assert middle.momentum == pytest.approx(0.998)
+    quarter = schedule_at(config, batch, total // 4, total)
+    assert quarter.weight_decay == pytest.approx(
+        0.4 + (0.04 - 0.4) * (1 + math.cos(math.pi / 4)) / 2
+    )
+    lrs = [schedule_at(config, batch, step, total).lr for step in range(0, total + 1, 50)]
+    assert lrs == sorted(lrs, reverse=True)
+
+
+def test_ema_update_is_the_momentum_average() -> None:
+    teacher, student = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in teacher.parameters()]
+    ema_update(teacher, student, 0.99)
+    for new, old, s in zip(teacher.parameters(), before, student.parameters(), strict=True):
+        torch.testing.assert_close(new, 0.99 * old + 0.01 * s)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_train_step_follows_the_schedules(freeze: bool) -> None:
+    """lr / weight decay set from the schedule, teacher = EMA of the updated student, centre moved,
+    the last layer untouched while frozen."""
+    config = DinoConfig(out_dim=32, hidden_dim=32, bottleneck_dim=16, n_local=2, base_lr=1.0)
+    student, teacher = build_dino(TINY, 112, config, seed=1)
+    loss_fn, optimizer = build_loss(config), build_optimizer(student)
+    torch.manual_seed(0)
+    views = MultiCrop(config).batch(random_patches(2))
+    values = schedule_at(config, 2, step=3, total_steps=10)
+    teacher_before = [p.clone() for p in teacher.parameters()]
+    last_before = student.head.last_layer.weight.clone()
+    with torch.no_grad():
+        teacher_out = teacher(views[:2])
+    train_step(student, teacher, loss_fn, optimizer, views, values, freeze_last_layer=freeze)
+    assert [g["lr"] for g in optimizer.param_groups] == [values.lr, values.lr]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [values.weight_decay, 0.0]
+    m = values.momentum
+    for new, old, s in zip(teacher.parameters(), teacher_before, student.parameters(), strict=True):
+        torch.testing.assert_close(new, m * old + (1 - m) * s.detach())
+    torch.testing.assert_close(loss_fn.center, 0.1 * teacher_out.mean(dim=0, keepdim=True))
+    assert torch.equal(student.head.last_layer.weight, last_before) == freeze
+
+
+# --- multi-crop and the loader's batches ------------------------------------------------------
+
+
+def test_multicrop_gives_two_global_and_eight_local_views() -> None:
+    crop = MultiCrop(DinoConfig())
+    patch = random_patches(1)[0]
+    views = crop(patch)
+    assert [tuple(v.shape) for v in views] == [(1, 112, 112)] * 2 + [(1, 32, 32)] * 8
+    assert all(v.dtype == torch.uint8 for v in views)  # no normalisation: still grey pixels
+    assert not torch.equal(views[0], views[1])  # two different random crops
+    batch = crop.batch(random_patches(3))
+    assert [tuple(v.shape) for v in batch] == [(3, 1, 112, 112)] * 2 + [(3, 1, 32, 32)] * 8
+    torch.manual_seed(5)
+    again = crop(patch)
+    torch.manual_seed(5)
+    assert all(torch.equal(a, b) for a, b in zip(again, crop(patch), strict=True))
+
+
+def test_multicrop_uses_the_spec_augmentations() -> None:
+    crop = MultiCrop(DinoConfig())
+    for view, size, scale in (
+        (crop.global_view, 112, (0.5, 1.0)),
+        (crop.local_view, 32, (0.05, 0.5)),
+    ):
+        resize, hflip, vflip, maybe_jitter = view.transforms
+        assert (resize.size, resize.scale) == ((size, size), scale)
+        assert resize.interpolation == InterpolationMode.BICUBIC
+        assert (type(hflip).__name__, hflip.p, type(vflip).__name__, vflip.p) == (
+            "RandomHorizontalFlip",
+            0.3,
+            "RandomVerticalFlip",
+            0.3,
+        )
+        (jitter,) = maybe_jitter.transforms
+        assert maybe_jitter.p == 0.5 and jitter.brightness == jitter.contrast == (0.5, 1.5)
+        assert jitter.saturation is None and jitter.hue is None  # grey: nothing else, no blur
+
+
+def test_epoch_batches_are_seeded_shuffles() -> None:
+    rows = np.arange(100, 123)
+    batches = EpochBatches(rows, batch_size=5, seed=0)
+    first = list(batches)
+    assert len(first) == len(batches) == 4  # 23 // 5, the incomplete batch dropped
+    assert all(np.array_equal(b, np.sort(b)) and len(b) == 5 for _, b in first)
+    assert len(np.unique(np.concatenate([b for _, b in first]))) == 20
+    assert [(s, b.tolist()) for s, b in first] == [(s, b.tolist()) for s, b in batches]
+    batches.epoch = 1
+    assert [b.tolist() for _, b in batches] != [b.tolist() for _, b in first]
+
+
+# --- training on real patches ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of one real image of LINE."""
+    root = tmp_path_factory.mktemp("ssl")
+    source = sorted((shared_data / "azgcb_sample" / LINE).iterdir())[0]
+    (root / "export" / LINE).mkdir(parents=True)
+    shutil.copy(source, root / "export" / LINE / source.name)
+    ingest(root / "export", root / "store", workers=1)
+    return root / "store"
+
+
+@pytest.mark.realdata
+def test_loader_workers_get_their_own_handle_and_the_same_views(store: Path) -> None:
+    """What a spawned / forkserver worker receives (a pickled copy) gives the views the parent
+    would, whatever the global RNG: augmentation is seeded per batch."""
+    array = PatchStore(store).array
+    views = PatchViews(array, MultiCrop(SMALL))
+    copy = pickle.loads(pickle.dumps(views))  # as a worker gets it
+    item = (123, np.array([2, 5, 11]))
+    torch.manual_seed(0)
+    expected = views[item]
+    torch.manual_seed(1)
+    assert all(torch.equal(a, b) for a, b in zip(copy[item], expected, strict=True))
+    pixels = torch.from_numpy(PatchStore(store).read_rows(item[1]))
+    assert len(expected) == 10 and expected[0].shape == (3, 1, 112, 112)
+    assert not torch.equal(expected[0][:, 0], pixels)  # augmented, not the raw patches
+
+
+class Interrupt(Exception):
+    """Raised from the progress callback to stop a run as a crash would."""
+
+
+@pytest.fixture(scope="module")
+def reference(store: Path) -> tuple[Path, list[TrainProgress], dict]:
+    """An uninterrupted 2-epoch run (loading in-process: a worker's start-up takes seconds)."""
+    events: list[TrainProgress] = []
+    out = store.parent / "reference.pt"
+    summary = ssl_train(store, out, progress=events.append, workers=0, **RUN)
+    return out, events, summary
+
+
+@pytest.mark.realdata
+def test_training_on_real_patches_lowers_the_loss(reference) -> None:
+    _, events, summary = reference
+    losses = [event.loss for event in events]
+    assert len(losses) == 6 and summary["patches"] == 12 and summary["steps_per_epoch"] == 3
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
+    assert summary["losses"] == pytest.approx([np.mean(losses[:3]), np.mean(losses[3:])])
+    assert [e.epoch_loss is not None for e in events] == [False, False, True] * 2
+
+
+@pytest.mark.realdata
+def test_checkpoint_is_accepted_by_the_encoder(reference) -> None:
+    out, _, summary = reference
+    ckpt = torch.load(out, weights_only=True)
+    assert (ckpt["format"], ckpt["arch"], ckpt["epoch"]) == ("clanet-ssl", TINY, 2)
+    encoder = build_encoder(EncoderConfig(arch=TINY), weights=out)
+    assert encoder.weights_format == "clanet-ssl"
+    assert encoder.embedding_dim == summary["embedding_dim"] == 4 * 192
+    for key, value in encoder.backbone.state_dict().items():
+        assert torch.equal(value, ckpt["teacher"][key]), key
+    untrained = build_encoder(EncoderConfig(arch=TINY), seed=0)  # the same random init
+    assert not torch.equal(encoder.backbone.pos_embed, untrained.backbone.pos_embed)
+    with torch.inference_mode():
+        features = encoder(random_patches(2))
+    assert features.shape == (2, 768) and torch.isfinite(features).all()
+
+
+@pytest.mark.realdata
+def test_resumed_run_matches_the_uninterrupted_one(store: Path, reference) -> None:
+    ref_out, ref_events, ref_summary = reference
+    out = store.parent / "resumed.pt"
+
+    def crash_in_second_epoch(event: TrainProgress) -> None:
+        if event.epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        ssl_train(store, out, progress=crash_in_second_epoch, workers=0, **RUN)
+    saved = torch.load(out, weights_only=True)
+    assert saved["epoch"] == 1 and saved["schedules"]["next_step"] == 3
+    assert saved["losses"] == ref_summary["losses"][:1]
+    init_student, _ = build_dino(TINY, 112, SMALL, seed=0)
+    frozen = init_student.head.last_layer.weight
+    assert torch.equal(saved["student"]["head.last_layer.weight"], frozen)  # epoch 1: frozen
+    ref_student = torch.load(ref_out, weights_only=True)["student"]
+    assert not torch.equal(ref_student["head.last_layer.weight"], frozen)  # epoch 2: trained
+
+    with pytest.raises(ClanetError, match="exists"):
+        ssl_train(store, out, workers=0, **RUN)
+    with pytest.raises(ClanetError, match="epochs 3"):
+        ssl_train(store, out, resume=True, workers=0, **{**RUN, "epochs": 3})
+
+    events: list[TrainProgress] = []
+    summary = ssl_train(store, out, resume=True, progress=events.append, workers=0)
+    assert summary["start_epoch"] == 1 and summary["epochs_run"] == 1
+    assert [(e.epoch, e.step, e.values) for e in events] == [
+        (e.epoch, e.step, e.values) for e in ref_events[3:]
+    ]
+    # Bit for bit: one thread, and the order, augmentations and drop path seeded by (seed, epoch).
+    assert [e.loss for e in events] == [e.loss for e in ref_events[3:]]
+    assert summary["losses"] == ref_summary["losses"]
+    resumed = torch.load(out, weights_only=True)["teacher"]
+    for key, value in torch.load(ref_out, weights_only=True)["teacher"].items():
+        assert torch.equal(resumed[key], value), key
+
+
+@pytest.mark.realdata
+def test_cli_trains_and_prints_a_json_summary(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ssl_module, "default_workers", lambda: 0)  # no worker start-up in tests
+    out = store.parent / "cli.pt"
+    args = ["ssl-train", "--store", str(store), "--out", str(out), "--arch", TINY, "--epochs", "1"]
+    args += ["--batch-size", "2", "--k", "12", "--where", "rank>=10", "--format", "json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["patches"] == 2 and summary["where"] == ["rank>=10"]
+    assert len(summary["losses"]) == 1 and summary["embedding_dim"] == 768
+    assert summary["losses"][0] == pytest.approx(math.log(65536), rel=0.2)  # SPEC's 65536 outputs
+    assert PatchStore(store).patches_table(["row"]).height == 20  # training wrote nothing there
+
+    bad = ["ssl-train", "--store", str(store), "--out", str(store.parent / "bad.pt")]
+    again = CliRunner().invoke(main, [*bad, "--where", "rank<two"])
+    assert again.exit_code != 0 and "'two' is not a valid int16" in again.output
