@@ -126,3 +126,24 @@ def test_sigkill_midrun_then_rerun_gives_one_row_per_patch(store_path, tmp_path)
     assert report["patches_encoded"] == n - partial.height
     rows = EmbeddingStore(path).embeddings(columns=["patch_id"], model_id=report["model_id"])
     assert rows.height == n and rows["patch_id"].n_unique() == n
+
+
+@pytest.mark.realdata
+def test_embeddings_of_replaced_patches_are_removed(tmp_path, shared_data):
+    root = tmp_path / "export" / "A431"
+    root.mkdir(parents=True)
+    target = root / "A431_B1_1_00d00h00m.jpg"
+    shutil.copy(shared_data / "azgcb_sample" / "A431" / target.name, target)
+    store = tmp_path / "store"
+    ingest(root.parent, store, workers=1)
+    encoder = load_encoder(None, "vit_tiny_patch16_224", "cpu")
+    first = encode(store, encoder, batch_size=32)
+    target.write_bytes(
+        (shared_data / "azgcb_sample" / "A431" / "A431_C6_1_04d00h00m.jpg").read_bytes()
+    )
+    assert ingest(root.parent, store, workers=1).images_replaced == 1
+    second = encode(store, encoder, batch_size=32)
+    assert second.stale_removed == first.patches_encoded
+    es = EmbeddingStore(store)
+    rows = es.embeddings(columns=["patch_id"])
+    assert sorted(rows["patch_id"]) == sorted(es.patches_table()["patch_id"])

@@ -8,6 +8,7 @@ from clanet_store.cli import (  # noqa: F401  (importing a module registers its 
     encode,
     exports,
     imaging,
+    mil,
     search,
     ssl,
     store,

@@ -3,8 +3,9 @@
 Incremental and resumable: the work list is the ``patches`` table minus the patch ids that
 already have a row for this ``model_id``, so a re-run adds nothing and a killed run continues
 where it stopped (rows are committed every ``commit_every`` patches; at most that much work is
-redone). Patches are read from Zarr in row order, in whole batches, by a background thread that
-stays a few batches ahead, so the model never waits on I/O.
+redone). Embeddings of patches that ingest has since replaced are deleted first. Patches are
+read from Zarr in row order, in whole batches, by a background thread that stays a few batches
+ahead, so the model never waits on I/O.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class EncodeReport:
 
     patches_encoded: int
     patches_skipped: int
+    stale_removed: int
     seconds: float
     patches_per_s: float
     model_id: str
@@ -191,8 +193,11 @@ def encode(
         table = lance.open_table(store.db, name, create=True, schema=schema)
         store.register_table(name)
         _register_model(store, encoder, name)
-        done = lance.read(table, ["patch_id"], where=col("model_id") == encoder.model_id)
         patches = store.patches_table([*META_COLUMNS, "row"])
+        # Embeddings of patches that ingest has since replaced (changed files) are stale.
+        stale = lance.read(table, ["patch_id"]).join(patches, on="patch_id", how="anti")
+        removed = lance.delete_where_in(table, "patch_id", stale["patch_id"].to_list())
+        done = lance.read(table, ["patch_id"], where=col("model_id") == encoder.model_id)
         todo = patches.join(done, on="patch_id", how="anti").sort("row")
         meta = todo.select(META_COLUMNS).to_arrow()
         pending: list[pa.Table] = []
@@ -215,12 +220,13 @@ def encode(
                     progress(encoded, todo.height)
         if pending:
             table.add(pa.concat_tables(pending))
-        if encoded:
+        if encoded or removed:
             table.optimize()
     seconds = time.perf_counter() - start
     return EncodeReport(
         patches_encoded=encoded,
         patches_skipped=patches.height - todo.height,
+        stale_removed=removed,
         seconds=seconds,
         patches_per_s=encoded / seconds if seconds else 0.0,
         model_id=encoder.model_id,

@@ -23,6 +23,19 @@ from clanet_store.stores.patch_store import PatchStore
 DEFAULT_DIM = 1536
 REFINE_FACTOR = 10  # IVF_PQ candidates re-ranked with full vectors: PQ alone loses recall
 NPROBES = 32
+# The keys of an embedding row that sequence and QC queries group and label by.
+KEY_COLUMNS = (
+    "patch_id",
+    "image_id",
+    "sequence_id",
+    "cell_line",
+    "batch",
+    "well",
+    "location",
+    "crop",
+    "timepoint_h",
+    "rank",
+)
 RESULT_COLUMNS = (
     "patch_id",
     "image_id",

@@ -1,0 +1,504 @@
+"""MIL training, evaluation, prediction and ablation straight from a store (SPEC 6-7, issue 8).
+
+The learning itself is `clanet_store.learn`; this module picks the sequences, keeps the files and
+checks that embeddings and models belong together:
+
+- Splits are drawn from ``(SPLIT_SEED, repeat)``, so the repeat number picks the split, and
+  written as ``split-<kind>-r<repeat>.json`` next to the model (or the ablation table). An
+  existing file is reused as it is, so every model and every ablation run in a folder sees the
+  same keys; a file naming sequences the store no longer has is refused (delete it to redraw).
+- The training seed (model init, shuffling, TSS) defaults to the repeat number too, so
+  ``train --repeat R`` reproduces repeat R of ``ablation`` in the same folder.
+- A model file records the encoder ``model_id`` of its embeddings; ``evaluate`` and ``predict``
+  refuse a store without embeddings of that encoder, and ``predict --export`` refuses an encoder
+  whose ``model_id`` differs before it writes anything.
+- Only the sequences a step needs are read: training reads the split's training bags, evaluation
+  its test bags (the class list comes from the model file, or from all sequences when training).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from clanet_store.errors import ClanetError
+from clanet_store.learn import metrics
+from clanet_store.learn.aggregators import MILAggregator
+from clanet_store.learn.bags import Bag
+from clanet_store.learn.splits import (
+    SPLIT_KINDS,
+    Split,
+    apply_split,
+    make_split,
+    read_split,
+    write_split,
+)
+from clanet_store.learn.training import (
+    MILConfig,
+    MILModel,
+    load_model,
+    predict_proba,
+    save_model,
+    train_mil,
+)
+from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.filters import parse_filters
+from clanet_store.stores.sequences import filter_schema, list_sequences, load_bags, sequence_filter
+
+if TYPE_CHECKING:
+    from clanet_store.models.encoder import PatchEncoder
+
+SPLIT_SEED = 0
+LOW_PROBABILITY = 0.5
+# The rows of the ablation table: (aggregator, TSS, name), CLANet first (paper Tables 3-4).
+ABLATION_VARIANTS = (
+    ("gated", True, "Gated attention + TSS (CLANet)"),
+    ("gated", False, "Gated attention, no TSS"),
+    ("mean", False, "Mean pooling"),
+    ("max", False, "Max pooling"),
+    ("patch-vote", False, "Patch classifier + majority vote"),
+)
+
+EpochProgress = Callable[[dict[str, float]], None]
+StageProgress = Callable[[str, int, int], None]
+
+
+def split_path(directory: Path, kind: str, repeat: int) -> Path:
+    """Where repeat ``repeat`` of split ``kind`` lives in ``directory``."""
+    return directory / f"split-{kind}-r{repeat}.json"
+
+
+def split_for(
+    sequences: Sequence[Any], kind: str, repeat: int, directory: Path
+) -> tuple[Split, Path, bool]:
+    """The split file's split if it exists (reused: True), else a new one written there."""
+    path = split_path(directory, kind, repeat)
+    if not path.exists():
+        split = make_split(sequences, kind, repeat, SPLIT_SEED)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_split(path, split)
+        return split, path, False
+    try:
+        split = read_split(path)
+    except ValueError as error:
+        raise ClanetError(str(error)) from None
+    if (split.kind, split.repeat) != (kind, repeat):
+        raise ClanetError(f"{path}: holds {split.kind} repeat {split.repeat}, not {kind} {repeat}")
+    return split, path, True
+
+
+def _sides(sequences: Sequence[Any], split: Split, path: Path) -> tuple[list[Any], list[Any]]:
+    """`apply_split`, refusing a split that names sequences the store does not have."""
+    try:
+        return apply_split(sequences, split)
+    except ValueError as error:
+        raise ClanetError(f"{path}: {error}; delete the file to draw a new split") from None
+
+
+def _encoder_row(store: EmbeddingStore, model_id: str | None, model_path: Path | None) -> dict:
+    """The store's models-table row of ``model_id``, naming the MIL model file when refused."""
+    try:
+        return store.model_row(model_id)
+    except ClanetError as error:
+        if model_path is None:
+            raise
+        raise ClanetError(
+            f"{model_path}: trained on embeddings of encoder {model_id}, which {store.path} "
+            f"does not have ({error})"
+        ) from None
+
+
+def _encoder_info(row: dict) -> dict[str, Any]:
+    return {
+        "encoder_model_id": row["model_id"],
+        "encoder_arch": row["arch"],
+        "encoder_weights": row["weights_source"],
+        "encoder_random_init": bool(row["random_init"]),
+        "embedding_dim": int(row["embedding_dim"]),
+    }
+
+
+def _load_mil(path: Path) -> MILModel:
+    try:
+        return load_model(path)
+    except ValueError as error:
+        raise ClanetError(str(error)) from None
+
+
+def _fit(
+    bags: Sequence[Bag], classes: Sequence[str], config: MILConfig, progress: EpochProgress | None
+) -> tuple[MILAggregator, dict[str, Any]]:
+    try:
+        return train_mil(bags, classes, config, progress)
+    except ValueError as error:
+        raise ClanetError(f"cannot train: {error}") from None
+
+
+def _scores(model: MILAggregator, bags: Sequence[Bag]) -> dict[str, Any]:
+    """Sequence- and batch-level scores of ``model`` on full sequences."""
+    proba = predict_proba(model, bags)
+    return metrics.evaluate(
+        proba, np.array([bag.label for bag in bags]), [bag.batch for bag in bags]
+    )
+
+
+def train(
+    store_path: str | Path,
+    out: str | Path,
+    split_kind: str,
+    repeat: int,
+    config: MILConfig,
+    model_id: str | None = None,
+    progress: EpochProgress | None = None,
+) -> dict[str, Any]:
+    """Train on the training side of a split of the store's sequences; write the model file.
+
+    ``model_id``: whose embeddings (default: the store's latest encoder). Returns what was done
+    (the JSON of ``clanet-store train``).
+    """
+    out = Path(out)
+    store = EmbeddingStore(store_path)
+    row = _encoder_row(store, model_id, None)
+    start = time.perf_counter()
+    records, classes = list_sequences(store, k=config.k, model_id=row["model_id"])
+    split, path, reused = split_for(records, split_kind, repeat, out.parent)
+    train_records, test_records = _sides(records, split, path)
+    bags, _ = load_bags(
+        store, sequence_filter(split.train), config.k, row["model_id"], classes=classes
+    )
+    load_seconds = time.perf_counter() - start
+    model, history = _fit(bags, classes, config, progress)
+    save_model(out, model, config, classes, split, row["model_id"])
+    return {
+        "model": str(out),
+        "split_file": str(path),
+        "split_reused": reused,
+        "split": split_kind,
+        "repeat": repeat,
+        "train_sequences": len(train_records),
+        "test_sequences": len(test_records),
+        "sequences_outside_split": len(records) - len(train_records) - len(test_records),
+        "classes": list(classes),
+        **_encoder_info(row),
+        "config": config.as_dict(),
+        "tss_candidates": history["tss_candidates"],
+        "tss_sigma": history["tss_sigma"],
+        "load_seconds": load_seconds,
+        "train_seconds": sum(epoch["seconds"] for epoch in history["epochs"]),
+        "epochs": history["epochs"],
+    }
+
+
+def evaluate(store_path: str | Path, model_path: str | Path) -> dict[str, Any]:
+    """Score a model on the test side of its split (SPEC 7, paper Fig. 8 included).
+
+    Keys: `metrics.SCALAR_SCORES`, ``confusion`` (sequences; rows true, columns predicted, both
+    indexing ``classes``), ``batch_confusion``, ``accuracy_by_fraction`` (rows of fraction, natural,
+    reversed), sizes and the encoder.
+    """
+    model_path = Path(model_path)
+    mil = _load_mil(model_path)
+    if mil.split is None or not mil.split.test:
+        raise ClanetError(f"{model_path}: the model's split has no test sequences to score")
+    store = EmbeddingStore(store_path)
+    row = _encoder_row(store, mil.encoder_model_id, model_path)
+    bags, _ = load_bags(
+        store, sequence_filter(mil.split.test), mil.config.k, row["model_id"], mil.classes
+    )
+    missing = sorted(set(mil.split.test) - {bag.key for bag in bags})
+    if missing:
+        raise ClanetError(
+            f"{store.path}: {len(missing)} test sequences of {model_path} are not in the store, "
+            f"e.g. {missing[0]}"
+        )
+    curves = metrics.accuracy_by_fraction(lambda index: predict_proba(mil.model, bags, index), bags)
+    return {
+        "model": str(model_path),
+        "split": mil.split.kind,
+        "repeat": mil.split.repeat,
+        "aggregator": mil.config.aggregator,
+        "tss": mil.config.tss,
+        **_encoder_info(row),
+        "test_sequences": len(bags),
+        "test_batches": len({bag.batch for bag in bags}),
+        "classes": list(mil.classes),
+        **_scores(mil.model, bags),
+        "accuracy_by_fraction": [
+            {"fraction": f, "natural": curves["natural"][f], "reversed": curves["reversed"][f]}
+            for f in curves["natural"]
+        ],
+    }
+
+
+def _ranked(proba: np.ndarray, classes: Sequence[str], threshold: float) -> list[dict[str, Any]]:
+    """Per row: the predicted class, its probability, the runner-up, a low-probability warning."""
+    order = np.argsort(-proba, axis=1, kind="stable")
+    rows = []
+    for p, top in zip(proba, order, strict=True):
+        second = top[1] if len(top) > 1 else None
+        rows.append(
+            {
+                "predicted": classes[top[0]],
+                "probability": float(p[top[0]]),
+                "runner_up": None if second is None else classes[second],
+                "runner_up_probability": None if second is None else float(p[second]),
+                "warning": f"low confidence: top probability {p[top[0]]:.2f} < {threshold:.2f}"
+                if p[top[0]] < threshold
+                else None,
+            }
+        )
+    return rows
+
+
+def _export_encoder(
+    store_path: Path, mil: MILModel, model_path: Path, weights: Path | None, seed: int
+) -> PatchEncoder:
+    """The encoder of ``mil``'s embeddings, rebuilt from ``weights`` / ``seed``; refused unless
+    its model_id is the model's. The arch comes from the store's record of that encoder when it
+    has one, else from the checkpoint or the default, as in ``encode``."""
+    from clanet_store.pipelines.encode import load_encoder
+
+    recorded = None
+    if (store_path / "store.json").exists():
+        models = EmbeddingStore(store_path).models()
+        found = models.filter(pl.col("model_id") == mil.encoder_model_id)
+        recorded = found.row(0, named=True) if found.height else None
+    config = json.loads(recorded["config"]) if recorded else {}
+    encoder = load_encoder(
+        weights, config.get("arch"), "auto", seed, config.get("normalize", False)
+    )
+    if encoder.model_id != mil.encoder_model_id:
+        origin = f", weights {recorded['weights_source']}" if recorded else ""
+        raise ClanetError(
+            f"{model_path}: trained on embeddings of encoder {mil.encoder_model_id}{origin}, but "
+            f"--weights {weights or 'none'} (seed {seed}) gives encoder {encoder.model_id} "
+            f"({encoder.weights_source}); nothing was ingested"
+        )
+    return encoder
+
+
+def _add_export(
+    store_path: Path,
+    export: Path,
+    encoder: PatchEncoder,
+    plate_map: Path | None,
+    workers: int | None,
+    progress: StageProgress | None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Ingest and encode ``export`` into the store; the reports and the export's sequence ids.
+
+    Dask and the ingest code are imported here, only when an export is added.
+    """
+    from clanet_store.exports.scan import scan_export
+    from clanet_store.pipelines.encode import encode
+    from clanet_store.pipelines.ingest import ingest
+
+    ids = scan_export(export, plate_map).manifest["sequence_id"].unique().to_list()
+    if not ids:
+        raise ClanetError(f"{export}: no image of the export can be used")
+
+    def stage(name: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else lambda done, total: progress(name, done, total)
+
+    ingested = ingest(export, store_path, plate_map, workers, progress=stage("ingest"))
+    encoded = encode(store_path, encoder, progress=stage("encode"))
+    return {"export": str(export), "ingest": ingested.as_dict(), "encode": encoded.as_dict()}, ids
+
+
+def predict(
+    store_path: str | Path,
+    model_path: str | Path,
+    where: Sequence[str] = (),
+    export: str | Path | None = None,
+    plate_map: str | Path | None = None,
+    weights: str | Path | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    threshold: float = LOW_PROBABILITY,
+    progress: StageProgress | None = None,
+) -> dict[str, Any]:
+    """Authenticate sequences: per sequence and per batch, the predicted cell line and more.
+
+    With ``export`` the export is first ingested and encoded into the store (with the encoder
+    ``weights`` / random-init ``seed``, refused unless it is the model's encoder) and its
+    sequences are predicted; otherwise the stored sequences passing ``where`` (e.g.
+    ``["batch=b3"]``, every stored sequence when empty). Batch level: the mean softmax of the
+    batch's sequences (SPEC 7). ``progress(stage, done, total)`` follows ingest and encode.
+    """
+    store_path, model_path = Path(store_path), Path(model_path)
+    mil = _load_mil(model_path)
+    report: dict[str, Any] = {"model": str(model_path), "where": list(where)}
+    if export is not None:
+        encoder = _export_encoder(store_path, mil, model_path, weights, seed)
+        added, ids = _add_export(store_path, Path(export), encoder, plate_map, workers, progress)
+        report |= added
+        expr = sequence_filter(ids)
+    else:
+        expr = parse_filters(where, filter_schema())
+    store = EmbeddingStore(store_path)
+    row = _encoder_row(store, mil.encoder_model_id, model_path)
+    bags, classes = load_bags(store, expr, mil.config.k, row["model_id"], mil.classes)
+    bags.sort(key=lambda bag: (bag.batch, bag.position))
+    proba = predict_proba(mil.model, bags)
+    labels = np.array([bag.label for bag in bags])
+    sequences = [
+        {
+            "sequence_id": bag.key,
+            "batch": bag.batch,
+            "position": bag.position,
+            "labelled": classes[bag.label],
+            "images": len(bag.times),
+            **ranked,
+        }
+        for bag, ranked in zip(bags, _ranked(proba, mil.classes, threshold), strict=True)
+    ]
+    per_batch = Counter(bag.batch for bag in bags)
+    keys, means, batch_labels = metrics.batch_proba(proba, labels, [bag.batch for bag in bags])
+    batches = [
+        {
+            "batch": key,
+            "labelled": classes[label],
+            "sequences": per_batch[key],
+            **ranked,
+        }
+        for key, label, ranked in zip(
+            keys, batch_labels, _ranked(means, mil.classes, threshold), strict=True
+        )
+    ]
+    for item in (*sequences, *batches):
+        item["matches_label"] = item["predicted"] == item["labelled"]
+    return report | {
+        **_encoder_info(row),
+        "classes": list(mil.classes),
+        "threshold": threshold,
+        "sequences": sequences,
+        "batches": batches,
+        "warnings": sum(item["warning"] is not None for item in (*sequences, *batches)),
+        "mismatches": sum(not item["matches_label"] for item in (*sequences, *batches)),
+    }
+
+
+def _pct(mean_and_std: tuple[float, float]) -> str:
+    mean, std = mean_and_std
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def ablation_markdown(report: dict[str, Any]) -> str:
+    """The ablation as a Markdown table: a row per variant, per split sequence- and batch-level
+    accuracy and macro F1, mean ± std over repeats in % (layout of the paper's Table 4)."""
+    names = ("sequence Acc", "sequence F1", "batch Acc", "batch F1")  # as metrics.SCALAR_SCORES
+    head = ["Aggregation", "TSS"] + [
+        f"{kind.capitalize()}: {name}" if i == 0 else name
+        for kind in SPLIT_KINDS
+        for i, name in enumerate(names)
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * 2 * len(names)]
+    for row in report["summary"]:
+        cells = [row["name"], "✓" if row["tss"] else "–"]
+        cells += [_pct(row[kind][key]) for kind in SPLIT_KINDS for key in metrics.SCALAR_SCORES]
+        lines.append("| " + " | ".join(cells) + " |")
+    sizes = "; ".join(
+        f"{kind}: {', '.join(str(n) for n in report['test_sequences'][kind])}"
+        for kind in SPLIT_KINDS
+    )
+    encoder = (
+        f"`{report['encoder_model_id']}` ({report['encoder_arch']}, {report['embedding_dim']}-d, "
+        f"{'RANDOM INIT' if report['encoder_random_init'] else report['encoder_weights']})"
+    )
+    return "\n".join(
+        [
+            f"# MIL ablation: {report['store']}",
+            "",
+            f"Encoder {encoder}; {report['sequences']} sequences, {report['batches']} batches, "
+            f"{len(report['classes'])} cell lines; k = {report['k']} patches per image; "
+            f"{report['epochs']} epochs; {report['repeats']} repeats per split (split and "
+            f"training seed = repeat number). Test side of each split, mean ± std (population) "
+            f"over repeats, in %. Test sequences per repeat: {sizes}.",
+            "",
+            *lines,
+            "",
+        ]
+    )
+
+
+def ablation(
+    store_path: str | Path,
+    out: str | Path,
+    repeats: int = 3,
+    epochs: int = MILConfig.epochs,
+    k: int = MILConfig.k,
+    model_id: str | None = None,
+    progress: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Every `ABLATION_VARIANTS` on both split kinds, ``repeats`` repeats each; writes ``out``.
+
+    The bags are read once and shared by all runs; split files go next to ``out``.
+    ``progress(run, epoch_stats)`` follows every epoch of every run.
+    """
+    out = Path(out)
+    if repeats < 1:
+        raise ClanetError(f"repeats must be >= 1, got {repeats}")
+    store = EmbeddingStore(store_path)
+    row = _encoder_row(store, model_id, None)
+    bags, classes = load_bags(store, k=k, model_id=row["model_id"])
+    runs: list[dict[str, Any]] = []
+    test_sizes: dict[str, list[int]] = {}
+    for kind in SPLIT_KINDS:
+        for repeat in range(1, repeats + 1):
+            split, path, _ = split_for(bags, kind, repeat, out.parent)
+            train_bags, test_bags = _sides(bags, split, path)
+            if not test_bags:
+                raise ClanetError(f"{path}: no test sequences (every cell line has one batch?)")
+            test_sizes.setdefault(kind, []).append(len(test_bags))
+            for aggregator, tss, name in ABLATION_VARIANTS:
+                config = MILConfig(aggregator=aggregator, tss=tss, k=k, epochs=epochs, seed=repeat)
+                run = f"{kind} r{repeat} {name}"
+                model, _ = _fit(
+                    train_bags,
+                    classes,
+                    config,
+                    None if progress is None else lambda stats, run=run: progress(run, stats),
+                )
+                scores = _scores(model, test_bags)
+                runs.append(
+                    {"split": kind, "repeat": repeat, "variant": name}
+                    | {key: scores[key] for key in metrics.SCALAR_SCORES}
+                )
+    summary = [
+        {
+            "name": name,
+            "aggregator": aggregator,
+            "tss": tss,
+            **{
+                kind: metrics.mean_std(
+                    [r for r in runs if r["variant"] == name and r["split"] == kind]
+                )
+                for kind in SPLIT_KINDS
+            },
+        }
+        for aggregator, tss, name in ABLATION_VARIANTS
+    ]
+    report = {
+        "out": str(out),
+        "store": str(store.path),
+        **_encoder_info(row),
+        "classes": list(classes),
+        "sequences": len(bags),
+        "batches": len({bag.batch for bag in bags}),
+        "k": k,
+        "epochs": epochs,
+        "repeats": repeats,
+        "test_sequences": test_sizes,
+        "summary": summary,
+        "runs": runs,
+    }
+    markdown = ablation_markdown(report)
+    out.write_text(markdown)
+    return report | {"markdown": markdown}
