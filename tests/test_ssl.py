@@ -337,3 +337,21 @@ def test_cli_trains_and_prints_a_json_summary(store: Path, monkeypatch: pytest.M
     bad = ["ssl-train", "--store", str(store), "--out", str(store.parent / "bad.pt")]
     again = CliRunner().invoke(main, [*bad, "--where", "rank<two"])
     assert again.exit_code != 0 and "'two' is not a valid int16" in again.output
+
+
+@pytest.mark.realdata
+def test_encode_command_takes_the_checkpoint(store: Path, reference) -> None:
+    """``clanet-store encode --weights CKPT`` reads the arch from the checkpoint and embeds."""
+    out, _, summary = reference
+    res = CliRunner().invoke(
+        main, ["encode", "--store", str(store), "--weights", str(out), "--format", "json"]
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert (report["arch"], report["weights_format"], report["random_init"]) == (
+        TINY,
+        "clanet-ssl",
+        False,
+    )
+    assert report["embedding_dim"] == summary["embedding_dim"] == 768
+    assert report["patches_encoded"] == PatchStore(store).patches_table().height
