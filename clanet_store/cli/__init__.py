@@ -9,6 +9,7 @@ from clanet_store.cli import (  # noqa: F401  (importing a module registers its 
     exports,
     imaging,
     mil,
+    qc,
     search,
     ssl,
     store,

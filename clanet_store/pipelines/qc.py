@@ -1,0 +1,324 @@
+"""``qc``: is a new selection of embeddings like the reference, and which images are abnormal?
+
+Reads the two selections of one model's embeddings (filters as in ``search --where``, typed by
+``stores.filters``; the top ``k`` patches of each image, SPEC 3), then:
+
+* **drift** (``qc.drift``): unbiased MMD^2 with a permutation p-value that exchanges whole images
+  (or sequences); optionally the online mode over sliding windows of each new sequence's images;
+* **anomaly** (``qc.anomaly``): an isolation forest fitted on the reference scores every new patch;
+  image and sequence scores are maxima; the scores go to the ``qc`` table (under the writer lock,
+  replacing an earlier run with the same model, filters and parameters);
+* a plate heatmap of the maximum image score per well (``qc.heatmap``), on request.
+
+Returns the JSON-ready report of ``clanet-store qc --format json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from lancedb.expr import col
+
+from clanet_store.errors import ClanetError
+from clanet_store.exports.scan import short_hash
+from clanet_store.models.encoder import select_device
+from clanet_store.qc.anomaly import anomaly_scores, fit_isolation_forest, group_max, group_threshold
+from clanet_store.qc.drift import (
+    DriftResult,
+    PooledGram,
+    drift_test,
+    first_detection,
+    pooled_gram,
+    sliding_windows,
+)
+from clanet_store.qc.heatmap import save_plate_heatmap
+from clanet_store.stores import lance
+from clanet_store.stores.embedding_store import (
+    KEY_COLUMNS,
+    EmbeddingStore,
+    embeddings_schema,
+    vectors,
+)
+from clanet_store.stores.filters import parse_filters
+from clanet_store.stores.lock import writer_lock
+
+GROUP_COLUMNS = {"image": "image_id", "sequence": "sequence_id"}
+SEQUENCE_KEYS = ("sequence_id", "cell_line", "batch", "well", "location", "crop")
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class QCParams:
+    """What a QC run computes; ``k``, ``contamination``, ``n_trees`` and ``seed`` also identify
+    the run's rows in the ``qc`` table."""
+
+    k: int | None = 10  # top-k patches per image (rank < k); None = every stored patch
+    permute_by: str = "image"  # image | sequence: the unit the permutation test exchanges
+    n_permutations: int = 1000
+    alpha: float = 0.05  # drift is reported when p < alpha (also per online window)
+    contamination: float = 0.01
+    n_trees: int = 100
+    seed: int = 0
+    max_rows: int = 100_000  # pooled rows above which the drift test subsamples (qc.drift)
+    device: str = "cpu"
+
+
+def _selection(
+    store: EmbeddingStore, model: dict, filters: Sequence[str], role: str, k: int | None
+) -> pa.Table:
+    """The rows of one side; errors name the side, the filter and the reason."""
+    text = ",".join(filters)
+    try:
+        where = parse_filters(filters, embeddings_schema(model["embedding_dim"]))
+    except ClanetError as exc:
+        raise ClanetError(f"{role} filter: {exc}") from None
+    if where is None:
+        raise ClanetError(f"{role} filter is empty: give at least one column=value")
+    if k is not None:
+        where = where & (col("rank") < k)
+    table = store.embeddings_arrow(where, [*KEY_COLUMNS, "embedding"], model["model_id"])
+    if table.num_rows == 0:
+        top = f" among the top {k} patches per image" if k is not None else ""
+        raise ClanetError(
+            f"{store.path}: {role} filter {text!r} selects no embeddings of model "
+            f"{model['model_id']}{top}"
+        )
+    return table
+
+
+def run_qc(
+    store_path: str | Path,
+    reference_filters: Sequence[str],
+    new_filters: Sequence[str],
+    window: int | None = None,
+    model_id: str | None = None,
+    params: QCParams | None = None,
+    heatmap: str | Path | None = None,
+    wait: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Drift, online drift (``window`` images, if given) and anomaly scores; see the module doc."""
+    params = params or QCParams()
+    store = EmbeddingStore(store_path)
+    model = store.model_row(model_id)
+    ref = _selection(store, model, reference_filters, "reference", params.k)
+    new = _selection(store, model, new_filters, "new", params.k)
+    shared = set(ref["image_id"].to_pylist()) & set(new["image_id"].to_pylist())
+    if shared:
+        raise ClanetError(
+            f"{store.path}: the reference and new filters share {len(shared)} image(s) "
+            f"(e.g. {sorted(shared)[0]}); the two sets must be disjoint"
+        )
+    x, y = vectors(ref), vectors(new)
+    meta = pl.from_arrow(new.select(list(KEY_COLUMNS)))
+    drift, online = _drift(x, y, ref, new, meta, window, params, progress)
+    scores = _anomaly(x, ref, y, meta, params)
+    key = [model["model_id"], list(reference_filters), list(new_filters), params.k,
+           params.contamination, params.n_trees, params.seed]  # fmt: skip
+    labels = {
+        "run_id": short_hash(json.dumps(key)),
+        "model_id": model["model_id"],
+        "reference": ",".join(reference_filters),
+        "new": ",".join(new_filters),
+    }
+    _write_scores(store, scores.frame, labels, wait)
+    images = _image_summary(store, scores.frame)
+    wells = scores.frame.group_by("well").agg(pl.col("image_score").max()).sort("well")
+    wells = dict(wells.iter_rows())
+    if heatmap is not None:
+        title = f"max image anomaly score per well ({model['model_id'][:8]})"
+        save_plate_heatmap(wells, heatmap, title=title, threshold=scores.image_threshold)
+    return {
+        **labels,
+        "random_init": bool(model["random_init"]),
+        **drift.as_dict(),
+        "permute_by": params.permute_by,
+        "alpha": params.alpha,
+        "drift": drift.p_value < params.alpha,
+        "n_reference_images": len(ref["image_id"].unique()),
+        "n_new_images": len(new["image_id"].unique()),
+        "anomaly": {
+            "contamination": params.contamination,
+            "threshold_patch": scores.patch_threshold,
+            "threshold_image": scores.image_threshold,
+            "threshold_sequence": scores.sequence_threshold,
+            "n_patches_flagged": int(scores.frame["patch_flagged"].sum()),
+            "n_images_flagged": int(images["flagged"].sum()),
+            "sequences": _sequence_summary(scores.frame),
+            "wells": wells,
+            "images": images.to_dicts(),
+        },
+        "flagged_images": images.filter(pl.col("flagged")).drop("flagged").to_dicts(),
+        "online": online,
+        "heatmap": str(heatmap) if heatmap is not None else None,
+    }
+
+
+def _drift(
+    x: np.ndarray,
+    y: np.ndarray,
+    ref: pa.Table,
+    new: pa.Table,
+    meta: pl.DataFrame,
+    window: int | None,
+    params: QCParams,
+    progress: Progress | None,
+) -> tuple[DriftResult, dict | None]:
+    """The permutation test and, with a ``window``, the online mode (image groups)."""
+    if params.permute_by not in GROUP_COLUMNS:
+        raise ClanetError(f"permute_by must be one of {', '.join(GROUP_COLUMNS)}")
+    if window is not None and window < 2:
+        raise ClanetError(f"the online window must hold at least 2 images, got {window}")
+    try:
+        device = select_device(params.device)
+    except ValueError as exc:
+        raise ClanetError(str(exc)) from None
+
+    def gram(column: str) -> PooledGram:
+        def report(done: int, total: int) -> None:
+            if progress is not None:
+                progress(f"kernel ({column})", done, total)
+
+        groups = ref[column].to_numpy(), new[column].to_numpy()
+        try:
+            return pooled_gram(x, y, *groups, params.max_rows, params.seed, device=device,
+                               progress=report)  # fmt: skip
+        except ValueError as exc:  # e.g. a sequence on both sides with permute_by=sequence
+            raise ClanetError(f"drift test over {column} groups: {exc}") from None
+
+    main = gram(GROUP_COLUMNS[params.permute_by])
+    drift = drift_test(main, params.n_permutations, params.seed)
+    if window is None:
+        return drift, None
+    images = main if params.permute_by == "image" else gram("image_id")
+    return drift, _online(images, meta, window, params, progress)
+
+
+@dataclass
+class _Scores:
+    frame: pl.DataFrame  # KEY_COLUMNS + scores and flags, one row per new patch
+    patch_threshold: float
+    image_threshold: float
+    sequence_threshold: float
+
+
+def _anomaly(
+    x: np.ndarray, ref: pa.Table, y: np.ndarray, meta: pl.DataFrame, params: QCParams
+) -> _Scores:
+    """Fit on the reference, score the new patches, aggregate (max) and flag per level."""
+    if len(x) < 4:
+        raise ClanetError(f"the reference has {len(x)} patches; the anomaly model needs at least 4")
+    forest = fit_isolation_forest(
+        x, params.n_trees, contamination=params.contamination, seed=params.seed
+    )
+    thresholds = {
+        "patch": forest.threshold,
+        "image": group_threshold(forest, ref["image_id"].to_numpy()),
+        "sequence": group_threshold(forest, ref["sequence_id"].to_numpy()),
+    }
+    patch = anomaly_scores(forest, y)
+    levels = {
+        "patch": patch,
+        "image": group_max(patch, meta["image_id"].to_numpy()),
+        "sequence": group_max(patch, meta["sequence_id"].to_numpy()),
+    }
+    frame = meta.with_columns(
+        *(pl.Series(f"{level}_score", s, pl.Float32) for level, s in levels.items()),
+        *(pl.Series(f"{level}_flagged", levels[level] > thresholds[level]) for level in levels),
+    )
+    return _Scores(frame, thresholds["patch"], thresholds["image"], thresholds["sequence"])
+
+
+def _write_scores(
+    store: EmbeddingStore, frame: pl.DataFrame, labels: dict[str, str], wait: bool
+) -> None:
+    """Replace this run's rows of the ``qc`` table; ``labels``: run_id, model_id, filters."""
+    run_id = labels["run_id"]
+    rows = frame.with_columns(
+        qc_id=pl.col("patch_id").map_elements(lambda p: short_hash(f"{run_id}|{p}"), pl.String),
+        created_at=pl.lit(datetime.now(UTC).replace(tzinfo=None)),
+        **{name: pl.lit(value) for name, value in labels.items()},
+    )
+    with writer_lock(store.path, wait=wait):
+        table = lance.open_table(store.db, "qc", create=True)
+        store.register_table("qc")
+        table.delete(col("run_id") == run_id)
+        table.add(lance.to_arrow(rows.to_arrow(), "qc"))
+
+
+def _image_summary(store: EmbeddingStore, frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per new image with its path, score and flag, highest score first."""
+    per_image = frame.group_by("image_id").agg(
+        pl.col("well", "location", "crop", "timepoint_h", "sequence_id").first(),
+        score=pl.col("image_score").max(),
+        flagged=pl.col("image_flagged").any(),
+    )
+    ids = per_image["image_id"].to_list()
+    paths = store.images(["image_id", "path"], where=col("image_id").isin(ids))
+    return per_image.join(paths, on="image_id", how="left").sort("score", descending=True)
+
+
+def _sequence_summary(frame: pl.DataFrame) -> list[dict]:
+    return (
+        frame.group_by("sequence_id")
+        .agg(
+            pl.col(*SEQUENCE_KEYS[1:]).first(),
+            score=pl.col("sequence_score").max(),
+            flagged=pl.col("sequence_flagged").any(),
+            n_images=pl.col("image_id").n_unique(),
+        )
+        .sort("score", descending=True)
+        .to_dicts()
+    )
+
+
+def _online(
+    gram: PooledGram, meta: pl.DataFrame, window: int, params: QCParams, progress: Progress | None
+) -> dict:
+    """Sliding windows of ``window`` images over each new sequence, in time order."""
+    images = meta.unique("image_id").sort("sequence_id", "timepoint_h")
+    sequences = images.partition_by("sequence_id", maintain_order=True)
+    out = []
+    for done, seq in enumerate(sequences, start=1):
+        times = dict(zip(seq["image_id"], seq["timepoint_h"], strict=True))
+        windows = sliding_windows(
+            gram, seq["image_id"].to_list(), window, params.n_permutations, params.seed
+        )
+        rows = [
+            {
+                "start_h": times[w.groups[0]],
+                "end_h": times[w.groups[-1]],
+                "image_ids": w.groups,
+                "mmd": w.mmd,
+                "p_value": w.p_value,
+            }
+            for w in windows
+        ]
+        first = first_detection(windows, params.alpha)
+        first_row = rows[windows.index(first)] if first is not None else None
+        out.append(
+            {
+                **{k: seq[k][0] for k in SEQUENCE_KEYS},
+                "n_images": seq.height,
+                "tested": bool(windows),
+                "first_drift": first_row,
+                "windows": rows,
+            }
+        )
+        if progress is not None:
+            progress("online windows", done, len(sequences))
+    return {
+        "window": window,
+        "alpha": params.alpha,
+        "sequences": out,
+        "n_sequences_drifted": sum(s["first_drift"] is not None for s in out),
+    }
