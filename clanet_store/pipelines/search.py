@@ -39,16 +39,6 @@ SCALAR_INDEXES = {
     "image_id": BTree,
     "patch_id": BTree,
 }
-RESULT_COLUMNS = (
-    "patch_id",
-    "image_id",
-    "cell_line",
-    "batch",
-    "well",
-    "location",
-    "timepoint_h",
-    "rank",
-)
 
 
 def index_parameters(rows: int, dim: int) -> dict[str, int]:
