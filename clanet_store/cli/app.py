@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,18 @@ def progress(desc: str, unit: str, total: int | None = None):
     """A progress bar on stderr (silent when stderr is not a terminal)."""
     with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False) as bar:
         yield bar
+
+
+@contextmanager
+def progress_callback(desc: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``(done, total)`` callback for pipelines that draws a progress bar on stderr."""
+    with progress(desc, unit) as bar:
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield update
 
 
 def emit(fmt: str, payload: dict, human: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from clanet_store.cli.app import emit, format_option, main, progress, store_option
+from clanet_store.cli.app import emit, format_option, main, progress_callback, store_option
 
 
 @main.command()
@@ -49,12 +49,7 @@ def encode(
     from clanet_store.pipelines.encode import load_encoder
 
     encoder = load_encoder(weights, arch, device, seed, normalize)
-    with progress("encoding", "patch") as bar:
-
-        def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with progress_callback("encoding", "patch") as update:
         report = run_encode(store, encoder, batch_size, wait, update, commit_every)
     r = report.as_dict()
     lines = [

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from clanet_store.cli.app import emit, format_option, main, progress, store_option
+from clanet_store.cli.app import (
+    emit,
+    format_option,
+    main,
+    progress,
+    progress_callback,
+    store_option,
+)
 from clanet_store.textout import render_table
 
 
@@ -180,12 +187,7 @@ def corrupt(
     """Write a corrupted copy of an export (same names and layout) for robustness checks."""
     from clanet_store.qc.corrupt import corrupt_export
 
-    with progress("corrupting", "image") as bar:
-
-        def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with progress_callback("corrupting", "image") as update:
         r = corrupt_export(export_root, out, kind, severity, direction, update)
     lines = [
         f"{out}: {r['images_written']} images written, {kind} severity {severity} "

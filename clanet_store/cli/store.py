@@ -11,7 +11,7 @@ from clanet_store.cli.app import (
     format_option,
     human_size,
     main,
-    progress,
+    progress_callback,
     store_option,
 )
 from clanet_store.textout import render_table
@@ -49,12 +49,7 @@ def ingest(
     """Scan an export, extract mask + CCS patches on Dask, write them into the store."""
     from clanet_store.pipelines.ingest import ingest as run_ingest
 
-    with progress("ingesting", "image") as bar:
-
-        def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with progress_callback("ingesting", "image") as update:
         report = run_ingest(
             export_root, store, plate_map, workers, scheduler, wait, update, commit_every
         )
