@@ -15,6 +15,7 @@ import pytest
 import timm
 import torch
 from lancedb.expr import col
+from test_encoder import reference_features
 
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
@@ -52,18 +53,7 @@ def test_stored_embedding_equals_direct_forward_intermediates(store_path, tmp_pa
     assert got.shape == (n_patches, 1536)
     ids = table.column("patch_id").to_pylist()[:5]
     pixels = store.patches(ids)
-    x = torch.from_numpy(pixels).float().div(255).unsqueeze(1).repeat(1, 3, 1, 1)
-    model.eval()
-    with torch.inference_mode():
-        layers = model.forward_intermediates(
-            x,
-            indices=4,
-            return_prefix_tokens=True,
-            norm=True,
-            output_fmt="NLC",
-            intermediates_only=True,
-        )
-        expected = torch.cat([prefix[:, 0] for _, prefix in layers], dim=1).numpy()
+    expected = reference_features(model.eval(), torch.from_numpy(pixels)).numpy()
     np.testing.assert_allclose(got[:5], expected, atol=1e-5, rtol=0)
     again = encode(store_path, encoder, batch_size=16)
     assert (again.patches_encoded, again.patches_skipped) == (0, n_patches)

@@ -36,6 +36,7 @@ from clanet_store.models.encoder import (
     inference_context,
     select_device,
 )
+from clanet_store.pipelines.ingest import IMAGE_KEYS
 from clanet_store.stores import lance
 from clanet_store.stores.embedding_store import (
     EmbeddingStore,
@@ -44,20 +45,7 @@ from clanet_store.stores.embedding_store import (
 )
 from clanet_store.stores.lock import writer_lock
 
-META_COLUMNS = (
-    "patch_id",
-    "image_id",
-    "cell_line",
-    "batch",
-    "experiment",
-    "well",
-    "location",
-    "crop",
-    "sequence_id",
-    "timepoint_h",
-    "rank",
-    "density",
-)
+META_COLUMNS = ("patch_id", *IMAGE_KEYS, "rank", "density")
 PREFETCH_BATCHES = 4
 
 Progress = Callable[[int, int], None]

@@ -42,6 +42,18 @@ from clanet_store.stores.lock import writer_lock
 from clanet_store.stores.patch_store import SLOT_SIZE, PatchStore
 
 FLUSH_IMAGES = 64
+# The image's keys that every patch row (and every embedding row) repeats, for filtering.
+IMAGE_KEYS = (
+    "image_id",
+    "cell_line",
+    "batch",
+    "experiment",
+    "well",
+    "location",
+    "crop",
+    "sequence_id",
+    "timepoint_h",
+)
 # distributed starts worker processes with MALLOC_TRIM_THRESHOLD_=65536, so glibc hands memory
 # back to the OS after every large temporary: mask + CCS then ran 0.78 s instead of 0.49 s per
 # image in a worker (measured). Local workers start without it; see the README for remote ones.
@@ -126,18 +138,7 @@ def recover(store: PatchStore) -> int:
 
 
 def _patch_rows(image: dict, result: dict, rows: np.ndarray) -> list[dict]:
-    keys = (
-        "image_id",
-        "cell_line",
-        "batch",
-        "experiment",
-        "well",
-        "location",
-        "crop",
-        "sequence_id",
-        "timepoint_h",
-    )
-    base = {k: image[k] for k in keys}
+    base = {k: image[k] for k in IMAGE_KEYS}
     out = []
     for box, row in zip(result["boxes"], rows, strict=True):
         x, y = int(box["x"]), int(box["y"])
