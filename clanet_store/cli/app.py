@@ -36,6 +36,11 @@ format_option = click.option(
 )
 
 
+wait_option = click.option(
+    "--wait", is_flag=True, help="wait for another writer instead of failing"
+)
+
+
 @contextmanager
 def progress(desc: str, unit: str, total: int | None = None):
     """A progress bar on stderr (silent when stderr is not a terminal)."""

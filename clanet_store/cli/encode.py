@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from clanet_store.cli.app import emit, format_option, main, progress_callback, store_option
+from clanet_store.cli.app import (
+    emit,
+    format_option,
+    main,
+    progress_callback,
+    store_option,
+    wait_option,
+)
 
 
 @main.command()
@@ -23,7 +30,7 @@ from clanet_store.cli.app import emit, format_option, main, progress_callback, s
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the random init")
 @click.option("--normalize", is_flag=True, help="ImageNet mean/std normalisation (off: reference)")
-@click.option("--wait", is_flag=True, help="wait for another writer instead of failing")
+@wait_option
 @click.option(
     "--commit-every",
     type=click.IntRange(min=1),

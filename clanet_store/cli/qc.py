@@ -14,6 +14,7 @@ from clanet_store.cli.app import (
     progress,
     progress_callback,
     store_option,
+    wait_option,
 )
 from clanet_store.textout import render_table
 
@@ -78,7 +79,7 @@ from clanet_store.textout import render_table
     type=click.Path(dir_okay=False, path_type=Path),
     help="write a plate-layout PNG of the max image anomaly score per well",
 )
-@click.option("--wait", is_flag=True, help="wait for another writer instead of failing")
+@wait_option
 @format_option
 def qc(
     store: Path,

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import polars as pl
 
-from clanet_store.cli.app import emit, main, store_option
+from clanet_store.cli.app import emit, main, store_option, wait_option
 from clanet_store.errors import ClanetError
 from clanet_store.textout import render_table
 
@@ -17,7 +17,7 @@ SHOWN = ["patch_id", "cell_line", "batch", "well", "location", "timepoint_h", "d
 @main.command()
 @store_option
 @click.option("--model-id", help="which encoder's embeddings (default: the latest)")
-@click.option("--wait", is_flag=True, help="wait for another writer instead of failing")
+@wait_option
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )

@@ -13,6 +13,7 @@ from clanet_store.cli.app import (
     main,
     progress_callback,
     store_option,
+    wait_option,
 )
 from clanet_store.textout import render_table
 
@@ -25,7 +26,7 @@ from clanet_store.textout import render_table
     "--workers", type=click.IntRange(min=1), help="local worker processes (default: one per core)"
 )
 @click.option("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
-@click.option("--wait", is_flag=True, help="wait for another writer instead of failing")
+@wait_option
 @click.option("--strict", is_flag=True, help="exit non-zero if any image is rejected")
 @click.option(
     "--commit-every",
