@@ -37,11 +37,18 @@ def check_boxes(boxes: np.ndarray, mask: np.ndarray, size: int, exclude=None) ->
 
 
 @pytest.mark.parametrize(
-    ("bins", "lut"), [(ccs.GREY_BINS, ccs._GREY_LUT), (ccs.LBP_BINS, ccs._LBP_LUT)]
+    ("bins", "starts"), [(ccs.GREY_BINS, ccs._GREY_STARTS), (ccs.LBP_BINS, ccs._LBP_STARTS)]
 )
-def test_bin_tables_match_numpy_histogram(bins, lut):
-    for v in range(256):
-        assert np.histogram([v], bins, (0, 255))[0].argmax() == lut[v]
+def test_bin_starts_match_numpy_histogram(bins, starts):
+    values = np.random.default_rng(0).integers(0, 256, (3, 500)).astype(np.uint8)
+    expected = [np.histogram(v, bins, (0, 255))[0] for v in values]
+    np.testing.assert_array_equal(ccs._binned_counts(values, starts), expected)
+    for v in range(256):  # every single value, edges included
+        one = np.array([[v]], np.uint8)
+        assert (
+            np.histogram([v], bins, (0, 255))[0].argmax()
+            == ccs._binned_counts(one, starts)[0].argmax()
+        )
 
 
 def lbp_ties(grey: np.ndarray) -> np.ndarray:

@@ -50,8 +50,11 @@ Deliberate differences from the public reference code (GPL; only facts were take
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
-from scipy import ndimage as ndi
+
+from clanet_store.imaging.runlength import components, find_runs
 
 PATCH_SIZE = 112
 K_STORED = 20
@@ -83,14 +86,19 @@ _NEIGHBOURS = ((0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1), (1, 0), (1,
 _EDGE_MIN = (-((70711 * np.arange(-255, 256)) // 29289)).astype(np.int16)
 
 
-def _bin_lut(bins: int) -> np.ndarray:
-    """Bin of each value 0..255 in ``np.histogram(values, bins, range=(0, 255))``."""
+def _bin_starts(bins: int) -> np.ndarray:
+    """First value of each bin of ``np.histogram(values, bins, range=(0, 255))`` over 0..255.
+
+    The bins are runs of consecutive values, so a histogram is the 256-value count summed over
+    these runs (``np.add.reduceat``).
+    """
     edges = np.linspace(0.0, 255.0, bins + 1)
-    return np.digitize(np.arange(256), edges[1:-1]).astype(np.uint8)
+    bin_of_value = np.digitize(np.arange(256), edges[1:-1])
+    return np.searchsorted(bin_of_value, np.arange(bins))
 
 
-_GREY_LUT = _bin_lut(GREY_BINS)
-_LBP_LUT = _bin_lut(LBP_BINS)
+_GREY_STARTS = _bin_starts(GREY_BINS)
+_LBP_STARTS = _bin_starts(LBP_BINS)
 
 
 def local_binary_pattern(grey: np.ndarray) -> np.ndarray:
@@ -164,17 +172,29 @@ def select_patches(
 
 
 def candidate_boxes(mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-left corners (ys, xs) of the MassCenter boxes and tiles, in creation order."""
+    """Top-left corners (ys, xs) of the MassCenter boxes and tiles, in creation order.
+
+    Regions are found on the runs of the mask (``runlength.components``), numbered in raster
+    order of their first pixel like ``ndi.label``'s labels; areas and bounding boxes come from the
+    runs.
+    """
     h, w = mask.shape
-    labels, count = ndi.label(mask, np.ones((3, 3), bool))
+    runs = find_runs(mask)
+    count, region = components(runs, eight=True)
     if count == 0:
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
-    areas = np.bincount(labels.ravel())[1:]
-    kept = np.sort(np.argsort(-areas, kind="stable")[:MAX_REGIONS])  # label - 1, by label
-    slices = ndi.find_objects(labels)
+    areas = np.bincount(region, weights=runs.length).astype(np.int64)
+    kept = np.sort(np.argsort(-areas, kind="stable")[:MAX_REGIONS])  # region number, by label
+    starts, stops = runs.columns
+    top, bottom = np.full(count, h), np.zeros(count, np.intp)
+    left, right = np.full(count, w), np.zeros(count, np.intp)
+    np.minimum.at(top, region, runs.row)
+    np.maximum.at(bottom, region, runs.row + 1)
+    np.minimum.at(left, region, starts)
+    np.maximum.at(right, region, stops)
     centre_ys, centre_xs, tile_ys, tile_xs = [], [], [], []
-    for index in kept:
-        rows, cols = slices[index]
+    for index in kept.tolist():
+        rows, cols = slice(top[index], bottom[index]), slice(left[index], right[index])
         box = mask[rows, cols]
         per_row = np.count_nonzero(box, axis=1)
         per_col = np.count_nonzero(box, axis=0)
@@ -259,19 +279,19 @@ def box_histograms(
         grey_crops, codes = crops[:, 1:-1, 1:-1], _lbp_codes(crops)
     else:
         whole = local_binary_pattern(grey)
-        grey_crops = np.stack([grey[y : y + size, x : x + size] for y, x in corners])
-        codes = np.stack([whole[y : y + size, x : x + size] for y, x in corners])
-    return (
-        _histograms(np.take(_GREY_LUT, grey_crops), GREY_BINS),
-        _histograms(np.take(_LBP_LUT, codes), LBP_BINS),
-    )
+        grey_crops = [grey[y : y + size, x : x + size] for y, x in corners]
+        codes = [whole[y : y + size, x : x + size] for y, x in corners]
+    return _binned_counts(grey_crops, _GREY_STARTS), _binned_counts(codes, _LBP_STARTS)
 
 
-def _histograms(bins: np.ndarray, n: int) -> np.ndarray:
-    """Per-crop counts of bin indices: (crops, ...) -> (crops, n)."""
-    offsets = (np.arange(bins.shape[0]) * n)[:, None]
-    flat = (bins.reshape(bins.shape[0], -1) + offsets).ravel()
-    return np.bincount(flat, minlength=bins.shape[0] * n).reshape(-1, n)
+def _binned_counts(crops: Iterable[np.ndarray], starts: np.ndarray) -> np.ndarray:
+    """Per-crop histogram counts of uint8 values over the bins beginning at ``starts``.
+
+    One small ``bincount`` per crop (its 256-value count) costs less than binning every pixel
+    through a lookup table and counting all crops at once with per-crop offsets.
+    """
+    counts = np.array([np.bincount(c.ravel(), minlength=256) for c in crops]).reshape(-1, 256)
+    return np.add.reduceat(counts, starts, axis=1)
 
 
 def removal(first: np.ndarray, second: np.ndarray, u: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -24,7 +24,10 @@ a straightforward version):
   and the Sobel derivatives with array slicing;
 * the closed Otsu and edge masks are computed once, not in every iteration; since the filled mask
   contains them and closing only adds pixels, step 5 reduces to ``fill(close(previous))``;
-* hole filling labels the background once instead of growing it pixel by pixel (``fill_holes``).
+* hole filling labels the background once instead of growing it pixel by pixel (``fill_holes``);
+* every labelling of a mask (hole filling, small holes and objects) is done on its runs along the
+  rows (``runlength``), 20 - 60 x fewer than its pixels, and only the pixels that change are
+  written. (Canny's hysteresis keeps ``ndi.label``: thin edges make about one run per pixel.)
 
 (scipy 1.17's ``binary_fill_holes`` / ``binary_dilation(iterations=-1)`` also corrupt memory when
 an image side is shorter than the 6 x 6 structure; ``fill_holes`` has no such limit.)
@@ -50,6 +53,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature._canny_cy import _nonmaximum_suppression_bilinear
+
+from clanet_store.imaging.runlength import components, find_runs, paint
 
 PERCENTILES = (0.2, 99.8)
 OTSU_BINS = 256
@@ -235,10 +240,11 @@ def fill_holes(mask: np.ndarray, seeds: np.ndarray | None = None) -> np.ndarray:
     in {-3..2}^2, and from outside the image into its top 2, bottom 3, left 2 and right 3 rows and
     columns. The symmetric part of that step, {-2..2}^2, joins background pixels into "super
     components": the 8-connected components of the background dilated by a 2 x 2 square, inside
-    which every pixel reaches every other. The only steps between super components are one-way
-    steps with a coordinate of -3, across a wall at least 2 px thick; they are listed for the
-    pixels not reached from the outside that sit next to such a wall, and followed breadth-first.
-    ``seeds`` (background pixels) are reached from the start, like the outside.
+    which every pixel reaches every other (found on its runs, ``runlength``). The only steps between
+    super components are one-way steps with a coordinate of -3, across a wall at least 2 px thick;
+    they are listed for the pixels not reached from the outside that sit next to such a wall, and
+    followed breadth-first. ``seeds`` (background pixels) are reached from the start, like the
+    outside. Only the pixels of the super components left unreached (the holes) are written.
     """
     background = ~mask
     h, w = mask.shape
@@ -249,39 +255,68 @@ def fill_holes(mask: np.ndarray, seeds: np.ndarray | None = None) -> np.ndarray:
     grown[pad + 1 : pad + 1 + h, pad : pad + w] |= background
     grown[pad : pad + h, pad + 1 : pad + 1 + w] |= background
     grown[pad + 1 : pad + 1 + h, pad + 1 : pad + 1 + w] |= background
-    labels = np.empty(grown.shape, np.int32)
-    count = ndi.label(grown, _EIGHT, output=labels)
-    inside = labels[core]  # a foreground pixel may carry a label: always AND with background
-    reached = np.zeros(count + 1, bool)
-    for band in (np.s_[:2], np.s_[-3:], np.s_[:, :2], np.s_[:, -3:]):  # reached from outside
-        reached[inside[band][background[band]]] = True
-    if seeds is not None:
-        reached[inside[seeds & background]] = True
-    reached[0] = False
-    region = np.take(reached, inside)
-    region &= background
-    targets = _step_targets(mask)
-    targets &= background
-    targets &= ~region
+    runs = find_runs(grown)
+    count, component = components(runs, eight=True)
+    reached = np.zeros(count, bool)
+    for rows, cols in _entry_pixels(background, seeds):
+        reached[component[runs.index(rows + pad, cols + pad)]] = True
+    # 1 + component of every background pixel not reached yet, 0 elsewhere
+    unreached = np.zeros(grown.shape, np.int32)
+    open_runs = ~reached[component]
+    paint(unreached, runs, open_runs, component[open_runs] + 1)
+    inside = unreached[core] > 0
+    inside &= background
+    targets = _step_targets(mask) if inside.any() else np.zeros_like(mask)
+    targets &= inside
     flat = np.flatnonzero(targets)
     if flat.size:
-        grown[:] = False
-        grown[core] = background  # reused as the padded background
-        width = grown.shape[1]
+        width = w + 2 * pad
         at = flat + (flat // w) * (width - w) + pad * width + pad  # image -> padded flat index
         source = at[:, None] - np.array([dy * width + dx for dy, dx in _ONE_WAY])
-        dest = np.broadcast_to(labels.ravel()[at][:, None], source.shape)
-        src = labels.ravel()[source]
-        step = grown.ravel()[source] & (src != dest)
-        sources, dests = src[step], dest[step]
+        grown[:] = False
+        grown[core] = background  # reused as the padded background
+        on = np.take(grown, source)  # a step needs background at both ends
+        src = np.take(unreached, source)[on] - 1  # -1: a reached component
+        dest = np.broadcast_to(np.take(unreached, at)[:, None] - 1, on.shape)[on]
+        reached[dest[src < 0]] = True
+        sources, dests = src[src >= 0], dest[src >= 0]
         new = dests[reached[sources] & ~reached[dests]]
-        if new.size:
-            while new.size:
-                reached[new] = True
-                new = dests[reached[sources] & ~reached[dests]]
-            region = np.take(reached, inside)
-            region &= background
-    return ~region
+        while new.size:
+            reached[new] = True
+            new = dests[reached[sources] & ~reached[dests]]
+        holes = np.zeros(grown.shape, bool)  # usually far fewer pixels than ``unreached`` had
+        paint(holes, runs, ~reached[component], True)
+        inside = holes[core]
+        inside &= background
+    return inside | mask
+
+
+def _entry_pixels(
+    background: np.ndarray, seeds: np.ndarray | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows, cols) of background pixels reached from the start, first pixel of each row run.
+
+    They are those the 6 x 6 structure reaches from outside (top 2, bottom 3, left 2 and right 3
+    rows and columns) and the seeds; the rest of a pixel's row run is in the same super component.
+    """
+    h, w = background.shape
+    pieces = [
+        (background[:2], 0, 0),
+        (background[-3:], max(h - 3, 0), 0),
+        (background[:, :2], 0, 0),
+        (background[:, -3:], 0, max(w - 3, 0)),
+    ]
+    if seeds is not None and seeds.any():
+        rows, cols = np.flatnonzero(seeds.any(axis=1)), np.flatnonzero(seeds.any(axis=0))
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        pieces.append((seeds[box] & background[box], rows[0], cols[0]))
+    out = []
+    for part, row, col in pieces:
+        first = part.copy()
+        first[:, 1:] &= ~part[:, :-1]
+        rows, cols = np.nonzero(first)
+        out.append((rows + row, cols + col))
+    return out
 
 
 # Steps d of the 6 x 6 growth that leave a super component: a coordinate is -3.
@@ -317,17 +352,20 @@ def _step_targets(mask: np.ndarray) -> np.ndarray:
 def remove_small(mask: np.ndarray) -> np.ndarray:
     """Fill background components under MIN_HOLE px, then drop objects under MIN_OBJECT px.
 
-    Both with 4-connectivity, as ``remove_small_holes`` / ``remove_small_objects`` by default.
+    Both with 4-connectivity, as ``remove_small_holes`` / ``remove_small_objects`` by default;
+    components are found on the runs of the image (``runlength``), and only the pixels of the small
+    ones are written.
     """
-    labels, _ = ndi.label(~mask)
-    small = np.bincount(labels.ravel()) < MIN_HOLE
-    small[0] = False
-    filled = np.take(small, labels)
-    filled |= mask
-    labels, _ = ndi.label(filled)
-    big = np.bincount(labels.ravel()) >= MIN_OBJECT
-    big[0] = False
-    return np.take(big, labels)
+    holes = find_runs(~mask)
+    _, component = components(holes, eight=False)
+    small = np.bincount(component, weights=holes.length) < MIN_HOLE
+    filled = mask.copy()
+    paint(filled, holes, small[component], True)
+    objects = find_runs(filled)
+    _, component = components(objects, eight=False)
+    small = np.bincount(component, weights=objects.length) < MIN_OBJECT
+    paint(filled, objects, small[component], False)
+    return filled
 
 
 def brightfield_mask(grey: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
