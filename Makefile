@@ -17,18 +17,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The whole pipeline on the embedded synthetic default (a generated export; no private data).
+# The whole pipeline on the embedded synthetic default (pipelines/demo.toml: a generated export,
+# no private data): synth -> ingest -> ssl-train -> encode -> index -> train -> evaluate -> search
+# -> report. Stages that are up to date are skipped on a second run; `make clean-demo` starts over.
 demo: $(STAMP)
-	rm -rf $(DEMO)
-	$(BIN)/clanet-store synth $(DEMO)/export --lines 4 --batches 2 --positions 2 --timepoints 4 --seed 0
-	$(BIN)/clanet-store scan $(DEMO)/export --out $(DEMO)/manifest.parquet
-	$(BIN)/clanet-store ingest $(DEMO)/export --store $(DEMO)/store
-	$(BIN)/clanet-store encode --store $(DEMO)/store
-	$(BIN)/clanet-store index --store $(DEMO)/store
-	$(BIN)/clanet-store info --store $(DEMO)/store
-	$(BIN)/clanet-store search --store $(DEMO)/store --patch-id \
-		"$$($(BIN)/python -c 'from clanet_store.stores.patch_store import PatchStore; print(PatchStore("$(DEMO)/store").patches_table()["patch_id"].sort()[0])')" \
-		-k 5 --other-batches --show $(DEMO)/gallery.png
+	$(BIN)/clanet-store demo --out $(DEMO)
 
 # pytest exits 5 when it collected no tests: that is a failure here, not a pass.
 test: $(STAMP)

@@ -10,6 +10,8 @@ from clanet_store.cli import (  # noqa: F401  (importing a module registers its 
     imaging,
     mil,
     qc,
+    report,
+    runs,
     search,
     ssl,
     store,

@@ -83,7 +83,7 @@ def search(
     from clanet_store.imaging.decode import ImageDecodeError, read_grey
     from clanet_store.imaging.draw import draw_gallery
     from clanet_store.pipelines.encode import encoder_for_model
-    from clanet_store.pipelines.search import neighbours_of_image
+    from clanet_store.pipelines.search import gallery_row, neighbours_of_image
     from clanet_store.stores.embedding_store import EmbeddingStore
     from clanet_store.stores.filters import parse_filters
 
@@ -114,7 +114,7 @@ def search(
         how="vertical_relaxed",
     )
     if show is not None:
-        draw_gallery([_gallery_row(es, *q) for q in queries], show)
+        draw_gallery([gallery_row(es, *q) for q in queries], show)
     if fmt == "parquet":
         results.write_parquet(out)
         click.echo(f"{results.height} results written to {out}")
@@ -145,18 +145,3 @@ def _parse_box(text: str) -> tuple[int, int]:
 
 def _describe(keys: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in keys.items() if v is not None)
-
-
-def _gallery_row(es, keys: dict, pixels, found: pl.DataFrame) -> list:
-    """The query patch, then each neighbour labelled with line / batch, time and distance."""
-    neighbours = es.patches(found["patch_id"].to_list())
-    labels = [
-        f"{r['cell_line']} / {r['batch']}\n{r['timepoint_h']:.1f} h, d={r['distance']:.3f}"
-        for r in found.iter_rows(named=True)
-    ]
-    where = (
-        f"{keys['cell_line']} / {keys['batch']}"
-        if "cell_line" in keys
-        else f"x={keys['x']} y={keys['y']}"
-    )
-    return [(pixels, f"query\n{where}"), *zip(neighbours, labels, strict=True)]

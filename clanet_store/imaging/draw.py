@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -14,7 +15,7 @@ OVERLAY_TINT = (0, 0, 255)  # blue wash over excluded overlay pixels
 BOX = (255, 0, 0)
 
 
-def draw_extraction(grey: np.ndarray, extraction: Extraction, path: str | Path) -> None:
+def draw_extraction(grey: np.ndarray, extraction: Extraction, path: str | Path | BinaryIO) -> None:
     """Write a PNG of ``grey`` with the mask outline, the overlays tinted and the boxes ranked."""
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
     mask = extraction.mask
@@ -36,7 +37,7 @@ def draw_extraction(grey: np.ndarray, extraction: Extraction, path: str | Path) 
 
 
 def draw_gallery(
-    rows: list[list[tuple[np.ndarray, str]]], path: str | Path, scale: int = 2
+    rows: list[list[tuple[np.ndarray, str]]], path: str | Path | BinaryIO, scale: int = 2
 ) -> None:
     """Write a PNG grid of labelled grey patches: one row per query, the query first.
 

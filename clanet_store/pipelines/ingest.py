@@ -208,6 +208,7 @@ def ingest(
     scan = scan_export(export_root, plate_map)
     store = PatchStore(store_path, create=True, extractor=extractor_params())
     with writer_lock(store.path, wait=wait):
+        store.record_export(export_root)
         writer = _Writer(store, commit_every)
         writer.record_scan_rejects(scan.rejects)
         todo, writer.report.images_skipped = _plan(scan.manifest, writer.existing)

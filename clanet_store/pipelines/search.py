@@ -115,3 +115,21 @@ def neighbours_of_image(
         (keys, px, store.search(v, k, where, model_id=encoder.model_id))
         for keys, px, v in zip(boxes, pixels, vectors, strict=True)
     ]
+
+
+def gallery_row(
+    store: EmbeddingStore, keys: dict, pixels: np.ndarray, found: pl.DataFrame
+) -> list[tuple[np.ndarray, str]]:
+    """A `draw_gallery` row: the query patch, then each neighbour labelled with line / batch,
+    time and distance (``keys``: the query's cell_line and batch, or its x and y in a new image)."""
+    neighbours = store.patches(found["patch_id"].to_list())
+    labels = [
+        f"{r['cell_line']} / {r['batch']}\n{r['timepoint_h']:.1f} h, d={r['distance']:.3f}"
+        for r in found.iter_rows(named=True)
+    ]
+    where = (
+        f"{keys['cell_line']} / {keys['batch']}"
+        if "cell_line" in keys
+        else f"x={keys['x']} y={keys['y']}"
+    )
+    return [(pixels, f"query\n{where}"), *zip(neighbours, labels, strict=True)]

@@ -52,6 +52,13 @@ def table_layout(table: str) -> str:
     return base if base == "embeddings" and dim.isdigit() else table
 
 
+def _write_meta(path: Path, meta: dict) -> None:
+    """Replace store.json atomically (write, then rename)."""
+    tmp = path / "store.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(path / "store.json")
+
+
 def _check_meta(path: Path, meta: dict) -> None:
     if meta.get("format") != STORE_FORMAT:
         raise ClanetError(
@@ -120,9 +127,7 @@ class PatchStore:
             "slot_size": SLOT_SIZE,
             "created_at": datetime.now(UTC).isoformat(),
         }
-        tmp = self.path / "store.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(self.path / "store.json")  # the store exists once this file does
+        _write_meta(self.path, meta)  # the store exists once this file does
 
     # --- tables -------------------------------------------------------------------------------
 
@@ -195,9 +200,25 @@ class PatchStore:
         if tables.get(name) == version:
             return
         tables[name] = version
-        tmp = self.path / "store.json.tmp"
-        tmp.write_text(json.dumps(self.meta, indent=2))
-        tmp.replace(self.path / "store.json")
+        _write_meta(self.path, self.meta)
+
+    def record_export(self, root: str | Path) -> None:
+        """Remember an export root ingested into this store (writer only): image paths are
+        relative to their export root, and `source_file` finds the originals again."""
+        roots = self.meta.setdefault("exports", [])
+        resolved = str(Path(root).resolve())
+        if resolved not in roots:
+            roots.append(resolved)
+            _write_meta(self.path, self.meta)
+
+    def source_file(self, path: str, roots: Sequence[str | Path] = ()) -> Path | None:
+        """The original file of an image (its ``path`` column): under ``roots``, then under the
+        export roots this store ingested from, newest first; None if it is nowhere."""
+        for root in (*roots, *reversed(self.meta.get("exports", []))):
+            candidate = Path(root) / path
+            if candidate.is_file():
+                return candidate
+        return None
 
     def size_on_disk(self) -> int:
         """Bytes used by the store directory."""

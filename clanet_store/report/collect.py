@@ -1,0 +1,193 @@
+"""What the report shows, read from a store: each function returns frames, arrays and dicts
+ready to plot or tabulate, so the page itself holds no queries."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from lancedb.expr import col
+
+from clanet_store.imaging.decode import ImageDecodeError, read_grey
+from clanet_store.imaging.draw import draw_extraction, draw_gallery
+from clanet_store.imaging.extract import extract
+from clanet_store.learn.metrics import SCALAR_SCORES, mean_std
+from clanet_store.pipelines.mil import evaluate
+from clanet_store.pipelines.search import gallery_row
+from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+
+# t-SNE of more points than this takes minutes on 2 cores and draws an unreadable blob.
+PROJECTION_POINTS = 2000
+
+
+def ok_images(store: EmbeddingStore) -> pl.DataFrame:
+    """The ingested (status ok) images with their keys, time and confluency."""
+    columns = ["image_id", "path", "cell_line", "batch", "sequence_id", "timepoint_h"]
+    return store.images([*columns, "confluency"], where=col("status") == "ok")
+
+
+def imaging_intervals(images: pl.DataFrame) -> pl.DataFrame:
+    """Hours between consecutive images of each sequence: cell_line, batch, interval_h."""
+    return (
+        images.sort("sequence_id", "timepoint_h")
+        .with_columns(interval_h=pl.col("timepoint_h").diff().over("sequence_id"))
+        .drop_nulls("interval_h")
+        .select("cell_line", "batch", "interval_h")
+    )
+
+
+def dataset_table(images: pl.DataFrame) -> pl.DataFrame:
+    """Per cell line: batches, sequences, images and the time range covered."""
+    return (
+        images.group_by("cell_line")
+        .agg(
+            batches=pl.col("batch").n_unique(),
+            sequences=pl.col("sequence_id").n_unique(),
+            images=pl.len(),
+            t_min_h=pl.col("timepoint_h").min(),
+            t_max_h=pl.col("timepoint_h").max(),
+        )
+        .sort("cell_line")
+    )
+
+
+def example_images(
+    store: EmbeddingStore, images: pl.DataFrame, n: int = 4, roots: Sequence[str | Path] = ()
+) -> list[dict[str, Any]]:
+    """Mask outline and selected patches drawn on up to ``n`` images of different cell lines
+    (the middle time point of each line's first sequence), as PNG bytes (paper Fig. 5 / 9).
+
+    The files are looked up under ``roots``, then the store's export roots; images whose file is
+    gone or unreadable are listed with the reason instead of a picture.
+    """
+    picks = (
+        images.sort("cell_line", "sequence_id", "timepoint_h")
+        .group_by("cell_line", maintain_order=True)
+        .agg(pl.col("path", "timepoint_h", "batch").gather(pl.len() // 2))
+        .explode("path", "timepoint_h", "batch")
+        .head(n)
+    )
+    examples = []
+    for row in picks.iter_rows(named=True):
+        item = {key: row[key] for key in ("cell_line", "batch", "timepoint_h", "path")}
+        source = store.source_file(row["path"], roots)
+        if source is None:
+            examples.append({**item, "error": "the original file is not under any export root"})
+            continue
+        try:
+            grey = read_grey(source)
+        except (ImageDecodeError, OSError) as exc:
+            examples.append({**item, "error": str(exc)})
+            continue
+        extraction = extract(grey)
+        buffer = io.BytesIO()
+        draw_extraction(grey, extraction, buffer)
+        examples.append(
+            {
+                **item,
+                "png": buffer.getvalue(),
+                "confluency": extraction.confluency,
+                "patches": len(extraction.boxes),
+            }
+        )
+    return examples
+
+
+def projection_sample(
+    store: EmbeddingStore, model_id: str, k: int, points: int = PROJECTION_POINTS, seed: int = 0
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """Up to ``points`` embeddings of patches with rank < k, drawn at random with ``seed``:
+    their keys and their vectors (rows aligned)."""
+    table = store.embeddings_arrow(
+        col("rank") < k, ["patch_id", "cell_line", "batch", "embedding"], model_id
+    )
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(table.num_rows, min(points, table.num_rows), replace=False))
+    sample = table.take(take)
+    return pl.from_arrow(sample.drop_columns(["embedding"])), vectors(sample)
+
+
+def tsne(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE of the rows of ``x`` with cosine distances (the search metric)."""
+    from sklearn.manifold import TSNE  # imported here: scikit-learn is slow to import
+
+    perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+    model = TSNE(2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed)
+    return model.fit_transform(x.astype(np.float64))
+
+
+def busiest_line(keys: pl.DataFrame) -> str:
+    """The cell line with the most batches (ties: the most patches), to show batch effects."""
+    counts = keys.group_by("cell_line").agg(batches=pl.col("batch").n_unique(), n=pl.len())
+    return counts.sort(["batches", "n", "cell_line"], descending=[True, True, False])["cell_line"][
+        0
+    ]
+
+
+def neighbour_gallery(
+    store: EmbeddingStore, model_id: str, queries: int = 3, k: int = 6, seed: int = 0
+) -> tuple[bytes | None, list[dict[str, Any]]]:
+    """Nearest neighbours from *other* batches of a few query patches (rank 0 patches of
+    different cell lines, picked with ``seed``): the gallery PNG and, per query, its neighbours
+    and the share of them of the same cell line."""
+    keys = store.embeddings(col("rank") == 0, ["patch_id", "cell_line", "batch"], model_id)
+    if keys.is_empty():
+        return None, []
+    picks = keys.sample(fraction=1.0, shuffle=True, seed=seed).unique("cell_line", keep="first")
+    rows, summary = [], []
+    for query in picks.sort("cell_line").head(queries).iter_rows(named=True):
+        found = store.search(query["patch_id"], k, None, model_id, other_batches=True)
+        if found.is_empty():
+            continue
+        pixels = store.patches([query["patch_id"]])[0]
+        rows.append(gallery_row(store, query, pixels, found))
+        same = float((found["cell_line"] == query["cell_line"]).mean())
+        results = found.select("patch_id", "cell_line", "batch", "distance").to_dicts()
+        summary.append({**query, "same_line": same, "results": results})
+    if not rows:
+        return None, []
+    buffer = io.BytesIO()
+    draw_gallery(rows, buffer)
+    return buffer.getvalue(), summary
+
+
+def model_evaluations(
+    store_path: str | Path, models: Sequence[str | Path]
+) -> dict[str, dict[str, Any]]:
+    """Evaluate every model file and group the repeats of one variant (aggregator + TSS + split):
+    per variant the mean +- std of the scores, the confusion matrix summed over repeats and the
+    mean accuracy-by-fraction curves."""
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for path in models:
+        result = evaluate(store_path, path)
+        name = f"{result['aggregator']}{' + TSS' if result['tss'] else ''}, {result['split']}"
+        runs[name].append(result)
+    variants = {}
+    for name, results in runs.items():
+        classes = results[0]["classes"]
+        curves = [
+            {
+                "fraction": row["fraction"],
+                **{
+                    order: float(np.mean([r["accuracy_by_fraction"][i][order] for r in results]))
+                    for order in ("natural", "reversed")
+                },
+            }
+            for i, row in enumerate(results[0]["accuracy_by_fraction"])
+        ]
+        variants[name] = {
+            "repeats": len(results),
+            "models": [r["model"] for r in results],
+            "test_sequences": [r["test_sequences"] for r in results],
+            "classes": classes,
+            "scores": mean_std(results, SCALAR_SCORES),
+            "confusion": np.sum([r["confusion"] for r in results], axis=0),
+            "accuracy_by_fraction": curves,
+            "encoder_model_id": results[0]["encoder_model_id"],
+        }
+    return variants

@@ -1,0 +1,183 @@
+"""Run a declared pipeline stage by stage, skipping stages whose outputs are up to date.
+
+Every stage gets a key: a hash of its parameters, the key of the stage before it and, for the
+stages that read data, a fingerprint of that data (the export's files for ``ingest``; the store's
+ingested images, by content hash, for ``ssl_train`` and ``encode``). The keys and outputs of
+finished stages are kept in ``OUT/run-state.json``. A stage is skipped when its key equals the
+recorded one and every file it made still exists; otherwise it runs, and so does every stage
+after it (their keys include its key). ``start_from`` forces a stage and the ones after it.
+
+The state file is written after each stage, so a killed run resumes at the stage it was in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from clanet_store import __version__
+from clanet_store.errors import ClanetError
+from clanet_store.imaging.extract import EXTRACTOR_VERSION
+from clanet_store.runs.config import STAGES, PipelineConfig
+from clanet_store.runs.stages import STAGE_FUNCTIONS, ProgressBar, Run
+from clanet_store.stores.patch_store import PatchStore
+
+STATE_FILE = "run-state.json"
+PIPELINE_DIR = Path(__file__).resolve().parent.parent.parent / "pipelines"
+
+Event = Callable[[dict[str, Any]], None]
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def export_fingerprint(root: Path) -> str:
+    """Every file's relative path, size and modification time under ``root``."""
+    if not root.exists():
+        return "missing"
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return _digest(
+        [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    )
+
+
+def store_fingerprint(path: Path) -> str:
+    """The store's ingested images by content (id, content hash, extractor); stable under
+    compaction and re-opening, changed by any image added, replaced or removed."""
+    if not (path / "store.json").exists():
+        return "missing"
+    images = PatchStore(path).images(["image_id", "content_hash", "status"])
+    rows = images.filter(images["status"] == "ok").sort("image_id")
+    return _digest([EXTRACTOR_VERSION, rows["image_id"].to_list(), rows["content_hash"].to_list()])
+
+
+def _inputs(stage: str, run: Run, config: PipelineConfig) -> str | None:
+    if stage == "synth":  # an export given by the user replaces the synthetic one
+        return str(run.export)
+    if stage == "ingest":
+        plate_map = config.stages["ingest"]["plate_map"]
+        exported = export_fingerprint(run.export) if run.export else "none"
+        plate = export_fingerprint(Path(plate_map)) if plate_map else "none"
+        return _digest([str(run.store.resolve()), exported, plate])
+    if stage in ("ssl_train", "encode"):
+        return store_fingerprint(run.store)
+    return None
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"stages": {}}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ClanetError(
+            f"{path}: unreadable run state ({exc}); delete it to start over"
+        ) from None
+    return state if isinstance(state.get("stages"), dict) else {"stages": {}}
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    """Write-then-rename: a killed run never leaves half a state file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _up_to_date(record: dict[str, Any] | None, key: str) -> bool:
+    return bool(record) and record["key"] == key and all(Path(f).exists() for f in record["files"])
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    out: str | Path,
+    store: str | Path | None = None,
+    export: str | Path | None = None,
+    start_from: str | None = None,
+    until: str | None = None,
+    bar: ProgressBar | None = None,
+    on_event: Event | None = None,
+) -> dict[str, Any]:
+    """Run ``config``'s stages into ``out`` (store default: OUT/store; export default: the synth
+    stage's OUT/export). ``on_event`` hears each stage start and end; ``bar(desc, unit)`` makes
+    a ``(done, total)`` progress callback. Returns every stage's status, time and summary."""
+    for name in (start_from, until):
+        if name is not None and name not in STAGES:
+            raise ClanetError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_FILE
+    state = _read_state(state_path)
+    emit = on_event or (lambda _: None)
+    run = Run(
+        out=out,
+        store=Path(store).resolve() if store else out / "store",
+        export=Path(export).resolve() if export else None,
+        bar=bar or _no_bar,
+        say=lambda text: emit({"event": "note", "text": text}),
+    )
+    if run.export is not None and not run.export.is_dir():
+        raise ClanetError(f"{run.export}: the export folder does not exist")
+    last = STAGES.index(until) if until else len(STAGES) - 1
+    forced = False
+    previous = _digest([__version__, config.name])
+    results = []
+    start = time.perf_counter()
+    for number, stage in enumerate(STAGES[: last + 1], start=1):
+        forced = forced or stage == start_from
+        params = config.stages[stage]
+        key = _digest([stage, params, previous, _inputs(stage, run, config)])
+        record = state["stages"].get(stage)
+        item = {"stage": stage, "number": number, "of": last + 1}
+        if not forced and _up_to_date(record, key):
+            item |= {"status": "up to date", "seconds": 0.0, "summary": record["summary"]}
+        else:
+            emit({"event": "start", **item})
+            began = time.perf_counter()
+            done = STAGE_FUNCTIONS[stage](run, params)
+            seconds = time.perf_counter() - began
+            record = {
+                "key": key,
+                "files": [str(f) for f in done.files],
+                "summary": done.summary,
+                "seconds": seconds,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            state["stages"][stage] = record
+            state["config"] = str(config.path)
+            _write_state(state_path, state)
+            item |= {"status": "ran", "seconds": seconds, "summary": done.summary}
+        run.summaries[stage] = record["summary"]
+        if stage == "synth" and run.export is None:
+            run.export = Path(record["summary"]["export"])
+        emit({"event": "end", **item})
+        results.append(item)
+        previous = key
+    report = run.out / "report.html"
+    return {
+        "config": str(config.path),
+        "pipeline": config.name,
+        "out": str(out),
+        "store": str(run.store),
+        "export": str(run.export) if run.export else None,
+        "report": str(report) if report.exists() and until in (None, "report") else None,
+        "stages": results,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+class _NoBar:
+    def __enter__(self) -> Callable[[int, int], None]:
+        return lambda done, total: None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _no_bar(desc: str, unit: str) -> _NoBar:
+    return _NoBar()
