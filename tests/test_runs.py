@@ -324,3 +324,28 @@ def test_report_without_embeddings_or_models(ingested, tmp_path):
     assert "report written to" in result.output
     html = target.read_text()
     assert "No embeddings yet" in html and html.count("<img ") == 5
+
+
+def test_models_without_a_test_side_are_reported_not_evaluated(tmp_path):
+    """A real export with one batch per cell line has no batch-separated test side: the model is
+    trained on everything, the evaluate stage says why it skips it, and the report gets no model."""
+    from clanet_store.runs.stages import Run, evaluate
+
+    said: list[str] = []
+    model = {
+        "name": "clanet",
+        "model": str(tmp_path / "m.pt"),
+        "split": "batch-separated",
+        "test_sequences": 0,
+    }
+    run = Run(
+        out=tmp_path,
+        store=tmp_path / "store",
+        export=None,
+        bar=None,
+        say=said.append,
+        summaries={"train": {"models": [model]}},
+    )
+    done = evaluate(run, {})
+    assert done.files == [] and "no test sequences" in done.summary["evaluations"][0]["skipped"]
+    assert said and "m.pt" in said[0]

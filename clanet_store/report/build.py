@@ -35,13 +35,15 @@ def write_report(
     k: int = 10,
     progress: Stage | None = None,
     exports: Sequence[str | Path] = (),
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write the report of ``store_path`` to ``out``; returns what it holds (sections, sizes).
 
     ``models``: MIL model files to evaluate (repeats of one variant are pooled); ``model_id``:
     whose embeddings to project and search (default: the latest encoder); ``k``: patches per image
     in the projection; ``exports``: where to look for the original images first (default: the
-    export roots the store was ingested from).
+    export roots the store was ingested from); ``notes``: remarks shown at the top (e.g. why a
+    model could not be evaluated).
     """
     start = time.perf_counter()
     say = progress or (lambda _: None)
@@ -51,7 +53,7 @@ def write_report(
         raise ClanetError(f"{store.path}: no ingested images to report on")
     info = store_info(store)
     say("dataset")
-    sections = [_dataset(info, images)]
+    sections = [page.note(text) for text in notes] + [_dataset(info, images)]
     say("confluency and intervals")
     sections.append(_time_courses(images))
     say("example images")
@@ -86,7 +88,7 @@ def write_report(
     return {
         "report": str(out),
         "bytes": out.stat().st_size,
-        "sections": len(sections),
+        "sections": html.count("<section "),
         "images": html.count("<img "),
         "models": [str(m) for m in models],
         "encoder_model_id": None if encoder is None else encoder["model_id"],
@@ -155,11 +157,12 @@ def _examples(examples: list[dict[str, Any]]) -> str:
             continue
         parts.append(
             page.image(
-                item["png"],
+                item["jpeg"],
                 f"mask and patches of {item['path']}",
                 f"{title}: confluency {100 * item['confluency']:.1f} %, {item['patches']} patches "
                 f"(red, ranked by density); cyan: mask outline, blue: excluded overlays. "
                 f"{item['path']}",
+                mime="image/jpeg",
             )
         )
     return page.section(

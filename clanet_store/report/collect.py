@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 from lancedb.expr import col
+from PIL import Image
 
 from clanet_store.imaging.decode import ImageDecodeError, read_grey
 from clanet_store.imaging.draw import draw_extraction, draw_gallery
@@ -23,6 +24,7 @@ from clanet_store.stores.embedding_store import EmbeddingStore, vectors
 
 # t-SNE of more points than this takes minutes on 2 cores and draws an unreadable blob.
 PROJECTION_POINTS = 2000
+EXAMPLE_WIDTH = 900  # px: the drawings are shown about half this wide
 
 
 def ok_images(store: EmbeddingStore) -> pl.DataFrame:
@@ -60,7 +62,7 @@ def example_images(
     store: EmbeddingStore, images: pl.DataFrame, n: int = 4, roots: Sequence[str | Path] = ()
 ) -> list[dict[str, Any]]:
     """Mask outline and selected patches drawn on up to ``n`` images of different cell lines
-    (the middle time point of each line's first sequence), as PNG bytes (paper Fig. 5 / 9).
+    (the middle time point of each line's first sequence), as JPEG bytes (paper Fig. 5 / 9).
 
     The files are looked up under ``roots``, then the store's export roots; images whose file is
     gone or unreadable are listed with the reason instead of a picture.
@@ -85,12 +87,16 @@ def example_images(
             examples.append({**item, "error": str(exc)})
             continue
         extraction = extract(grey)
-        buffer = io.BytesIO()
-        draw_extraction(grey, extraction, buffer)
+        drawn = io.BytesIO()
+        draw_extraction(grey, extraction, drawn)
+        with Image.open(drawn) as picture:  # full-size PNG drawings would make a 10 MB page
+            picture.thumbnail((EXAMPLE_WIDTH, EXAMPLE_WIDTH))
+            buffer = io.BytesIO()
+            picture.convert("RGB").save(buffer, format="JPEG", quality=88)
         examples.append(
             {
                 **item,
-                "png": buffer.getvalue(),
+                "jpeg": buffer.getvalue(),
                 "confluency": extraction.confluency,
                 "patches": len(extraction.boxes),
             }

@@ -34,11 +34,11 @@ def text(value: Any) -> str:
     return escape("" if value is None else str(value))
 
 
-def image(png: bytes, alt: str, caption: str) -> str:
-    """A figure with the PNG inlined (the page needs no other file)."""
-    data = base64.b64encode(png).decode("ascii")
+def image(data: bytes, alt: str, caption: str, mime: str = "image/png") -> str:
+    """A figure with the image inlined (the page needs no other file)."""
+    encoded = base64.b64encode(data).decode("ascii")
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
+        f'<figure><img src="data:{mime};base64,{encoded}" alt="{escape(alt)}">'
         f"<figcaption>{escape(caption)}</figcaption></figure>"
     )
 

@@ -196,6 +196,14 @@ def evaluate(run: Run, p: dict[str, Any]) -> Done:
 
     results, files = [], []
     for model in run.summaries["train"]["models"]:
+        if not model["test_sequences"]:
+            reason = (
+                f"{model['model']}: its {model['split']} split has no test sequences (every cell "
+                "line has a single batch?); the model is trained on all of them, not evaluated"
+            )
+            run.say(reason)
+            results.append({"name": model["name"], "model": model["model"], "skipped": reason})
+            continue
         r = evaluate_model(run.store, model["model"])
         path = Path(model["model"]).with_suffix(".eval.json")
         path.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")
@@ -230,10 +238,12 @@ def search(run: Run, p: dict[str, Any]) -> Done:
 
 def report(run: Run, p: dict[str, Any]) -> Done:
     """The HTML report of the store and the trained models."""
-    models = [m["model"] for m in run.summaries.get("train", {}).get("models", [])]
+    evaluated = run.summaries.get("evaluate", {}).get("evaluations", [])
+    models = [m["model"] for m in evaluated if "skipped" not in m]
+    notes = [m["skipped"] for m in evaluated if "skipped" in m]
     exports = [run.export] if run.export else []
     r = write_report(
-        run.store, run.out / "report.html", models, run.model_id, p["k"], run.say, exports
+        run.store, run.out / "report.html", models, run.model_id, p["k"], run.say, exports, notes
     )
     return Done(r, [Path(r["report"])])
 
