@@ -349,3 +349,34 @@ def test_models_without_a_test_side_are_reported_not_evaluated(tmp_path):
     done = evaluate(run, {})
     assert done.files == [] and "no test sequences" in done.summary["evaluations"][0]["skipped"]
     assert said and "m.pt" in said[0]
+
+
+def test_report_shows_the_newest_qc_run(demo, tmp_path):
+    store = demo["out"] / "store"
+    keys = EmbeddingStore(store).images(["cell_line", "batch"]).unique().sort("cell_line", "batch")
+    line, batches = keys["cell_line"][0], keys.filter(keys["cell_line"] == keys["cell_line"][0])
+    ref, new = (f"cell_line={line},batch={b}" for b in batches["batch"][:2])
+    qc = CliRunner().invoke(
+        main,
+        [
+            "qc",
+            "--store",
+            str(store),
+            "--reference",
+            ref,
+            "--new",
+            new,
+            "--permutations",
+            "50",
+            "--format",
+            "json",
+        ],
+    )
+    assert qc.exit_code == 0, qc.output
+    flagged = json.loads(qc.stdout)["flagged_images"]
+    target = tmp_path / "r.html"
+    result = CliRunner().invoke(main, ["report", "--store", str(store), "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    html = target.read_text()
+    assert ">Quality control<" in html and 'alt="plate heatmap of anomaly scores"' in html
+    assert all(item["path"] in html for item in flagged)

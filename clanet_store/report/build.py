@@ -4,12 +4,14 @@ Sections: the dataset (lines x batches x sequences x images, time ranges, reject
 over time and imaging intervals per batch (paper Fig. 4); example images with mask and patches
 (Fig. 5 / 9); a t-SNE of patch embeddings by cell line and, for one line, by batch (Fig. 1 / 7);
 the evaluation of the given models (scores, confusion matrices, accuracy against the part of the
-sequence used, Fig. 8); a cross-batch nearest-neighbour gallery. Sections whose inputs are missing
+sequence used, Fig. 8); a cross-batch nearest-neighbour gallery; the newest QC run's plate
+heatmap and flagged images, if ``clanet-store qc`` was run. Sections whose inputs are missing
 (no embeddings yet, no model) say so instead of failing.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -20,6 +22,7 @@ import polars as pl
 
 from clanet_store import __version__
 from clanet_store.errors import ClanetError
+from clanet_store.qc.heatmap import plate_heatmap
 from clanet_store.report import collect, figures, page
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.summary import store_info
@@ -77,6 +80,10 @@ def write_report(
     if encoder is not None:
         say("neighbour gallery")
         sections.append(_gallery(store, encoder))
+    qc = collect.latest_qc(store)
+    if qc is not None:
+        say("quality control")
+        sections.append(_qc(qc))
     subtitle = (
         f"Store {store.path} · {info['images']} images · generated "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC} by clanet-store {__version__}"
@@ -300,3 +307,33 @@ def _gallery(store: EmbeddingStore, encoder: dict[str, Any]) -> str:
         figure,
         anchor="neighbours",
     )
+
+
+def _qc(qc: dict[str, Any]) -> str:
+    buffer = io.BytesIO()
+    title = "maximum image anomaly score per well"
+    plate_heatmap(qc["wells"], title=title).save(buffer, format="PNG")
+    flagged = qc["flagged"]
+    parts = [
+        page.paragraph(
+            f"Newest QC run {qc['run_id']} ({qc['created_at']:%Y-%m-%d %H:%M} UTC): new images "
+            f"[{qc['new']}] scored against the reference [{qc['reference']}] with an isolation "
+            f"forest on the embeddings of encoder {qc['model_id']}."
+        ),
+        page.image(
+            buffer.getvalue(),
+            "plate heatmap of anomaly scores",
+            "Maximum image anomaly score (0-1) per well of the new images; flagged images "
+            "are listed below.",
+        ),
+    ]
+    if flagged.is_empty():
+        parts.append(page.paragraph("No image was flagged."))
+    else:
+        parts.append(
+            page.table(
+                flagged.select("well", "timepoint_h", "score", "path").head(50).iter_rows(),
+                ["well", "time (h)", "anomaly score", "image"],
+            )
+        )
+    return page.section("Quality control", *parts, anchor="qc")

@@ -162,6 +162,28 @@ def neighbour_gallery(
     return buffer.getvalue(), summary
 
 
+def latest_qc(store: EmbeddingStore) -> dict[str, Any] | None:
+    """The newest ``qc`` run of the store (see ``clanet-store qc``): its filters, the maximum
+    image score per well, and the flagged images with their paths; None without QC runs."""
+    if "qc" not in store.meta["tables"]:
+        return None
+    frame = pl.from_arrow(store.table("qc").to_arrow())
+    if frame.is_empty():
+        return None
+    newest = frame.sort("created_at").row(-1, named=True)
+    run = frame.filter(pl.col("run_id") == newest["run_id"])
+    wells = dict(run.group_by("well").agg(pl.col("image_score").max()).iter_rows())
+    flagged = (
+        run.filter(pl.col("image_flagged"))
+        .group_by("image_id")
+        .agg(pl.col("well", "timepoint_h").first(), score=pl.col("image_score").max())
+        .join(store.images(["image_id", "path"]), on="image_id", how="left")
+        .sort("score", descending=True)
+    )
+    keep = ("run_id", "model_id", "reference", "new", "created_at")
+    return {**{k: newest[k] for k in keep}, "wells": wells, "flagged": flagged}
+
+
 def model_evaluations(
     store_path: str | Path, models: Sequence[str | Path]
 ) -> dict[str, dict[str, Any]]:
