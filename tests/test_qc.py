@@ -9,6 +9,7 @@ The real-data tests share one store: LIVECell SH-SY5Y wells B10 and C10 (locatio
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -27,6 +28,7 @@ from clanet_store.pipelines.ingest import ingest
 from clanet_store.pipelines.qc import QCParams, run_qc
 from clanet_store.qc.anomaly import (
     anomaly_scores,
+    auc,
     fit_isolation_forest,
     group_max,
     group_threshold,
@@ -76,12 +78,6 @@ def _direct_mmd(x: np.ndarray, y: np.ndarray, h: float) -> float:
         + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
         - 2 * k(x, y).mean()
     )
-
-
-def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), ties counted half."""
-    p, n = np.asarray(positive)[:, None], np.asarray(negative)[None, :]
-    return float((p > n).mean() + 0.5 * (p == n).mean())
 
 
 # --- drift: the statistic and the test --------------------------------------------------------
@@ -188,7 +184,19 @@ def test_isolation_forest_scores_rank_outliers_and_calibrate_the_threshold():
     assert fresh.min() >= 0.0 and outliers.max() <= 1.0
     assert (outliers > forest.threshold).all()
     assert np.mean(fresh > forest.threshold) < 0.03  # about the 1 % contamination
-    assert _auc(outliers, fresh) > 0.99
+    assert auc(outliers, fresh) > 0.99
+
+
+def test_isolation_forest_ignores_per_feature_scaling():
+    """Standardising on the reference changes no score: every split is uniform between its
+    feature's minimum and maximum, so it moves with the feature."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(300, 8)), 1.5 * rng.normal(size=(50, 8))
+    scale, shift = rng.uniform(0.1, 10.0, 8), rng.normal(size=8)
+    plain = anomaly_scores(fit_isolation_forest(x, seed=1), y)
+    scaled = anomaly_scores(fit_isolation_forest(x * scale + shift, seed=1), y * scale + shift)
+    np.testing.assert_allclose(scaled, plain, atol=1e-6)
+    assert plain.std() > 0.01  # not a trivially constant score
 
 
 def test_group_max_and_group_threshold():
@@ -270,10 +278,24 @@ def qc_store(tmp_path_factory, shared_data):
                 shutil.copy(shared_data / LIVECELL / _name(well, hour), b10)
     corrupt_export(b10, root / "SHSY5Y" / "defocus3", "defocus", 3)
     corrupt_export(b10, root / "SHSY5Y" / "contrast_up3", "contrast", 3, "up")
+    # +100 grey levels: the mask finds no cells in any of these 8 images (no patches)
+    corrupt_export(b10, root / "SHSY5Y" / "bright_up3", "brightness", 3, "up")
     path = base / "store"
     ingest(root, path, workers=1)  # one Dask process: cheaper to start than the work it saves
     encode(path, load_encoder(None, ARCH, "cpu"), batch_size=64)
     return {"path": path, "root": root, "b10": b10}
+
+
+@pytest.mark.realdata
+def test_images_without_patches_are_listed_not_silently_dropped(qc_store):
+    store, reference = qc_store["path"], ["batch=clean", "well=C10"]
+    params = QCParams(n_permutations=50)
+    r = run_qc(store, reference, ["well=B10"], params=params)
+    blank = r["images_without_patches"]
+    assert len(blank) == 8 and {Path(i["path"]).parent.name for i in blank} == {"bright_up3"}
+    assert r["n_new_images"] == 24  # clean, defocus3 and contrast_up3 copies of B10
+    with pytest.raises(ClanetError, match="8 of its images have no cell patches"):
+        run_qc(store, reference, ["batch=bright_up3"], params=params)
 
 
 @pytest.mark.realdata
@@ -345,32 +367,35 @@ def _image_auc(qc_store, corrupted_batch: str) -> tuple[float, dict]:
     bad = np.array([i["score"] for i in images if f"/{corrupted_batch}/" in i["path"]])
     good = np.array([i["score"] for i in images if "/clean/" in i["path"]])
     assert len(bad) == len(good) == 8
-    return _auc(bad, good), report
+    return auc(bad, good), report
 
 
 @pytest.mark.realdata
 def test_anomaly_ranks_contrast_corrupted_images_above_clean_ones(qc_store, tmp_path):
-    auc, report = _image_auc(qc_store, "contrast_up3")
+    value, report = _image_auc(qc_store, "contrast_up3")
     flagged = [i["path"] for i in report["flagged_images"]]
     corrupted = sum("contrast_up3" in p for p in flagged)
-    print(f"\nimage AUC, contrast x2.5 vs clean (reference C10): {auc:.3f}; "
+    print(f"\nimage AUC, contrast x2.5 vs clean (reference C10): {value:.3f}; "
           f"{len(flagged)} flagged, {corrupted} of them corrupted")  # fmt: skip
-    assert auc >= 0.9
+    assert value >= 0.9
     assert flagged and all("contrast_up3" in p for p in flagged)
     assert all(0 <= i["score"] <= 1 for i in report["anomaly"]["images"])
 
 
 @pytest.mark.realdata
 @pytest.mark.xfail(
-    strict=False,
-    reason="with a random-init encoder, blur pulls patch embeddings towards the reference mean "
-    "(smaller spread), so an isolation forest finds defocused images *more* typical; the drift "
-    "test detects them (p = 0.001). Expected to change with trained weights.",
+    strict=True,  # seeded: a pass means the encoder or the scoring changed; then drop the mark
+    reason="measured AUC 0.000 (benchmarks/bench_qc_anomaly.py: defocus severity 1/3/5 -> "
+    "0.125/0.000/0.000, contrast down 0.250/0.000/0.000). With a random-init encoder, defocus "
+    "moves patch embeddings into the reference cloud, nearer its mean (mean distance 0.15 vs 0.28 "
+    "for clean B10; 99.9 % of coordinates inside the reference's range), so the forest finds them "
+    "more typical. Standardising (a no-op for the forest), PCA whitening, mean instead of max per "
+    "image, ViT-S/8 and a 4-epoch DINO run all give <= 0.02. The drift test detects them.",
 )
 def test_anomaly_ranks_defocused_images_above_clean_ones(qc_store):
-    auc, _ = _image_auc(qc_store, "defocus3")
-    print(f"\nimage AUC, defocus r=1.5 vs clean (reference C10): {auc:.3f}")
-    assert auc >= 0.9
+    value, _ = _image_auc(qc_store, "defocus3")
+    print(f"\nimage AUC, defocus r=1.5 vs clean (reference C10): {value:.3f}")
+    assert value >= 0.9
 
 
 @pytest.mark.realdata

@@ -144,6 +144,13 @@ def _human(r: dict) -> str:
             "flagged images:",
             render_table(r["flagged_images"], ["path", "well", "timepoint_h", "score"]),
         ]
+    if r["images_without_patches"]:
+        lines += [
+            "",
+            f"{len(r['images_without_patches'])} new images have no cell patches (the mask found "
+            "no cells: blank, over-exposed or empty fields?), so they were not scored:",
+            render_table(r["images_without_patches"], ["path", "well", "timepoint_h"]),
+        ]
     if r["online"] is not None:
         rows = [
             {

@@ -40,6 +40,7 @@ from clanet_store.qc.drift import (
     sliding_windows,
 )
 from clanet_store.qc.heatmap import save_plate_heatmap
+from clanet_store.schemas import load_schema
 from clanet_store.stores import lance
 from clanet_store.stores.embedding_store import (
     KEY_COLUMNS,
@@ -72,10 +73,34 @@ class QCParams:
     device: str = "cpu"
 
 
+def images_without_patches(store: EmbeddingStore, filters: Sequence[str]) -> pl.DataFrame:
+    """Ingested images of a selection in which the mask found no cells: they have no patches,
+    so nothing to score, yet a blank, over-exposed or empty field is exactly what QC is for.
+
+    Empty when the filters name a column the images table lacks (e.g. ``rank``).
+    """
+    try:
+        where = parse_filters(filters, load_schema("images"))
+    except ClanetError:
+        return pl.DataFrame(
+            schema={"path": pl.String, "well": pl.String, "timepoint_h": pl.Float64}
+        )
+    empty = (col("status") == "ok") & (col("patch_count") == 0)
+    return store.images(
+        ["path", "well", "timepoint_h"], where=empty if where is None else where & empty
+    ).sort("path")
+
+
 def _selection(
-    store: EmbeddingStore, model: dict, filters: Sequence[str], role: str, k: int | None
+    store: EmbeddingStore,
+    model: dict,
+    filters: Sequence[str],
+    role: str,
+    k: int | None,
+    empty: pl.DataFrame | None = None,
 ) -> pa.Table:
-    """The rows of one side; errors name the side, the filter and the reason."""
+    """The rows of one side; errors name the side, the filter and the reason (and the images of
+    the selection that have no patches at all, ``empty``)."""
     text = ",".join(filters)
     try:
         where = parse_filters(filters, embeddings_schema(model["embedding_dim"]))
@@ -88,9 +113,15 @@ def _selection(
     table = store.embeddings_arrow(where, [*KEY_COLUMNS, "embedding"], model["model_id"])
     if table.num_rows == 0:
         top = f" among the top {k} patches per image" if k is not None else ""
+        blank = (
+            f"; {empty.height} of its images have no cell patches at all (e.g. "
+            f"{empty['path'][0]}): check them"
+            if empty is not None and empty.height
+            else ""
+        )
         raise ClanetError(
             f"{store.path}: {role} filter {text!r} selects no embeddings of model "
-            f"{model['model_id']}{top}"
+            f"{model['model_id']}{top}{blank}"
         )
     return table
 
@@ -111,7 +142,8 @@ def run_qc(
     store = EmbeddingStore(store_path)
     model = store.model_row(model_id)
     ref = _selection(store, model, reference_filters, "reference", params.k)
-    new = _selection(store, model, new_filters, "new", params.k)
+    empty = images_without_patches(store, new_filters)
+    new = _selection(store, model, new_filters, "new", params.k, empty)
     shared = set(ref["image_id"].to_pylist()) & set(new["image_id"].to_pylist())
     if shared:
         raise ClanetError(
@@ -158,6 +190,7 @@ def run_qc(
             "images": images.to_dicts(),
         },
         "flagged_images": images.filter(pl.col("flagged")).drop("flagged").to_dicts(),
+        "images_without_patches": empty.to_dicts(),
         "online": online,
         "heatmap": str(heatmap) if heatmap is not None else None,
     }

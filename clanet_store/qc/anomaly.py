@@ -12,6 +12,14 @@ The threshold is the ``1 - contamination`` quantile (default contamination 0.01)
 by rows the trees were built on. Group scores (image, sequence, well) are the maximum over the
 group; a group's threshold is the same quantile of the reference's group maxima.
 
+No rescaling of the embeddings comes first: it would change nothing, because a split is uniform
+between its feature's minimum and maximum and so moves with any per-feature affine map
+(standardising on the reference gives the same scores). The forest flags what lies outside the
+reference cloud, not what lies too far inside it: with a random-init encoder, defocus and lowered
+contrast pull patch embeddings towards the reference mean, and such images score as more typical
+than clean ones (image AUC 0 at severity >= 2; ``benchmarks/bench_qc_anomaly.py``). The drift
+test (``qc.drift``) does detect them.
+
 Implemented here in NumPy (about 60 lines) rather than adding scikit-learn for one estimator.
 """
 
@@ -139,3 +147,9 @@ def group_threshold(forest: IsolationForest, reference_groups: np.ndarray) -> fl
     _, first = np.unique(np.asarray(reference_groups), return_index=True)
     maxima = group_max(forest.reference_scores, reference_groups)[first]
     return float(np.quantile(maxima, 1 - forest.contamination))
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """ROC AUC of scores: P(a positive's score > a negative's), ties counted half."""
+    p, n = np.asarray(positive)[:, None], np.asarray(negative)[None, :]
+    return float((p > n).mean() + 0.5 * (p == n).mean())
