@@ -38,15 +38,19 @@ SMALL = (
 )
 
 
+def _ok(args: list[str]):
+    """Run the CLI in-process; it must succeed. Returns click's result."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def _sets(overrides: tuple[str, ...]) -> list[str]:
     return [arg for text in overrides for arg in ("--set", text)]
 
 
 def _demo(out: Path, *extra: str) -> dict:
-    result = CliRunner().invoke(
-        main, ["demo", "--out", str(out), *_sets(SMALL), *extra, "--format", "json"]
-    )
-    assert result.exit_code == 0, result.output
+    result = _ok(["demo", "--out", str(out), *_sets(SMALL), *extra, "--format", "json"])
     return json.loads(result.stdout)
 
 
@@ -236,8 +240,7 @@ def ingested(demo, tmp_path_factory) -> dict:
         "--format",
         "json",
     ]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
+    result = _ok(args)
     return {"store": store, "result": json.loads(result.stdout)}
 
 
@@ -285,8 +288,7 @@ def test_report_command_json(demo, tmp_path):
         "json",
         *[a for m in models for a in ("--model", str(m))],
     ]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
+    result = _ok(args)
     r = json.loads(result.stdout)
     assert r["report"] == str(target) and r["images"] == 11 and target.stat().st_size == r["bytes"]
 
@@ -319,8 +321,7 @@ def test_report_without_embeddings_or_models(ingested, tmp_path):
     """A store that was only ingested still gets a report, with the missing parts named."""
     target = tmp_path / "r.html"
     args = ["report", "--store", str(ingested["store"]), "--out", str(target)]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
+    result = _ok(args)
     assert "report written to" in result.output
     html = target.read_text()
     assert "No embeddings yet" in html and html.count("<img ") == 5
@@ -356,27 +357,11 @@ def test_report_shows_the_newest_qc_run(demo, tmp_path):
     keys = EmbeddingStore(store).images(["cell_line", "batch"]).unique().sort("cell_line", "batch")
     line, batches = keys["cell_line"][0], keys.filter(keys["cell_line"] == keys["cell_line"][0])
     ref, new = (f"cell_line={line},batch={b}" for b in batches["batch"][:2])
-    qc = CliRunner().invoke(
-        main,
-        [
-            "qc",
-            "--store",
-            str(store),
-            "--reference",
-            ref,
-            "--new",
-            new,
-            "--permutations",
-            "50",
-            "--format",
-            "json",
-        ],
-    )
-    assert qc.exit_code == 0, qc.output
+    qc = _ok(["qc", "--store", str(store), "--reference", ref, "--new", new,
+              "--permutations", "50", "--format", "json"])  # fmt: skip
     flagged = json.loads(qc.stdout)["flagged_images"]
     target = tmp_path / "r.html"
-    result = CliRunner().invoke(main, ["report", "--store", str(store), "--out", str(target)])
-    assert result.exit_code == 0, result.output
+    _ok(["report", "--store", str(store), "--out", str(target)])
     html = target.read_text()
     assert ">Quality control<" in html and 'alt="plate heatmap of anomaly scores"' in html
     assert all(item["path"] in html for item in flagged)
