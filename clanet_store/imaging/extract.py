@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,32 @@ def extract(grey: np.ndarray, k: int = ccs.K_STORED, size: int = ccs.PATCH_SIZE)
         confluency=mask.confluency(cells, exclude),
         mask_fraction=float(np.count_nonzero(cells)) / cells.size,
     )
+
+
+def extract_file(path: str, known_hash: str | None = None, k: int = ccs.K_STORED) -> dict[str, Any]:
+    """Ingest's worker task: read, hash, decode, mask + CCS one file. Never raises: errors become
+    rejects. It lives here, not in the ingest pipeline, so that a Dask worker unpickling it
+    imports only the imaging core (NumPy, SciPy, scikit-image), not LanceDB and Zarr (seconds of
+    start-up per worker)."""
+    try:
+        with open(path, "rb") as f:
+            content_hash = hashlib.sha1(f.read()).hexdigest()[:16]
+    except OSError as exc:
+        return {"status": "rejected", "error": f"cannot read file: {exc.strerror or exc}"}
+    if content_hash == known_hash:
+        return {"status": "unchanged", "content_hash": content_hash}
+    try:
+        result = extract(decode.read_grey(path), k=k)
+    except Exception as exc:  # a bad image must reject one file, never stop the run
+        return {"status": "rejected", "error": str(exc), "content_hash": content_hash}
+    return {
+        "status": "ok",
+        "content_hash": content_hash,
+        "patches": result.patches,
+        "boxes": result.boxes,
+        "confluency": result.confluency,
+        "mask_fraction": result.mask_fraction,
+    }
 
 
 def extractor_params(k: int = ccs.K_STORED, size: int = ccs.PATCH_SIZE) -> dict[str, Any]:

@@ -17,7 +17,6 @@ Data flow and guarantees:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -35,8 +34,7 @@ from distributed import Client, LocalCluster, as_completed
 from lancedb.expr import col
 
 from clanet_store.exports.scan import scan_export, short_hash
-from clanet_store.imaging.decode import read_grey
-from clanet_store.imaging.extract import EXTRACTOR_VERSION, extract, extractor_params
+from clanet_store.imaging.extract import EXTRACTOR_VERSION, extract_file, extractor_params
 from clanet_store.stores import lance
 from clanet_store.stores.lock import writer_lock
 from clanet_store.stores.patch_store import SLOT_SIZE, PatchStore
@@ -80,29 +78,6 @@ class IngestReport:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def extract_file(path: str, known_hash: str | None = None) -> dict[str, Any]:
-    """Worker task: read, hash, decode, mask + CCS one file. Never raises: errors become rejects."""
-    try:
-        with open(path, "rb") as f:
-            content_hash = hashlib.sha1(f.read()).hexdigest()[:16]
-    except OSError as exc:
-        return {"status": "rejected", "error": f"cannot read file: {exc.strerror or exc}"}
-    if content_hash == known_hash:
-        return {"status": "unchanged", "content_hash": content_hash}
-    try:
-        result = extract(read_grey(path), k=SLOT_SIZE)
-    except Exception as exc:  # a bad image must reject one file, never stop the run
-        return {"status": "rejected", "error": str(exc), "content_hash": content_hash}
-    return {
-        "status": "ok",
-        "content_hash": content_hash,
-        "patches": result.patches,
-        "boxes": result.boxes,
-        "confluency": result.confluency,
-        "mask_fraction": result.mask_fraction,
-    }
 
 
 @contextmanager
@@ -282,7 +257,9 @@ class _Writer:
 
             def submit(i: int) -> None:
                 path = str(root / images[i]["path"])
-                future = client.submit(extract_file, path, images[i]["known_hash"], pure=False)
+                future = client.submit(
+                    extract_file, path, images[i]["known_hash"], SLOT_SIZE, pure=False
+                )
                 owner[future] = i
                 running.add(future)
 
