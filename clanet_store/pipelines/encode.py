@@ -198,7 +198,9 @@ def encode(
                     x = x.pin_memory()
                 vectors = encoder(x.to(device, non_blocking=True)).cpu().numpy()
                 pending.append(
-                    _rows(meta.slice(encoded, len(vectors)), vectors, encoder.model_id, schema)
+                    embedding_rows(
+                        meta.slice(encoded, len(vectors)), vectors, encoder.model_id, schema
+                    )
                 )
                 encoded += len(vectors)
                 if sum(t.num_rows for t in pending) >= commit_every:
@@ -228,7 +230,9 @@ def encode(
     )
 
 
-def _rows(meta: pa.Table, vectors: np.ndarray, model_id: str, schema: pa.Schema) -> pa.Table:
+def embedding_rows(
+    meta: pa.Table, vectors: np.ndarray, model_id: str, schema: pa.Schema
+) -> pa.Table:
     """Arrow rows of the embeddings layout for one batch."""
     n, dim = vectors.shape
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
