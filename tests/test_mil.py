@@ -13,7 +13,7 @@ import torch
 
 from clanet_store.learn import aggregators
 from clanet_store.learn.aggregators import AGGREGATORS, GatedAttention, build_aggregator
-from clanet_store.learn.bags import Bag, collate
+from clanet_store.learn.bags import Bag, collate, padded_size
 from clanet_store.learn.metrics import (
     accuracy_by_fraction,
     batch_proba,
@@ -174,12 +174,17 @@ def test_patch_vote_is_a_majority_vote() -> None:
     assert proba[0].tolist() == pytest.approx([1 / 3, 2 / 3, 0.0])
 
 
-def test_collate_selects_images_and_zeroes_missing_patches() -> None:
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh", "scratch"])
+def test_collate_selects_images_and_zeroes_missing_patches(reuse: bool) -> None:
+    """Also into a reused scratch buffer full of NaN: padding and missing slots are zeroed."""
     embeddings = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)
     mask = np.array([[True, True], [True, False], [True, True], [False, True]])
     bag = make_bag("a", 0, np.arange(4.0), embeddings.copy(), mask)
     short = make_bag("b", 1, np.arange(1.0), embeddings[:1].copy())
-    x, m = collate([bag, short], [np.array([1, 3]), None])
+    indices = [np.array([1, 3]), None]
+    scratch = np.full(padded_size([bag, short], indices) + 5, np.nan, np.float32) if reuse else None
+    x, m = collate([bag, short], indices, out=scratch)
+    assert scratch is None or np.shares_memory(x.numpy(), scratch)
     assert x.shape == (2, 4, 3) and x.dtype == torch.float32
     assert m.tolist() == [[True, False, False, True], [True, True, False, False]]
     np.testing.assert_array_equal(

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from clanet_store.learn.aggregators import AGGREGATORS, MILAggregator, build_aggregator
-from clanet_store.learn.bags import Bag, collate
+from clanet_store.learn.bags import Bag, collate, padded_size
 from clanet_store.learn.splits import Split
 from clanet_store.learn.tss import (
     IntervalPrior,
@@ -136,25 +136,33 @@ def _weighted_loss(
     bags: Sequence[Bag],
     indices: Sequence[np.ndarray | None],
     shares: np.ndarray,
+    scratch: np.ndarray | None,
 ) -> tuple[Tensor, int]:
     """``sum_b shares_b * L_b`` over one padded batch, and how many bags it classifies right."""
-    x, mask = collate(bags, indices, next(model.parameters()).dtype)
+    x, mask = collate(bags, indices, next(model.parameters()).dtype, scratch)
     y = torch.tensor([bag.label for bag in bags])
     losses, logits = model.loss(x, mask, y)
     weighted = (torch.as_tensor(shares, dtype=losses.dtype) * losses).sum()
     return weighted, int((logits.argmax(dim=1) == y).sum())
 
 
-def batched_backward(model: MILAggregator, batch: MiniBatch) -> tuple[float, int]:
-    """Eq. 14 as one padded forward/backward; returns the loss and the number classified right."""
+def batched_backward(
+    model: MILAggregator, batch: MiniBatch, scratch: np.ndarray | None = None
+) -> tuple[float, int]:
+    """Eq. 14 as one padded forward/backward; returns the loss and the number classified right.
+
+    ``scratch``: the `collate` buffer to reuse (see `batch_scratch`).
+    """
     loss, correct = _weighted_loss(
-        model, batch.bags, batch.indices, batch.weights / batch.weights.sum()
+        model, batch.bags, batch.indices, batch.weights / batch.weights.sum(), scratch
     )
     loss.backward()
     return loss.item(), correct
 
 
-def per_bag_backward(model: MILAggregator, batch: MiniBatch) -> tuple[float, int]:
+def per_bag_backward(
+    model: MILAggregator, batch: MiniBatch, scratch: np.ndarray | None = None
+) -> tuple[float, int]:
     """The reference's Eq. 14: one forward/backward per bag, its loss scaled by ``W_b / sum W``.
 
     Only the baseline of the gradient test and of ``benchmarks/bench_mil.py``.
@@ -163,7 +171,7 @@ def per_bag_backward(model: MILAggregator, batch: MiniBatch) -> tuple[float, int
     total, correct = 0.0, 0
     for b in range(len(batch.bags)):
         loss, right = _weighted_loss(
-            model, batch.bags[b : b + 1], batch.indices[b : b + 1], shares[b : b + 1]
+            model, batch.bags[b : b + 1], batch.indices[b : b + 1], shares[b : b + 1], scratch
         )
         loss.backward()
         total, correct = total + loss.item(), correct + right
@@ -174,14 +182,17 @@ def train_epoch(
     model: MILAggregator,
     optimizer: torch.optim.Optimizer,
     batches: Sequence[MiniBatch],
-    backward: Callable[[MILAggregator, MiniBatch], tuple[float, int]] = batched_backward,
+    backward: Callable[
+        [MILAggregator, MiniBatch, np.ndarray], tuple[float, int]
+    ] = batched_backward,
 ) -> dict[str, float]:
     """One optimiser step per mini-batch; the epoch's mean weighted loss and training accuracy."""
     model.train()
+    scratch = batch_scratch(batches)
     loss_sum, correct, n_bags = 0.0, 0, 0
     for batch in batches:
         optimizer.zero_grad(set_to_none=True)
-        loss, right = backward(model, batch)
+        loss, right = backward(model, batch, scratch)
         optimizer.step()
         loss_sum += loss * len(batch.bags)
         correct += right
@@ -189,10 +200,23 @@ def train_epoch(
     return {"loss": loss_sum / n_bags, "accuracy": correct / n_bags}
 
 
+def batch_scratch(batches: Sequence[MiniBatch]) -> np.ndarray:
+    """One `collate` buffer that fits every mini-batch of ``batches``, reused step after step."""
+    size = max(padded_size(batch.bags, batch.indices) for batch in batches)
+    return np.empty(size, dtype=batches[0].bags[0].embeddings.dtype)
+
+
 def make_optimizer(model: MILAggregator, config: MILConfig) -> torch.optim.SGD:
-    """SGD with the reference code's momentum and weight decay."""
+    """SGD with the reference code's momentum and weight decay.
+
+    Fused: one kernel per parameter instead of four passes (weight decay, momentum, update).
+    """
     return torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        fused=True,
     )
 
 
