@@ -44,6 +44,12 @@ def _default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def percent_mean_std(mean_and_std: tuple[float, float]) -> str:
+    """A (mean, std) pair of fractions as ``"12.3 ± 4.5"`` (per cent)."""
+    mean, std = mean_and_std
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
 def to_json(payload: Any) -> str:
     """JSON text for machine-readable output (NaN becomes null)."""
     return json.dumps(_nan_to_none(payload), default=_default, indent=2, allow_nan=False)

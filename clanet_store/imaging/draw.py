@@ -15,8 +15,8 @@ OVERLAY_TINT = (0, 0, 255)  # blue wash over excluded overlay pixels
 BOX = (255, 0, 0)
 
 
-def draw_extraction(grey: np.ndarray, extraction: Extraction, path: str | Path | BinaryIO) -> None:
-    """Write a PNG of ``grey`` with the mask outline, the overlays tinted and the boxes ranked."""
+def render_extraction(grey: np.ndarray, extraction: Extraction) -> Image.Image:
+    """``grey`` in RGB with the mask outline, the overlays tinted and the boxes ranked."""
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
     mask = extraction.mask
     inner = np.zeros_like(mask)
@@ -33,7 +33,12 @@ def draw_extraction(grey: np.ndarray, extraction: Extraction, path: str | Path |
         x, y, w, h = (int(box[f]) for f in ("x", "y", "w", "h"))
         pen.rectangle((x, y, x + w - 1, y + h - 1), outline=BOX, width=3)
         pen.text((x + 5, y + 3), str(int(box["rank"])), fill=BOX, font=font)
-    image.save(path, format="PNG")
+    return image
+
+
+def draw_extraction(grey: np.ndarray, extraction: Extraction, path: str | Path) -> None:
+    """Write `render_extraction` as a PNG."""
+    render_extraction(grey, extraction).save(path, format="PNG")
 
 
 def draw_gallery(

@@ -51,6 +51,7 @@ from clanet_store.learn.training import (
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.sequences import filter_schema, list_sequences, load_bags, sequence_filter
+from clanet_store.textout import percent_mean_std
 
 if TYPE_CHECKING:
     from clanet_store.models.encoder import PatchEncoder
@@ -385,11 +386,6 @@ def predict(
     }
 
 
-def _pct(mean_and_std: tuple[float, float]) -> str:
-    mean, std = mean_and_std
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
-
-
 def ablation_markdown(report: dict[str, Any]) -> str:
     """The ablation as a Markdown table: a row per variant, per split sequence- and batch-level
     accuracy and macro F1, mean ± std over repeats in % (layout of the paper's Table 4)."""
@@ -402,7 +398,11 @@ def ablation_markdown(report: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * 2 * len(names)]
     for row in report["summary"]:
         cells = [row["name"], "✓" if row["tss"] else "–"]
-        cells += [_pct(row[kind][key]) for kind in SPLIT_KINDS for key in metrics.SCALAR_SCORES]
+        cells += [
+            percent_mean_std(row[kind][key])
+            for kind in SPLIT_KINDS
+            for key in metrics.SCALAR_SCORES
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     sizes = "; ".join(
         f"{kind}: {', '.join(str(n) for n in report['test_sequences'][kind])}"

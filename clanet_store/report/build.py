@@ -26,6 +26,7 @@ from clanet_store.qc.heatmap import plate_heatmap
 from clanet_store.report import collect, figures, page
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.summary import store_info
+from clanet_store.textout import percent_mean_std
 
 Stage = Callable[[str], None]
 
@@ -233,17 +234,13 @@ def _projection(store: EmbeddingStore, encoder: dict[str, Any], k: int) -> str:
     return page.section("Patch embeddings", *parts, anchor="embeddings")
 
 
-def _pct(mean_std: tuple[float, float]) -> str:
-    return f"{100 * mean_std[0]:.1f} ± {100 * mean_std[1]:.1f}"
-
-
 def _evaluation(variants: dict[str, dict[str, Any]]) -> str:
     rows = [
         (
             name,
             v["repeats"],
             ", ".join(str(n) for n in v["test_sequences"]),
-            *(_pct(v["scores"][key]) for key in collect.SCALAR_SCORES),
+            *(percent_mean_std(v["scores"][key]) for key in collect.SCALAR_SCORES),
         )
         for name, v in variants.items()
     ]

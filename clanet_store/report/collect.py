@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 from lancedb.expr import col
-from PIL import Image
 
 from clanet_store.imaging.decode import ImageDecodeError, read_grey
-from clanet_store.imaging.draw import draw_extraction, draw_gallery
+from clanet_store.imaging.draw import draw_gallery, render_extraction
 from clanet_store.imaging.extract import extract
 from clanet_store.learn.metrics import SCALAR_SCORES, mean_std
 from clanet_store.pipelines.mil import evaluate
@@ -87,12 +86,10 @@ def example_images(
             examples.append({**item, "error": str(exc)})
             continue
         extraction = extract(grey)
-        drawn = io.BytesIO()
-        draw_extraction(grey, extraction, drawn)
-        with Image.open(drawn) as picture:  # full-size PNG drawings would make a 10 MB page
-            picture.thumbnail((EXAMPLE_WIDTH, EXAMPLE_WIDTH))
-            buffer = io.BytesIO()
-            picture.convert("RGB").save(buffer, format="JPEG", quality=88)
+        picture = render_extraction(grey, extraction)
+        picture.thumbnail((EXAMPLE_WIDTH, EXAMPLE_WIDTH))  # full size would make a 10 MB page
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=88)
         examples.append(
             {
                 **item,

@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -171,13 +172,5 @@ def run_pipeline(
     }
 
 
-class _NoBar:
-    def __enter__(self) -> Callable[[int, int], None]:
-        return lambda done, total: None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _no_bar(desc: str, unit: str) -> _NoBar:
-    return _NoBar()
+def _no_bar(desc: str, unit: str) -> AbstractContextManager[Callable[[int, int], None]]:
+    return nullcontext(lambda done, total: None)

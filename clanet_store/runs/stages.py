@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clanet_store.errors import ClanetError
+from clanet_store.learn.metrics import SCALAR_SCORES
 from clanet_store.learn.training import MILConfig
 from clanet_store.models.dino import DinoConfig
 from clanet_store.report.build import write_report
@@ -207,14 +208,13 @@ def evaluate(run: Run, p: dict[str, Any]) -> Done:
         r = evaluate_model(run.store, model["model"])
         path = Path(model["model"]).with_suffix(".eval.json")
         path.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")
-        scores = ("sequence_accuracy", "sequence_f1", "batch_accuracy", "batch_f1")
         results.append(
             {
                 "name": model["name"],
                 "model": model["model"],
                 "split": r["split"],
                 "repeat": r["repeat"],
-                **{k: r[k] for k in scores},
+                **{k: r[k] for k in SCALAR_SCORES},
             }
         )
         files.append(path)
