@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from PIL import Image
-from skimage.transform import resize
 
 LEGACY_SHAPE = (944, 1280)
 WORKING_SHAPE = (1040, 1408)
@@ -112,5 +111,9 @@ def to_working_scale(grey: np.ndarray) -> np.ndarray:
     """Resize 1280 x 944 exports to 1408 x 1040 (bilinear); keep every other size."""
     if grey.shape != LEGACY_SHAPE:
         return grey
+    # Imported here: scikit-image and the SciPy modules it pulls in cost each ingest worker 0.6-0.9
+    # s of start-up (python -X importtime), and only 1280 x 944 exports need them.
+    from skimage.transform import resize
+
     up = resize(grey, WORKING_SHAPE, order=1, preserve_range=True, anti_aliasing=False)
     return np.clip(np.rint(up), 0, 255).astype(np.uint8)
