@@ -200,3 +200,37 @@ def test_second_model_in_the_same_table(store_path, tmp_path):
     found = es.search(q, k=6, model_id="second")
     assert found.height == 6 and all(p.startswith("second") for p in found["patch_id"])
     assert found["path"].null_count() == 0
+
+
+@pytest.mark.realdata
+def test_result_keys_from_the_images_table_and_later_images_found(store_path, tmp_path):
+    """A hit's line, batch, well, location, time and path come from its image's row (a memo of
+    the images table) and equal its embedding row's; an image ingested after a store object's
+    first search is read when it first shows up; a hit without an images row gets nulls."""
+    path = tmp_path / "store"
+    shutil.copytree(store_path, path)
+    es = EmbeddingStore(path)
+    rows = es.embeddings_arrow()
+    q = vectors(rows)[0]
+    found = es.search(q, k=12)
+    keys = ["patch_id", "cell_line", "batch", "well", "location", "timepoint_h", "rank"]
+    stored = pl.from_arrow(rows.select(keys))
+    expected = found.select("patch_id").join(stored, on="patch_id").sort("patch_id")
+    assert found.select(keys).sort("patch_id").equals(expected)
+    paths = dict(es.images(["image_id", "path"]).iter_rows())
+    assert found["path"].to_list() == [paths[i] for i in found["image_id"]]
+
+    image = es.table("images").to_arrow().slice(0, 1)
+    new = {"image_id": "new-image", "path": "NewLine/new.jpg", "cell_line": "NewLine"}
+    for name, value in new.items():
+        image = image.set_column(image.schema.get_field_index(name), name, pa.array([value]))
+    es.table("images").add(image)
+    first = rows.slice(0, 1)
+    for image_id, patch_id in (("new-image", "new-patch"), ("no-such-image", "orphan-patch")):
+        row = first.set_column(first.schema.get_field_index("image_id"), "image_id", [[image_id]])
+        row = row.set_column(row.schema.get_field_index("patch_id"), "patch_id", [[patch_id]])
+        es.table(es.model_row()["table"]).add(row)
+    hit = es.search(q, k=1, where=col("patch_id") == "new-patch").row(0, named=True)
+    assert (hit["path"], hit["cell_line"], hit["image_id"]) == (new["path"], "NewLine", "new-image")
+    orphan = es.search(q, k=1, where=col("patch_id") == "orphan-patch").row(0, named=True)
+    assert orphan["path"] is None and orphan["cell_line"] is None

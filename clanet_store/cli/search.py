@@ -27,7 +27,7 @@ def index(store: Path, model_id: str | None, wait: bool, fmt: str) -> None:
 
     r = build_index(store, model_id, wait=wait)
     kind = (
-        f"IVF_PQ cosine, {r['num_partitions']} partitions, {r['num_sub_vectors']} sub-vectors"
+        f"IVF_RQ cosine, {r['num_partitions']} partitions, {r['num_bits']} bit per dimension"
         if r["vector_index"]
         else "no vector index (small table: searches are exact)"
     )

@@ -1,8 +1,8 @@
 """Similarity search of patches across batches, and the indexes that make it fast.
 
 ``build_index`` adds scalar indexes on the columns filters use and, above ``EXACT_BELOW`` rows, an
-IVF_PQ vector index (cosine) sized from the table: ``sqrt(n) / 2`` partitions and one PQ sub-vector
-per 16 dimensions. Below the threshold a search is exact (LanceDB scans every row). Rows added after
+IVF_RQ vector index (cosine; RaBitQ codes of 1 bit per dimension) with ``sqrt(n) / 2`` partitions.
+Below the threshold a search is exact (LanceDB scans every row). Rows added after
 an index build are still found: LanceDB scans the unindexed rows too; the next ``index`` folds
 them in. The searches themselves are ``EmbeddingStore.search``.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 from lancedb.expr import Expr
-from lancedb.index import Bitmap, BTree, IvfPq
+from lancedb.index import Bitmap, BTree, IvfRq
 
 from clanet_store.errors import ClanetError
 from clanet_store.imaging.ccs import PATCH_SIZE
@@ -43,15 +43,18 @@ SCALAR_INDEXES = {
 }
 
 
-def index_parameters(rows: int, dim: int) -> dict[str, int]:
-    """IVF partitions (~sqrt(rows) / 2), PQ sub-vectors (one per 16 dims, dividing dim) and the
-    k-means effort.
+def index_parameters(rows: int) -> dict[str, int]:
+    """IVF partitions (~sqrt(rows) / 2), bits per dimension of the RaBitQ codes, k-means effort.
 
-    Measured with benchmarks/bench_search.py (100,000 x 1536, 2 shared cores at load ~6): with
-    LanceDB's k-means defaults (50 iterations, 256 training rows per centroid) and sqrt(rows)
-    partitions the build took 1022 s (recall@10 0.987 at nprobes 32, refine 30); 10 iterations
-    240 s (recall 1.000); also sqrt(rows) / 2 partitions and 64 rows per centroid 174 s (1.000).
-    1 M rows (500 partitions), with compaction and the scalar indexes: 635 s at load ~4.
+    IVF_RQ rather than IVF_PQ (benchmarks/bench_search.py, 1 M x 1536, 500 partitions, nprobes
+    8, the same store): the 8 partitions' ~33,000 codes are compared in 2.4 ms instead of 16-25
+    ms, so with 10 x k candidates re-ranked the median LanceDB query took 13.4 ms (recall@10
+    1.000 with every filter) where IVF_PQ (96 sub-vectors) with 30 x k took 37 ms (recall 0.956
+    across batches); the build took 167 s instead of 415 s.
+
+    k-means effort (100,000 x 1536, 2 shared cores at load ~6): with LanceDB's defaults (50
+    iterations, 256 training rows per centroid) and sqrt(rows) partitions the build took 1022 s;
+    10 iterations and 64 rows per centroid with sqrt(rows) / 2 partitions 174 s, same recall.
 
     At least ``HIERARCHICAL_KMEANS`` partitions once there are 256 rows for each: LanceDB trains
     up to 256 partitions with flat k-means, which on 200,000 x 1536 (223 partitions) put ~75 %
@@ -62,13 +65,7 @@ def index_parameters(rows: int, dim: int) -> dict[str, int]:
     partitions = max(1, min(4096, isqrt(rows) // 2))
     if rows >= 256 * HIERARCHICAL_KMEANS:
         partitions = max(partitions, HIERARCHICAL_KMEANS)
-    sub_vectors = next(s for s in (dim // 16, dim // 8, dim // 4, 1) if s and dim % s == 0)
-    return {
-        "num_partitions": partitions,
-        "num_sub_vectors": sub_vectors,
-        "max_iterations": 10,
-        "sample_rate": 64,
-    }
+    return {"num_partitions": partitions, "num_bits": 1, "max_iterations": 10, "sample_rate": 64}
 
 
 def build_index(
@@ -88,13 +85,13 @@ def build_index(
         rows = table.count_rows()
         for column, kind in SCALAR_INDEXES.items():
             table.create_index(column, config=kind(), replace=True)
-        # search joins its hits to image paths: with this B-tree 5 ms instead of a scan of the
-        # images table, 8 ms on 10,000 images (bench_search.py store, load ~5).
+        # search reads images missing from its memo (EmbeddingStore.image_rows) by image_id:
+        # with this B-tree 5 ms instead of a scan, 8 ms on 10,000 images (load ~5).
         store.table("images").create_index("image_id", config=BTree(), replace=True)
         vector: dict[str, Any] = {"vector_index": False}
         if rows >= max(exact_below, 1):
-            params = index_parameters(rows, model["embedding_dim"])
-            table.create_index("embedding", config=IvfPq(distance_type="cosine", **params))
+            params = index_parameters(rows)
+            table.create_index("embedding", config=IvfRq(distance_type="cosine", **params))
             vector = {"vector_index": True, **params}
         table.optimize(cleanup_older_than=KEEP_VERSIONS)
     return {

@@ -22,14 +22,14 @@ from clanet_store.stores.filters import all_of
 from clanet_store.stores.patch_store import PatchStore
 
 DEFAULT_DIM = 1536
-# IVF_PQ candidates re-ranked with full vectors: PQ alone loses recall. bench_search.py, 100,000
-# x 1536, 316 partitions, nprobes 32: recall@10 0.905 with 10 x k candidates, 0.975 with 30 x k
-# (filter: every other batch), at the same median latency.
-REFINE_FACTOR = 30
-# Partitions searched. bench_search.py, 1 M x 1536, 500 partitions, refine 30, load ~3: recall@10
-# 0.993 with 16, 0.992 with 8 (60 queries), 0.989 with 32 (150); an unfiltered LanceDB query took
-# 59 ms with 32, 22 ms with 8; with filters, p99 179 ms with 32, 79 ms with 8. With 4 (150 queries,
-# load ~3): median 28 ms instead of 36 ms, but recall@10 0.948 on the cross-batch filter (8: 0.966).
+# Candidates re-ranked with the full vectors, x k: RaBitQ's 1-bit codes alone lose recall.
+# bench_search.py, 1 M x 1536, IVF_RQ, 500 partitions, nprobes 8 (150 queries): recall@10 0.853
+# without re-ranking, 0.997 with 5, 1.000 with 10 (13.4 ms median) and 20 (15.3 ms).
+REFINE_FACTOR = 10
+# Partitions searched. bench_search.py, 1 M x 1536, 500 partitions: with IVF_RQ and refine 10,
+# recall@10 0.931 with 2, 1.000 with 4, 8 and 12 (13.6, 13.4, 14.7 ms median); 8 leaves a
+# margin for queries farther from their partition's centroid. (With the earlier IVF_PQ index:
+# 0.993 with 16, 0.992 with 8, and p99 179 ms with 32 against 79 ms with 8.)
 NPROBES = 8
 # The keys of an embedding row that sequence and QC queries group and label by.
 KEY_COLUMNS = (
@@ -44,6 +44,11 @@ KEY_COLUMNS = (
     "timepoint_h",
     "rank",
 )
+# A search result's columns: HIT_COLUMNS and the distance come from the embeddings table,
+# IMAGE_COLUMNS from the image's row in the images table (the keys ingest copied into every patch
+# and embedding row, and the path).
+HIT_COLUMNS = ("patch_id", "image_id", "rank")
+IMAGE_COLUMNS = ("cell_line", "batch", "well", "location", "timepoint_h", "path")
 RESULT_COLUMNS = (
     "patch_id",
     "image_id",
@@ -53,6 +58,8 @@ RESULT_COLUMNS = (
     "location",
     "timepoint_h",
     "rank",
+    "distance",
+    "path",
 )
 
 
@@ -73,13 +80,14 @@ def embeddings_schema(dim: int) -> pa.Schema:
 class EmbeddingStore(PatchStore):
     """A store with embeddings: tables as polars, vectors as NumPy (zero-copy where possible)."""
 
-    # (version, rows) of the models table as last read.
-    _models: tuple[int, pl.DataFrame] | None = None
-    # image_id -> path, filled on the first search (see image_paths).
-    _paths: dict[str, str] | None = None
+    # (version, rows oldest first, model_id -> row) of the models table as last read.
+    _models: tuple[int, pl.DataFrame, dict[str, dict]] | None = None
+    # The images table's image_id and IMAGE_COLUMNS, and image_id -> row; see image_rows.
+    _images: tuple[pl.DataFrame, dict[str, int]] | None = None
 
     def models(self) -> pl.DataFrame:
-        """The encoders that wrote embeddings into this store (empty before the first encode).
+        """The encoders that wrote embeddings into this store, oldest first (empty before the
+        first encode).
 
         Read again only when the table has a new version: ``search`` asks on every query, and a
         version check costs ~0.5 ms where a read costs ~3 ms.
@@ -89,7 +97,8 @@ class EmbeddingStore(PatchStore):
         table = self.table("models")
         version = table.version
         if self._models is None or self._models[0] != version:
-            self._models = (version, lance.read(table))
+            rows = lance.read(table).sort("created_at", maintain_order=True)
+            self._models = (version, rows, {r["model_id"]: r for r in rows.iter_rows(named=True)})
         return self._models[1]
 
     def model_row(self, model_id: str | None = None) -> dict:
@@ -97,13 +106,13 @@ class EmbeddingStore(PatchStore):
         models = self.models()
         if models.height == 0:
             raise ClanetError(f"{self.path}: no embeddings yet (run clanet-store encode)")
+        rows = self._models[2]
         if model_id is None:
-            return models.sort("created_at").row(-1, named=True)
-        found = models.filter(pl.col("model_id") == model_id)
-        if found.height == 0:
+            return dict(rows[models["model_id"][-1]])
+        if model_id not in rows:
             known = ", ".join(models["model_id"])
             raise ClanetError(f"{self.path}: no embeddings of model {model_id} (known: {known})")
-        return found.row(0, named=True)
+        return dict(rows[model_id])
 
     def embeddings_table(self, model_id: str | None = None):
         """The LanceDB table holding ``model_id``'s vectors."""
@@ -145,7 +154,7 @@ class EmbeddingStore(PatchStore):
         """The k patches nearest (cosine distance) to a vector or to a stored patch id.
 
         A patch id query leaves the patch itself out, and with ``other_batches`` its whole batch
-        (one (cell_line, batch) pair). Exact below the index size threshold; with an IVF_PQ index,
+        (one (cell_line, batch) pair). Exact below the index size threshold; with a vector index,
         ``REFINE_FACTOR`` x k candidates are re-ranked with the full vectors.
 
         The ``model_id`` condition is left out while the model is the only one writing into its
@@ -171,38 +180,43 @@ class EmbeddingStore(PatchStore):
                 f"query vector has shape {query.shape}, the model gives {model['embedding_dim']}-d"
             )
         own = col("model_id") == model["model_id"]
-        shared = (self.models()["table"] == model["table"]).sum() > 1
+        shared = sum(r["table"] == model["table"] for r in self._models[2].values()) > 1
         found = self._nearest(
             model["table"], query, k, all_of([own if shared else None, *conditions])
         )
         if not shared and (found["model_id"] != model["model_id"]).any():
             found = self._nearest(model["table"], query, k, all_of([own, *conditions]))
-        return found.drop("model_id").with_columns(
-            path=pl.Series(self.image_paths(found["image_id"].to_list()), dtype=pl.String)
-        )
+        images = self.image_rows(found["image_id"].to_list())
+        return pl.concat([found, images], how="horizontal").select(RESULT_COLUMNS)
 
-    def image_paths(self, image_ids: list[str]) -> list[str | None]:
-        """The path of each image (None for an id the images table lacks).
+    def image_rows(self, image_ids: list[str]) -> pl.DataFrame:
+        """``IMAGE_COLUMNS`` of each image, in order (nulls for an id the images table lacks).
 
-        From a memo of the whole images table, read on first use (~0.1 s per 100,000 images),
-        because any LanceDB query costs ~5 ms, even one reading 10 rows through a B-tree. An
-        image id is a hash of its path, so an entry never goes stale; images ingested later are
-        read when first asked for.
+        From a memo of the images table, read on first use (0.2 s at 100,000 images), because
+        any LanceDB query costs ~5 ms and each column a search fetches ~0.5 ms more (1 M rows):
+        the image's keys are the same in its images row and its embedding rows (ingest copies
+        them). An image id is a hash of its path and a re-extracted image keeps its keys, so an
+        entry never goes stale; images ingested later are read when first asked for.
         """
-        if self._paths is None:
-            table = self.images(["image_id", "path"])
-            self._paths = dict(zip(table["image_id"], table["path"], strict=True))
-        missing = list({i for i in image_ids if i not in self._paths})
+        columns = ["image_id", *IMAGE_COLUMNS]
+        if self._images is None:
+            table = self.images(columns)
+            self._images = (table, {i: n for n, i in enumerate(table["image_id"])})
+        table, rows = self._images
+        missing = list({i for i in image_ids if i not in rows})
         if missing:
-            table = self.images(["image_id", "path"], where=col("image_id").isin(missing))
-            self._paths.update(zip(table["image_id"], table["path"], strict=True))
-        return [self._paths.get(i) for i in image_ids]
+            new = self.images(columns, where=col("image_id").isin(missing))
+            rows.update({i: table.height + n for n, i in enumerate(new["image_id"])})
+            table = table.vstack(new)
+            self._images = (table, rows)
+        at = pl.Series([rows.get(i) for i in image_ids], dtype=pl.UInt32)
+        return table.select(pl.col(IMAGE_COLUMNS).gather(at))
 
     def _nearest(
         self, table: str, query: np.ndarray, k: int, condition: Expr | None
     ) -> pl.DataFrame:
         """The k rows of ``table`` nearest to ``query`` (cosine) that meet ``condition``, sorted,
-        with ``RESULT_COLUMNS``, ``model_id`` and ``distance`` (never the vectors).
+        with ``HIT_COLUMNS``, ``model_id`` and ``distance`` (never the vectors).
 
         nprobes and refine_factor are set unconditionally: LanceDB ignores them without a vector
         index (an exact scan), which saves listing the indexes on every query.
@@ -211,7 +225,7 @@ class EmbeddingStore(PatchStore):
             self.table(table)
             .search(query.astype(np.float32), vector_column_name="embedding")
             .distance_type("cosine")
-            .select([*RESULT_COLUMNS, "model_id", "_distance"])
+            .select([*HIT_COLUMNS, "model_id", "_distance"])
             .nprobes(NPROBES)
             .refine_factor(REFINE_FACTOR)
             .limit(k)
