@@ -38,12 +38,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import lancedb
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import torch
+from lancedb.background_loop import LOOP
 from lancedb.expr import Expr, col
 
 from clanet_store.pipelines.encode import META_COLUMNS, embedding_rows
@@ -295,20 +297,22 @@ def make_queries(mix: Mixture, n: int, seed: int) -> list[Query]:
     return out
 
 
-def lancedb_query(es: EmbeddingStore, query: Query) -> pa.Table:
-    """The LanceDB query alone, with ``search``'s parameters and filter (no models lookup, no
-    image keys): the floor ``EmbeddingStore.search`` adds its overhead to."""
-    return (
-        es.table(embeddings_table_name(len(query.vector)))
-        .search(query.vector, vector_column_name="embedding")
+def lancedb_query(table: Any, query: Query) -> pa.Table:
+    """The LanceDB query alone (an async table, as ``search`` sends it), with ``search``'s
+    parameters and filter (no models lookup, no image keys): the floor ``EmbeddingStore.search``
+    adds its overhead to."""
+    search = (
+        table.query()
+        .nearest_to(query.vector)
+        .column("embedding")
         .distance_type("cosine")
-        .where(query.where, prefilter=True)
+        .where(query.where)
         .select([*HIT_COLUMNS, "model_id", "_distance"])
         .nprobes(NPROBES)
         .refine_factor(REFINE_FACTOR)
         .limit(K)
-        .to_arrow()
     )
+    return LOOP.run(search.to_arrow())
 
 
 def brute_force(
@@ -407,15 +411,19 @@ def synthetic(args: argparse.Namespace, root: Path) -> None:
         f"(opens the tables, reads the models table and every image's keys and path)",
         flush=True,
     )
-    # Each query through search, then straight to LanceDB, in turn: the machine's speed drifts
+    # Each query through search and straight to LanceDB, in turn (which goes first alternates),
+    # each on its own connection, so LanceDB's caches warm alike: the machine's speed drifts
     # within minutes, and the difference is what the wrapper costs.
-    calls = [
-        call
-        for q in queries
-        for call in (lambda q=q: es.search(q.vector, K, q.where), lambda q=q: lancedb_query(es, q))
-    ]
+    bare = LOOP.run(LOOP.run(lancedb.connect_async(store_path / "lance")).open_table("embeddings"))
+    lancedb_query(bare, queries[0])
+    calls = []
+    for i, q in enumerate(queries):
+        pair = [lambda q=q: es.search(q.vector, K, q.where), lambda q=q: lancedb_query(bare, q)]
+        calls += pair if i % 2 == 0 else pair[::-1]
     results, ms = timed(calls)
-    found, index_ms, lance_ms = results[::2], ms[::2], ms[1::2]
+    at = [2 * i + i % 2 for i in range(len(queries))]  # where each search call went
+    found, index_ms = [results[i] for i in at], ms[at]
+    lance_ms = ms[[i + 1 - 2 * (i % 2) for i in at]]
     found_rows = [np.array([int(p, 16) for p in f["patch_id"]]) for f in found]
     unit = np.load(unit_path)  # into memory: the baseline is an in-memory brute force
     truth, brute_ms = timed([lambda q=q: brute_force(unit, q.spans, q.vector) for q in queries])

@@ -1,6 +1,7 @@
 """Search: exact results equal NumPy brute force, filters and --other-batches hold, quoting and
 injection attempts match literally, and patches added after an index build are found."""
 
+import asyncio
 import json
 import shutil
 from datetime import datetime
@@ -234,3 +235,16 @@ def test_result_keys_from_the_images_table_and_later_images_found(store_path, tm
     assert (hit["path"], hit["cell_line"], hit["image_id"]) == (new["path"], "NewLine", "new-image")
     orphan = es.search(q, k=1, where=col("patch_id") == "orphan-patch").row(0, named=True)
     assert orphan["path"] is None and orphan["cell_line"] is None
+
+
+@pytest.mark.realdata
+def test_search_inside_a_running_event_loop(store_path):
+    """search runs LanceDB's async API on LanceDB's own background loop, so it also works where
+    an event loop is already running (a Jupyter notebook, an async web handler)."""
+    es = EmbeddingStore(store_path)
+    q = vectors(es.embeddings_arrow())[3]
+
+    async def inside() -> pl.DataFrame:
+        return es.search(q, k=4)
+
+    assert asyncio.run(inside()).equals(es.search(q, k=4))
