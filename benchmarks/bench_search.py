@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -297,21 +297,28 @@ def make_queries(mix: Mixture, n: int, seed: int) -> list[Query]:
     return out
 
 
-def lancedb_query(table: Any, query: Query) -> pa.Table:
-    """The LanceDB query alone (an async table, as ``search`` sends it), with ``search``'s
-    parameters and filter (no models lookup, no image keys): the floor ``EmbeddingStore.search``
-    adds its overhead to."""
+def lancedb_query(
+    table: Any,
+    query: Query,
+    nprobes: int = NPROBES,
+    refine: int = REFINE_FACTOR,
+    columns: Sequence[str] = (*HIT_COLUMNS, "model_id"),
+) -> pa.Table:
+    """The LanceDB query alone (an async table, as ``search`` sends it), by default with
+    ``search``'s parameters and filter (no models lookup, no image keys): the floor
+    ``EmbeddingStore.search`` adds its overhead to."""
     search = (
         table.query()
         .nearest_to(query.vector)
         .column("embedding")
         .distance_type("cosine")
         .where(query.where)
-        .select([*HIT_COLUMNS, "model_id", "_distance"])
-        .nprobes(NPROBES)
-        .refine_factor(REFINE_FACTOR)
+        .select([*columns, "_distance"])
+        .nprobes(nprobes)
         .limit(K)
     )
+    if refine:  # 0: rank by the index's codes alone
+        search = search.refine_factor(refine)
     return LOOP.run(search.to_arrow())
 
 

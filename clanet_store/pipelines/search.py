@@ -46,11 +46,11 @@ SCALAR_INDEXES = {
 def index_parameters(rows: int) -> dict[str, int]:
     """IVF partitions (~sqrt(rows) / 2), bits per dimension of the RaBitQ codes, k-means effort.
 
-    IVF_RQ rather than IVF_PQ (benchmarks/bench_search.py, 1 M x 1536, 500 partitions, nprobes
-    8, the same store): the 8 partitions' ~33,000 codes are compared in 2.4 ms instead of 16-25
-    ms, so with 10 x k candidates re-ranked the median LanceDB query took 13.4 ms (recall@10
-    1.000 with every filter) where IVF_PQ (96 sub-vectors) with 30 x k took 37 ms (recall 0.956
-    across batches); the build took 167 s instead of 415 s.
+    IVF_RQ rather than IVF_PQ (1 M x 1536, 500 partitions, nprobes 8; BENCHMARKS.md): comparing
+    the ~33,000 codes of 8 partitions takes 2.4-2.9 ms instead of 16.5-25 ms (``analyze_plan``),
+    and 10 x k candidates re-ranked give recall@10 1.000 where IVF_PQ (96 sub-vectors) needed
+    30 x k for 0.956 across batches; the bare query's median fell from 37 to 13-14 ms, and the
+    build from 415 s to 167-211 s.
 
     k-means effort (100,000 x 1536, 2 shared cores at load ~6): with LanceDB's defaults (50
     iterations, 256 training rows per centroid) and sqrt(rows) partitions the build took 1022 s;

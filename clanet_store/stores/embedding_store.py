@@ -27,13 +27,13 @@ from clanet_store.stores.patch_store import PatchStore
 
 DEFAULT_DIM = 1536
 # Candidates re-ranked with the full vectors, x k: RaBitQ's 1-bit codes alone lose recall.
-# bench_search.py, 1 M x 1536, IVF_RQ, 500 partitions, nprobes 8 (150 queries): recall@10 0.853
-# without re-ranking, 0.997 with 5, 1.000 with 10 (13.4 ms median) and 20 (15.3 ms).
+# benchmarks/bench_search_sweep.py on a 1 M x 1536 store (IVF_RQ, 500 partitions, nprobes 8, 150
+# queries): recall@10 0.843 without re-ranking, 1.000 with 5, 10 and 20 (median 13.2, 14.1,
+# 16.3 ms); on another store built the same way 5 gave 0.992 across batches, so 10, for a margin.
 REFINE_FACTOR = 10
-# Partitions searched. bench_search.py, 1 M x 1536, 500 partitions: with IVF_RQ and refine 10,
-# recall@10 0.931 with 2, 1.000 with 4, 8 and 12 (13.6, 13.4, 14.7 ms median); 8 leaves a
-# margin for queries farther from their partition's centroid. (With the earlier IVF_PQ index:
-# 0.993 with 16, 0.992 with 8, and p99 179 ms with 32 against 79 ms with 8.)
+# Partitions searched. The same sweep with refine 10: recall@10 0.919 with 2, 1.000 with 4 and 8
+# (median 13.2 and 14.1 ms); 8 leaves a margin for queries far from their partition's centroid.
+# (With the earlier IVF_PQ index: 0.992 with 8, and p99 179 ms with 32 against 79 ms with 8.)
 NPROBES = 8
 # The keys of an embedding row that sequence and QC queries group and label by.
 KEY_COLUMNS = (
