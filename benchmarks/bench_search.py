@@ -421,7 +421,8 @@ def synthetic(args: argparse.Namespace, root: Path) -> None:
     # Each query through search and straight to LanceDB, in turn (which goes first alternates),
     # each on its own connection, so LanceDB's caches warm alike: the machine's speed drifts
     # within minutes, and the difference is what the wrapper costs.
-    bare = LOOP.run(LOOP.run(lancedb.connect_async(store_path / "lance")).open_table("embeddings"))
+    db = LOOP.run(lancedb.connect_async(store_path / "lance"))
+    bare = LOOP.run(db.open_table(embeddings_table_name(mix.dim)))
     lancedb_query(bare, queries[0])
     calls = []
     for i, q in enumerate(queries):

@@ -35,7 +35,7 @@ from bench_search import (
     timed,
 )
 
-from clanet_store.stores.embedding_store import HIT_COLUMNS
+from clanet_store.stores.embedding_store import HIT_COLUMNS, embeddings_table_name
 
 # Fetched columns by count: 1 = the patch id alone, 4 = what search fetches, 9 = every result
 # column, as search fetched them before the image keys came from the images table.
@@ -65,7 +65,7 @@ def main() -> None:
     truth = [brute_force(unit, q.spans, q.vector)[0] for q in queries]
     del unit
     db = LOOP.run(connect_async(args.root / "store" / "lance"))
-    table = LOOP.run(db.open_table("embeddings"))
+    table = LOOP.run(db.open_table(embeddings_table_name(queries[0].vector.size)))
     indexes = LOOP.run(table.list_indices())
     vector = [i.index_type for i in indexes if i.index_type.startswith("Ivf")]
     print(f"vector index: {', '.join(vector) or 'none (exact search)'}", flush=True)
