@@ -9,7 +9,6 @@ weights source and whether it is a random init, so embeddings of different encod
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from clanet_store.errors import ClanetError
 from clanet_store.schemas import arrow_type, load_schema
 from clanet_store.stores import lance
 from clanet_store.stores.filters import all_of
-from clanet_store.stores.patch_store import PatchStore
+from clanet_store.stores.patch_store import CONSISTENCY, PatchStore
 
 DEFAULT_DIM = 1536
 # Candidates re-ranked with the full vectors, x k: RaBitQ's 1-bit codes alone lose recall.
@@ -88,8 +87,8 @@ class EmbeddingStore(PatchStore):
     _models: tuple[int, pl.DataFrame, dict[str, dict]] | None = None
     # The images table's image_id and IMAGE_COLUMNS, and image_id -> row; see image_rows.
     _images: tuple[pl.DataFrame, dict[str, int]] | None = None
-    # Tables opened with LanceDB's async API, for searches (see _nearest).
-    _async_tables: dict[str, Any] | None = None
+    # LanceDB's async connection and the tables opened on it, for searches (see _async_table).
+    _async: tuple[Any, dict[str, Any]] | None = None
 
     def models(self) -> pl.DataFrame:
         """The encoders that wrote embeddings into this store, oldest first (empty before the
@@ -248,14 +247,13 @@ class EmbeddingStore(PatchStore):
         background thread (so this works inside a running loop, e.g. Jupyter). A sync query reads
         the table's schema three times (blob column checks): 3 ms of a ~19 ms search at 1 M rows
         (bench_search.py store, the same queries in turn: median 16.2 ms async, 19.3 ms sync)."""
-        if self._async_tables is None:
-            self._async_tables = {}
-        if name not in self._async_tables:
-            db = LOOP.run(
-                connect_async(self.path / "lance", read_consistency_interval=timedelta(0))
-            )
-            self._async_tables[name] = LOOP.run(db.open_table(name))
-        return self._async_tables[name]
+        if self._async is None:
+            db = LOOP.run(connect_async(self.path / "lance", read_consistency_interval=CONSISTENCY))
+            self._async = (db, {})
+        db, tables = self._async
+        if name not in tables:
+            tables[name] = LOOP.run(db.open_table(name))
+        return tables[name]
 
     def patch_keys(self, patch_id: str, model_id: str | None = None) -> dict:
         """A stored patch's embedding (NumPy), cell line, batch and image id."""

@@ -40,6 +40,8 @@ PATCH_SIZE = 112
 SLOT_SIZE = 20
 PIXEL_SIZE_UM = 1.24
 TABLES = ("images", "patches")
+# How stale a table object may read: never (a long-lived store object sees every commit at once).
+CONSISTENCY = timedelta(0)
 
 
 class StoreVersionError(ClanetError):
@@ -90,8 +92,7 @@ class PatchStore:
             self._create(extractor or {})
         self.meta = json.loads(meta_path.read_text())
         _check_meta(self.path, self.meta)
-        # Readers see every commit at once (a long-lived store object never reads a stale version).
-        self.db = lancedb.connect(self.path / "lance", read_consistency_interval=timedelta(0))
+        self.db = lancedb.connect(self.path / "lance", read_consistency_interval=CONSISTENCY)
         self._tables: dict[str, Any] = {}
         self._array: zarr.Array | None = None
 
