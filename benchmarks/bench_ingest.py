@@ -1,22 +1,27 @@
 """Ingest throughput with 1 and 2 Dask workers against bare mask + CCS, measured in one run.
 
-For each image set (the real azgcb_sample repeated to >= 200 images, and a synthetic export):
+For each image set (the real azgcb_sample repeated to >= 200 images, and a synthetic export),
+every round measures:
 
-* ``bare``: ``extract(read_grey(path))`` in a loop in this process, one core (the baseline);
+* ``bare 1``: ``extract(read_grey(path))`` over every image in one fresh process (the baseline:
+  what a worker does, without Dask or the store);
+* ``bare 2``: the same images split over two fresh processes running at once: what this
+  machine's two cores give two independent loops (the ceiling of any 2-worker speed-up here);
 * ``ingest w=1`` and ``ingest w=2``: ``clanet-store ingest`` into a fresh store with a LocalCluster
   of 1 or 2 single-threaded workers, end to end (scan, cluster start-up, extraction, Zarr and
-  LanceDB writes, compaction).
+  LanceDB writes, shutdown, compaction) and in the steady state (first task's images written to
+  the last image, every store write included; start-up, shutdown and compaction not).
 
-Both are also timed in the steady state (first task's images written to the last image, store
-writes included, cluster start-up and final compaction not). Targets (issue 4): 2 workers >= 1.7x
-one worker; 1 worker >= 0.9x bare (store writes cost <= 10 %). The CPU time per image (this
-process and the worker processes, start-up included) is printed too: unlike the rates, it hardly
-moves when other jobs share the machine, and what ingest spends above bare is what 2 workers on
-2 cores lose.
-With ``--rounds R`` the three are measured R times, interleaved, and the best of each over the
-rounds is reported as well (the machine's load moves within minutes; one round of the three
-measures each at a different moment).
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ingest.py [--copies 3] [--rounds 1]
+Bare loops load numba's compiled kernels on one image before their clocks start.
+Targets (issue 4): 2 workers >= 1.7x one worker; 1 worker >= 0.9x bare (store writes cost
+<= 10 %). The CPU time per image (all processes) is printed too.
+
+This machine's speed drifts by tens of percent within a minute (KVM, steal time), so one round's
+ratio mixes the drift with the speed-up. Rounds therefore alternate the order (bare 1, bare 2,
+w=1, w=2, then w=2, w=1, bare 2, bare 1, ...) and the summary pools them: a measurement's rate
+over all rounds is its total images over its total seconds, so a linear drift over two rounds
+cancels out of the ratios. Use an even ``--rounds``.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ingest.py [--copies 3] [--rounds 4]
 [--json]``.
 """
 
@@ -24,12 +29,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
 import shutil
 import tempfile
 import time
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 from clanet_store.exports.scan import scan_export
@@ -39,6 +47,7 @@ from clanet_store.imaging.extract import extract
 from clanet_store.pipelines.ingest import TASK_IMAGES, ingest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "azgcb_sample"
+MEASUREMENTS = ("bare1", "bare2", "w1", "w2")
 
 
 def real_export(dest: Path, copies: int) -> Path:
@@ -58,20 +67,37 @@ def cpu_seconds() -> float:
     return sum(u.ru_utime + u.ru_stime for u in usage)
 
 
-def bare_rate(root: Path) -> tuple[float, float]:
-    """Images per second, and CPU ms per image."""
-    paths = [root / p for p in scan_export(root).manifest["path"]]
-    start, cpu = time.perf_counter(), cpu_seconds()
+def _bare_loop(paths: list[str], ready: Barrier, results: Queue) -> None:
+    """One bare process: load the kernels, wait for the others, time the loop."""
+    extract(read_grey(paths[0]))
+    ready.wait()
+    start, cpu = time.perf_counter(), time.process_time()
     for path in paths:
         extract(read_grey(path))
-    return len(paths) / (time.perf_counter() - start), (cpu_seconds() - cpu) / len(paths) * 1e3
+    results.put((start, time.perf_counter(), time.process_time() - cpu))
 
 
-def ingest_rate(root: Path, workers: int, tmp: Path) -> tuple[float, float, float]:
-    """Images per second end to end, and in the steady state: from the first task's images
-    written to the last image (every Zarr and LanceDB write included; cluster start-up, the scan
-    and the final compaction left out), from the progress callback's time stamps; and CPU ms per
-    image."""
+def bare(paths: list[str], processes: int) -> dict:
+    """Images per second of ``processes`` fresh bare loops over ``paths`` split between them,
+    from the first loop's start to the last one's end; CPU seconds summed."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [
+        ctx.Process(target=_bare_loop, args=(paths[i::processes], ready, results))
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    spans = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    seconds = max(s[1] for s in spans) - min(s[0] for s in spans)
+    return {"images": len(paths), "seconds": seconds, "cpu": sum(s[2] for s in spans)}
+
+
+def ingest_run(root: Path, workers: int, tmp: Path) -> dict:
+    """One ingest into a fresh store: seconds end to end and in the steady state (from the first
+    task's images written to the last image, from the progress callback's time stamps)."""
     store = tmp / f"store-w{workers}"
     shutil.rmtree(store, ignore_errors=True)
     stamps: list[float] = []
@@ -79,70 +105,81 @@ def ingest_rate(root: Path, workers: int, tmp: Path) -> tuple[float, float, floa
     report = ingest(
         root, store, workers=workers, progress=lambda *_: stamps.append(time.perf_counter())
     )
-    n = report.images_added
-    end_to_end = n / (time.perf_counter() - start)
-    cpu_ms = (cpu_seconds() - cpu) / n * 1e3
     first = TASK_IMAGES - 1  # a task's images are written together
-    steady = (len(stamps) - 1 - first) / (stamps[-1] - stamps[first])
-    return end_to_end, steady, cpu_ms
+    return {
+        "images": report.images_added,
+        "seconds": time.perf_counter() - start,
+        "cpu": cpu_seconds() - cpu,
+        "steady_images": len(stamps) - 1 - first,
+        "steady_seconds": stamps[-1] - stamps[first],
+    }
 
 
-def one_round(root: Path, tmp: Path) -> dict:
-    """Rates (images per second) and CPU ms per image of bare, 1 worker and 2 workers."""
-    row = {}
-    row["bare"], row["cpu_ms_bare"] = bare_rate(root)
-    for w in (1, 2):
-        row[f"ingest_w{w}"], row[f"steady_w{w}"], row[f"cpu_ms_w{w}"] = ingest_rate(root, w, tmp)
-    return row
+def one_round(root: Path, paths: list[str], tmp: Path, order: tuple[str, ...]) -> dict:
+    """Each measurement once, in ``order``."""
+    run = {
+        "bare1": lambda: bare(paths, 1),
+        "bare2": lambda: bare(paths, 2),
+        "w1": lambda: ingest_run(root, 1, tmp),
+        "w2": lambda: ingest_run(root, 2, tmp),
+    }
+    return {name: run[name]() for name in order}
 
 
-def with_ratios(row: dict) -> dict:
-    row["w2_vs_w1"] = row["ingest_w2"] / row["ingest_w1"]
-    row["w1_vs_bare"] = row["ingest_w1"] / row["bare"]
-    row["steady_w1_vs_bare"] = row["steady_w1"] / row["bare"]
-    row["steady_w2_vs_w1"] = row["steady_w2"] / row["steady_w1"]
-    return row
+def pooled(runs: list[dict]) -> dict:
+    """Sums of images, seconds and CPU over runs of one measurement."""
+    return {key: sum(r[key] for r in runs) for key in runs[0]}
 
 
-def show(label: str, row: dict) -> None:
+def rates(m: dict) -> dict:
+    """Rates (images per second), CPU ms per image and the target ratios of one round or pool."""
+
+    def rate(x: dict, steady: bool = False) -> float:
+        return x["steady_images"] / x["steady_seconds"] if steady else x["images"] / x["seconds"]
+
+    out = {f"{name}_img_s": rate(m[name]) for name in MEASUREMENTS}
+    out |= {f"{w}_steady_img_s": rate(m[w], steady=True) for w in ("w1", "w2")}
+    out |= {f"{name}_cpu_ms": m[name]["cpu"] / m[name]["images"] * 1e3 for name in MEASUREMENTS}
+    out["bare2_vs_bare1"] = out["bare2_img_s"] / out["bare1_img_s"]
+    out["w2_vs_w1"] = out["w2_img_s"] / out["w1_img_s"]
+    out["w1_vs_bare1"] = out["w1_img_s"] / out["bare1_img_s"]
+    out["steady_w2_vs_w1"] = out["w2_steady_img_s"] / out["w1_steady_img_s"]
+    out["steady_w1_vs_bare1"] = out["w1_steady_img_s"] / out["bare1_img_s"]
+    return out
+
+
+def show(label: str, images: int, r: dict) -> None:
     print(
-        f"{label:>17}: {row['images']} images | bare {row['bare']:.2f} img/s | end to end: "
-        f"1 worker {row['ingest_w1']:.2f} img/s ({row['w1_vs_bare']:.2f}x bare), 2 workers "
-        f"{row['ingest_w2']:.2f} img/s ({row['w2_vs_w1']:.2f}x 1 worker) | steady state: "
-        f"1 worker {row['steady_w1']:.2f} img/s ({row['steady_w1_vs_bare']:.2f}x bare), 2 workers "
-        f"{row['steady_w2']:.2f} img/s ({row['steady_w2_vs_w1']:.2f}x 1 worker) | CPU per image: "
-        f"bare {row['cpu_ms_bare']:.0f} ms, 1 worker {row['cpu_ms_w1']:.0f} ms, 2 workers "
-        f"{row['cpu_ms_w2']:.0f} ms | load {os.getloadavg()[0]:.1f}",
+        f"{label:>22}: {images} images | bare: 1 process {r['bare1_img_s']:.2f} img/s, 2 processes "
+        f"{r['bare2_img_s']:.2f} img/s ({r['bare2_vs_bare1']:.2f}x) | end to end: 1 worker "
+        f"{r['w1_img_s']:.2f} img/s ({r['w1_vs_bare1']:.2f}x bare), 2 workers "
+        f"{r['w2_img_s']:.2f} img/s ({r['w2_vs_w1']:.2f}x 1 worker) | steady state: 1 worker "
+        f"{r['w1_steady_img_s']:.2f} img/s ({r['steady_w1_vs_bare1']:.2f}x bare), 2 workers "
+        f"{r['w2_steady_img_s']:.2f} img/s ({r['steady_w2_vs_w1']:.2f}x 1 worker) | CPU ms per "
+        f"image: bare {r['bare1_cpu_ms']:.0f}/{r['bare2_cpu_ms']:.0f}, ingest "
+        f"{r['w1_cpu_ms']:.0f}/{r['w2_cpu_ms']:.0f} | load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
 
 
 def measure(label: str, root: Path, tmp: Path, rounds: int) -> dict:
-    """``rounds`` interleaved rounds of bare, 1 and 2 workers; with more than one, also the best
-    of each measurement over the rounds (rates: highest; CPU: lowest), as ``timeit`` takes the
-    fastest repeat: the run least disturbed by other jobs on a shared machine."""
-    n = scan_export(root).manifest.height
+    """``rounds`` rounds, order reversed every other round, then all rounds pooled."""
+    paths = [str(root / p) for p in scan_export(root).manifest["path"]]
     runs = []
     for r in range(rounds):
-        runs.append(with_ratios({"images": n, **one_round(root, tmp)}))
-        show(label if rounds == 1 else f"{label} round {r + 1}", runs[-1])
-    if rounds == 1:
-        return runs[0]
-    best = {"images": n}
-    for key in runs[0].keys() - {"images", "w2_vs_w1", "w1_vs_bare", "steady_w1_vs_bare",
-                                 "steady_w2_vs_w1"}:  # fmt: skip
-        values = [run[key] for run in runs]
-        best[key] = min(values) if key.startswith("cpu_ms") else max(values)
-    best = with_ratios(best)
-    show(f"{label} best of {rounds}", best)
-    return {"rounds": runs, "best": best}
+        order = MEASUREMENTS if r % 2 == 0 else MEASUREMENTS[::-1]
+        runs.append(one_round(root, paths, tmp, order))
+        show(f"{label} round {r + 1}", len(paths), rates(runs[-1]))
+    pool = rates({name: pooled([run[name] for run in runs]) for name in MEASUREMENTS})
+    show(f"{label} all {rounds} rounds", len(paths), pool)
+    return {"images": len(paths), "rounds": [rates(run) for run in runs], "pooled": pool}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=3, help="repeats of the 72 real images")
     parser.add_argument("--synth-positions", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved repeats")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (even)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results = {

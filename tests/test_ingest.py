@@ -300,7 +300,7 @@ def test_task_batches_cover_every_image_once_and_end_with_single_images():
         batches = list(_task_batches(n, workers))
         assert [i for batch in batches for i in batch] == list(range(n))
         assert max(map(len, batches), default=0) <= TASK_IMAGES
-        tail = min(n, 2 * workers * TASK_IMAGES)
+        tail = min(n, workers * TASK_IMAGES)
         assert all(len(batch) == 1 for batch in batches[len(batches) - tail :])
 
 

@@ -42,9 +42,10 @@ from clanet_store.stores.patch_store import SLOT_SIZE, PatchStore
 
 FLUSH_IMAGES = 64
 # Images per Dask task: each task costs the scheduler, the client and the worker's event loop a
-# few ms of CPU, which on a 2-core machine mask + CCS pay for. With 4, the CPU spent per image
-# outside mask + CCS (driver and worker event loops, writes) fell from 21 to 15 ms (measured).
-TASK_IMAGES = 4
+# few ms of CPU, which on a 2-core machine mask + CCS pay for. Dask's CPU per image (driver and
+# workers, instant tasks returning real-sized results; benchmarks/bench_ingest_parts.py, two runs):
+# 11.7-16.6 ms with 1 image per task, 4.4-5.7 ms with 4, 3.2-3.7 ms with 8, 2.4-2.6 ms with 16.
+TASK_IMAGES = 8
 # The image's keys that every patch row (and every embedding row) repeats, for filtering.
 IMAGE_KEYS = (
     "image_id",
@@ -380,8 +381,9 @@ class _Writer:
 
 def _task_batches(n: int, workers: int) -> Iterator[range]:
     """Image index ranges, one per Dask task: ``TASK_IMAGES`` images each, then single images for
-    the last few, so that no worker idles long at the end while another finishes a batch."""
-    tail = min(n, 2 * workers * TASK_IMAGES)
+    the last ``workers x TASK_IMAGES``, so that no worker idles long at the end while another
+    finishes a batch."""
+    tail = min(n, workers * TASK_IMAGES)
     for start in range(0, n - tail, TASK_IMAGES):
         yield range(start, min(start + TASK_IMAGES, n - tail))
     for i in range(n - tail, n):
