@@ -43,8 +43,8 @@ from clanet_store.stores.patch_store import SLOT_SIZE, PatchStore
 FLUSH_IMAGES = 64
 # Images per Dask task: each task costs the scheduler, the client and the worker's event loop a
 # few ms of CPU, which on a 2-core machine mask + CCS pay for. Dask's CPU per image (driver and
-# workers, instant tasks returning real-sized results; benchmarks/bench_ingest_parts.py, two runs):
-# 11.7-16.6 ms with 1 image per task, 4.4-5.7 ms with 4, 3.2-3.7 ms with 8, 2.4-2.6 ms with 16.
+# workers, instant tasks returning real-sized results; benchmarks/bench_ingest_parts.py, four
+# runs): 11.7-16.6 ms with 1 image per task, 3.6-5.7 ms with 4, 2.5-3.7 ms with 8, 2.0-2.6 with 16.
 TASK_IMAGES = 8
 # The image's keys that every patch row (and every embedding row) repeats, for filtering.
 IMAGE_KEYS = (

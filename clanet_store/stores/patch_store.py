@@ -160,8 +160,8 @@ class PatchStore:
         if self._array is None:
             array = zarr.open_array(str(self.path / "patches.zarr"), mode="r+")
             # Every write is a whole image slot, almost never all zero: Zarr's check for empty
-            # chunks (to skip writing them) cost 1.2-1.6 ms of the 4.6-5.7 ms a slot write took
-            # (benchmarks/bench_ingest_parts.py).
+            # chunks (to skip writing them) cost 0.6-2.2 ms of CPU per slot write, which took
+            # 3.3-7.6 ms in all (benchmarks/bench_ingest_parts.py, four runs on a noisy machine).
             self._array = array.with_config({"write_empty_chunks": True})
         return self._array
 
