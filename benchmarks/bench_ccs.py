@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shared_data import AZGCB
 
 from clanet_store.imaging.ccs import select_patches
 from clanet_store.imaging.decode import read_grey
@@ -98,7 +99,7 @@ def time_image(grey: np.ndarray) -> tuple[dict[str, tuple[float, float]], bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/azgcb_sample")
+    parser.add_argument("--data", type=Path, default=AZGCB)
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

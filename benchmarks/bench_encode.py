@@ -29,11 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forward import PAPER_PATCHES, bare_forward_rate
+from shared_data import AZGCB
 
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "azgcb_sample"
 
 
 def main() -> None:
@@ -48,7 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         export = tmp / "export"
-        for path in sorted(SHARED.rglob("*.jpg"))[: args.images]:
+        for path in sorted(AZGCB.rglob("*.jpg"))[: args.images]:
             (export / path.parent.name).mkdir(parents=True, exist_ok=True)
             (export / path.parent.name / path.name).symlink_to(path)
         ingest(export, tmp / "base", workers=1)

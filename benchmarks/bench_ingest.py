@@ -40,20 +40,21 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+from shared_data import AZGCB
+
 from clanet_store.exports.scan import scan_export
 from clanet_store.exports.synth import synth_export
 from clanet_store.imaging.decode import read_grey
 from clanet_store.imaging.extract import extract
 from clanet_store.pipelines.ingest import TASK_IMAGES, ingest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "azgcb_sample"
 MEASUREMENTS = ("bare1", "bare2", "w1", "w2")
 
 
 def real_export(dest: Path, copies: int) -> Path:
     """The real sample, ``copies`` times, as cell-line folders ``<line> r<i>`` (symlinked files)."""
     for i in range(copies):
-        for line in sorted(p for p in SHARED.iterdir() if p.is_dir()):
+        for line in sorted(p for p in AZGCB.iterdir() if p.is_dir()):
             folder = dest / f"{line.name} r{i}"
             folder.mkdir(parents=True)
             for f in line.iterdir():

@@ -26,13 +26,12 @@ from pathlib import Path
 import numcodecs
 import numpy as np
 from distributed import as_completed
+from shared_data import AZGCB
 
 from clanet_store.imaging.decode import read_grey
 from clanet_store.imaging.extract import extract, extractor_params
 from clanet_store.pipelines.ingest import dask_client
 from clanet_store.stores.patch_store import SLOT_SIZE, PatchStore
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "azgcb_sample"
 
 
 def cpu_seconds() -> float:
@@ -119,7 +118,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=400)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    image = sorted(p for p in SHARED.rglob("*") if p.suffix.lower() in (".jpg", ".tif"))[0]
+    image = sorted(p for p in AZGCB.rglob("*") if p.suffix.lower() in (".jpg", ".tif"))[0]
     result = extract(read_grey(image))
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cpus, Python "

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shared_data import LIVECELL
 
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
@@ -30,7 +31,6 @@ from clanet_store.pipelines.qc import QCParams, run_qc
 from clanet_store.qc.anomaly import auc
 from clanet_store.qc.corrupt import DIRECTIONS, KINDS, corrupt_export
 
-LIVECELL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "livecell_shsy5y"
 HOURS = range(0, 96, 12)
 
 

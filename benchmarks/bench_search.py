@@ -47,6 +47,7 @@ import pyarrow as pa
 import torch
 from lancedb.background_loop import LOOP
 from lancedb.expr import Expr, col
+from shared_data import AZGCB
 
 from clanet_store.pipelines.encode import META_COLUMNS, embedding_rows
 from clanet_store.pipelines.search import build_index
@@ -78,7 +79,6 @@ WELLS = [f"{r}{c}" for r in "ABCDEFGH" for c in range(1, 13)]
 CLUSTER_SD, EFFECT_SD, IMAGE_VAR, PATCH_VAR, NOISE_SD = 0.7, 0.3, 0.3, 0.2, 0.5
 MODEL_ID = "synthetic-mixture"
 WARMUP = 5
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "azgcb_sample"
 
 
 @dataclass
@@ -481,7 +481,7 @@ def real(store: Path | None, root: Path) -> None:
         store = root / "real-store"
         cli = Path(sys.executable).with_name("clanet-store")
         for step in (
-            ["ingest", str(REAL_DATA), "--workers", "2"],
+            ["ingest", str(AZGCB), "--workers", "2"],
             ["encode", "--device", "cpu"],
             ["index"],
         ):

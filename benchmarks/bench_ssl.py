@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+from shared_data import AZGCB
 
 from clanet_store.models.dino import (
     DinoConfig,
@@ -49,14 +50,13 @@ from clanet_store.pipelines.ssl_train import (
 )
 from clanet_store.stores.patch_store import PatchStore
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "azgcb_sample"
 # (arch, batch size, steps per pass): a pass takes some seconds on 2 busy cores.
 ARCHS = (("vit_tiny_patch16_224", 16, 3), ("vit_small_patch8_224", 4, 2))
 
 
 def real_store(dest: Path, n_images: int) -> Path:
     """A store of the first image of the first ``n_images`` cell lines (20 patches each)."""
-    for line in sorted(p for p in SHARED.iterdir() if p.is_dir())[:n_images]:
+    for line in sorted(p for p in AZGCB.iterdir() if p.is_dir())[:n_images]:
         (dest / "export" / line.name).mkdir(parents=True)
         first = sorted(line.iterdir())[0]
         shutil.copy(first, dest / "export" / line.name / first.name)
