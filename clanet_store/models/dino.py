@@ -508,7 +508,11 @@ class CollapseProbe:
         return bool(self.reasons)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "collapsed": self.collapsed}
+        return {
+            **dataclasses.asdict(self),
+            "reasons": list(self.reasons),
+            "collapsed": self.collapsed,
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CollapseProbe:
