@@ -626,3 +626,38 @@ def test_cli_stops_a_collapsed_run(store: Path, monkeypatch: pytest.MonkeyPatch)
     assert as_json.exit_code == 1 and summary["recipe"] == "scratch"
     assert summary["dino"]["out_dim"] == 256 and summary["dino"]["norm_last_layer"] is True
     assert summary["probes"][0]["collapsed"] is True
+
+
+@pytest.mark.realdata
+def test_scratch_schedules_on_a_toy_run(store: Path) -> None:
+    """4 epochs of 6 steps from a random init: the values each step trained with follow the
+    scratch recipe (lr warm-up of round(10 x 4/100 x 6) = 2 steps, then a cosine; teacher
+    temperature 0.04 -> 0.07 over round(30 x 4/100 x 6) = 7 steps; weight decay and momentum
+    cosines); the collapse rules are off (4 epochs cannot spread a random init's features)."""
+    dino = dataclasses.replace(SCRATCH, hidden_dim=256, bottleneck_dim=64, n_local=2, **NO_RULES)
+    events: list[TrainProgress] = []
+    out = store.parent / "toy-scratch.pt"
+    run = {"epochs": 4, "batch_size": 2, "arch": TINY, "k": 12, "dino": dino}
+    summary = ssl_train(store, out, progress=events.append, workers=0, **run)
+    assert summary["recipe"] == "scratch" and summary["warmup_steps"] == 2  # no --init
+    assert summary["dino"]["out_dim"] == 256  # 12 patches: the smallest head
+    values = [event.values for event in events]
+    assert len(values) == 24
+    assert values == [schedule_at(summary_dino(summary), 2, step, 6, 4) for step in range(24)]
+    peak = 5e-4 * 2 / 256
+    lrs = [v.lr for v in values]
+    assert lrs[:3] == pytest.approx([peak / 2, peak, peak])
+    assert lrs[2:] == sorted(lrs[2:], reverse=True) and lrs[-1] == pytest.approx(1e-6, rel=0.05)
+    temps = [v.teacher_temp for v in values]
+    assert temps[0] == 0.04 and temps[7:] == pytest.approx([0.07] * 17)
+    assert temps[:8] == sorted(temps[:8])
+    assert [v.weight_decay for v in values] == sorted(v.weight_decay for v in values)
+    assert [v.momentum for v in values] == sorted(v.momentum for v in values)
+    saved = torch.load(out, weights_only=True)
+    assert saved["recipe"]["name"] == "scratch" and saved["recipe"]["norm_last_layer"] is True
+    assert saved["config"]["dino"]["out_dim"] == 0  # the recipe as asked; sized in "recipe"
+
+
+def summary_dino(summary: dict) -> DinoConfig:
+    """The numbers a run trained with, from its summary."""
+    return DinoConfig.from_dict(summary["dino"])
