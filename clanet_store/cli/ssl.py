@@ -147,9 +147,11 @@ def _summary_text(r: dict) -> str:
         f" -> {r['dino']['teacher_temp_end']:g}, head of {r['dino']['out_dim']} outputs"
         f"{' (weight-normalised)' if r['dino']['norm_last_layer'] else ''}, gradient clip "
         f"{r['dino']['clip_grad'] or 'none'}",
-        f"{r['epochs_run']} epochs in {r['seconds']:.1f} s, {r['patches_per_s']:.2f} patches/s on "
-        f"{r['device']} ({r['workers']} loader workers)",
-        f"encode --weights {r['out']} gives {r['embedding_dim']}-d embeddings",
+        f"{r['epochs_run']} epoch{'' if r['epochs_run'] == 1 else 's'} in {r['seconds']:.1f} s, "
+        f"{r['patches_per_s']:.2f} patches/s on {r['device']} ({r['workers']} loader workers)",
+        f"encode --weights {r['out']} gives {r['embedding_dim']}-d embeddings"
+        if Path(r["out"]).exists()
+        else f"no checkpoint in {r['out']}",
         "",
         render_table(
             [

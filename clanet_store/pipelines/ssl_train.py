@@ -357,6 +357,7 @@ def ssl_train(
         }
 
     loader = patch_loader(store.array, batches, numbers, workers, torch_device.type == "cuda")
+    collapsed = False
     with torch.random.fork_rng():
         for epoch in range(start_epoch, config.epochs):
             batches.epoch = epoch
@@ -375,9 +376,9 @@ def ssl_train(
                     probe = _probe(state, numbers, probe_patches, values, epoch + 1)
                     losses.append(float(np.mean(epoch_losses)))
                     probes.append(probe)
-                    if probe.collapsed and step + 1 > warm:
-                        message = _collapse_message(out, probes, init_probe)
-                        raise TrainingCollapsed(message, summary())
+                    collapsed = probe.collapsed and step + 1 > warm
+                    if collapsed:
+                        break
                     _save(
                         out,
                         config,
@@ -393,6 +394,11 @@ def ssl_train(
                     event = dataclasses.replace(event, epoch_loss=losses[-1], probe=probe)
                 if progress is not None:
                     progress(event)
+            if collapsed:
+                break
+    if collapsed:
+        del loader  # its worker processes stop now, not when the error is gone
+        raise TrainingCollapsed(_collapse_message(out, probes, init_probe), summary())
     return summary()
 
 
