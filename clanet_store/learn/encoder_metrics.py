@@ -1,0 +1,324 @@
+"""How much cell-line signal an encoder's embeddings carry across batches, and how much batch.
+
+SPEC 9. Every metric treats the **group** as the unit of exclusion: the (cell_line, batch) pair,
+or, for a line imaged in a single batch, the (cell_line, batch, well) triple (other wells stand
+in for other batches; ``group_by`` and ``lines_by_well`` say so). Images of one time-lapse field
+are correlated, so a query's neighbours are never taken from its own group, whatever their
+distance: a row-level exclusion would let the query's neighbouring frames answer for it.
+
+* ``knn_accuracy_cross_batch``: DINO's weighted k-NN (``eval_knn.py``): L2-normalised vectors,
+  the k = 20 most cosine-similar rows outside the query's group vote for their cell line with
+  weight exp(cos / 0.07); correct when the vote's winner is the query's line.
+  ``_chance``: what a random ranking scores: the same vote, with the query's own k weights,
+  given to k rows drawn at random from its candidates (Monte Carlo, ``CHANCE_DRAWS`` votes per
+  query, ties split at random), averaged over queries. (With equal weights it would be lower than
+  what random vectors score, whose few top weights dominate the vote like a 1-NN.)
+* ``map_cross_batch``: mean over queries of the average precision of ranking the query's
+  candidates (every row outside its group) by cosine similarity, positives = the same line.
+  ``_chance``: the exact expected AP of a random ranking with the query's numbers of positives
+  and candidates (the formula of ``copairs.map.normalization.expected_ap``), averaged likewise.
+  copairs computes the same AP (``tests/test_encoder_eval.py`` checks it against
+  ``copairs.map.average_precision``) but materialises every positive and negative pair, ~5e9
+  pairs for 100,000 patches, and cannot limit the queries to a sample; hence this vectorised
+  version over query chunks.
+* ``batch_effect_index``: among each query's k nearest rows **of its own line** outside its own
+  field (sequence: a time-lapse field's frames are neighbours for reasons that have nothing to
+  do with batches), the share ``o`` from its own group, against the share ``e`` a random choice
+  would give (own-group candidates / candidates). Index = (mean o - mean e) / (1 - mean e),
+  like Cohen's kappa: 0 = the nearest same-line neighbours come from the query's batch no more
+  often than chance (no batch effect), 1 = they always do (paper Fig. 1 / 7: each batch an
+  island), negative = less often than chance. Only queries of lines with at least two groups
+  and with own-group candidates outside their field count (``batch_effect_queries``).
+
+Queries are a seeded sample of at most ``max_queries`` rows of lines with at least two groups
+(all such rows below that); candidates are always every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import polars as pl
+from scipy import sparse
+from scipy.special import digamma
+
+from clanet_store.models.health import EmbeddingHealth, embedding_health
+
+KNN_K = 20
+KNN_TEMPERATURE = 0.07
+MAX_QUERIES = 2000
+CHANCE_DRAWS = 200  # Monte Carlo votes per query for the k-NN chance
+QUERY_CHUNK = 128  # queries per similarity block: 128 x 100,000 float32 = 51 MB
+LEVELS = ("patch", "image", "sequence")
+# The keys each level's rows carry (patch rows also carry ``rank``).
+LEVEL_KEYS = ("image_id", "sequence_id", "cell_line", "batch", "well")
+
+
+@dataclass(frozen=True)
+class CrossBatchMetrics:
+    """Cross-batch retrieval of the cell line and the batch-effect index (module doc)."""
+
+    queries: int
+    knn_accuracy_cross_batch: float | None
+    knn_accuracy_cross_batch_chance: float | None
+    map_cross_batch: float | None
+    map_cross_batch_chance: float | None
+    batch_effect_index: float | None
+    batch_effect_queries: int
+    group_by: str
+    lines_by_well: tuple[str, ...]
+    k: int
+    temperature: float
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["lines_by_well"] = list(self.lines_by_well)
+        return d
+
+
+@dataclass(frozen=True)
+class LevelEvaluation:
+    """One level's rows, health and cross-batch metrics."""
+
+    level: str
+    rows: int
+    health: EmbeddingHealth
+    metrics: CrossBatchMetrics
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, **self.health.as_dict(), **self.metrics.as_dict()}
+
+
+def exclusion_groups(
+    lines: np.ndarray, batches: np.ndarray, wells: np.ndarray
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Group codes (``(line, batch)``, or ``(line, batch, well)`` for a line with one batch) and
+    the lines grouped by well."""
+    frame = pl.DataFrame({"line": lines, "batch": batches, "well": wells}, strict=False)
+    frame = frame.with_columns(pl.col("line", "batch", "well").cast(pl.String))
+    single = frame.group_by("line").agg(pl.col("batch").n_unique() == 1).filter("batch")["line"]
+    by_well = frame["line"].is_in(single.implode())
+    keys = frame.select(
+        "line", "batch", well=pl.when(by_well).then(pl.col("well")).otherwise(pl.lit(""))
+    )
+    codes = keys.select(pl.struct(pl.all()).rank("dense") - 1).to_series().to_numpy()
+    return codes.astype(np.int64), tuple(sorted(single.to_list()))
+
+
+def group_by_text(lines_by_well: tuple[str, ...], n_lines: int) -> str:
+    """``batch``, ``well`` (every line has one batch) or ``batch; well for lines with one
+    batch``."""
+    if not lines_by_well:
+        return "batch"
+    if len(lines_by_well) == n_lines:
+        return "well"
+    return "batch; well for lines with one batch"
+
+
+def expected_ap(positives: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Expected average precision of a random ranking of ``candidates`` rows holding
+    ``positives`` positives: (1/L) [H_L + (M - 1)(L - H_L) / (L - 1)] (copairs' formula)."""
+    m = np.asarray(positives, dtype=np.float64)
+    n = np.asarray(candidates, dtype=np.float64)
+    harmonic = digamma(n + 1) + np.euler_gamma
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = (harmonic + (m - 1) * (n - harmonic) / (n - 1)) / n
+    return np.where(n <= 1, (m >= 1).astype(np.float64), value)
+
+
+def cross_batch_metrics(
+    vectors: np.ndarray,
+    lines: np.ndarray,
+    batches: np.ndarray,
+    wells: np.ndarray,
+    fields: np.ndarray,
+    *,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+    max_queries: int = MAX_QUERIES,
+    seed: int = 0,
+) -> CrossBatchMetrics:
+    """The module doc's metrics for rows ``vectors`` with their cell line, batch, well and
+    field (sequence id) labels."""
+    x = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.where(norms > 0, norms, 1.0)
+    line_names, y = np.unique(np.asarray(lines).astype(str), return_inverse=True)
+    group, lines_by_well = exclusion_groups(lines, batches, wells)
+    _, field = np.unique(np.asarray(fields).astype(str), return_inverse=True)
+    n_lines, n_groups = len(line_names), int(group.max()) + 1
+    group_size = np.bincount(group, minlength=n_groups)
+    group_line = np.zeros(n_groups, np.int64)
+    group_line[group] = y
+    line_size = np.bincount(y, minlength=n_lines)
+    groups_per_line = np.bincount(group_line, minlength=n_lines)
+    rng = np.random.default_rng(seed)
+    eligible = np.flatnonzero(groups_per_line[y] >= 2)
+    if len(eligible) > max_queries:
+        eligible = np.sort(rng.choice(eligible, max_queries, replace=False))
+    field_size = np.bincount(field)
+    field_group = np.zeros(len(field_size), np.int64)
+    field_group[field] = group
+    # Own-group rows outside the query's field (the batch-effect index's own-group candidates).
+    own_other = group_size[group[eligible]] - field_size[field[eligible]]
+    correct, chance, ap, own_share, own_expected = [], [], [], [], []
+    for start in range(0, len(eligible), QUERY_CHUNK):
+        q = eligible[start : start + QUERY_CHUNK]
+        sims = x[q] @ x.T
+        same_line = y[None, :] == y[q, None]
+        own_group = group[None, :] == group[q, None]
+        candidates = np.where(own_group, -np.inf, sims)
+        top, weights = _knn_weights(candidates, k, temperature)
+        correct.append(np.argmax(_votes(weights, y[top], n_lines), axis=1) == y[q])
+        share = (
+            np.bincount(y, minlength=n_lines)[None, :]
+            - np.eye(n_lines)[y[q]] * group_size[group[q], None]
+        )
+        chance.append(_random_vote_accuracy(weights, share, y[q], rng))
+        ap.append(_average_precision(candidates, same_line))
+        keep = own_other[start : start + QUERY_CHUNK] > 0
+        if keep.any():
+            own_field = field[None, :] == field[q, None]
+            line_sims = np.where(same_line & ~own_field, sims, -np.inf)[keep]
+            share, expected = _own_group_share(line_sims, own_group[keep], k)
+            own_share.append(share)
+            own_expected.append(expected)
+    q = eligible
+    positives = line_size[y[q]] - group_size[group[q]]
+    total = len(y) - group_size[group[q]]
+    bei_n = int(sum(len(s) for s in own_share))
+    bei = None
+    if bei_n:
+        observed = float(np.concatenate(own_share).mean())
+        expected = float(np.concatenate(own_expected).mean())
+        bei = (observed - expected) / (1 - expected) if expected < 1 else None
+    some = len(q) > 0
+    return CrossBatchMetrics(
+        queries=len(q),
+        knn_accuracy_cross_batch=float(np.concatenate(correct).mean()) if some else None,
+        knn_accuracy_cross_batch_chance=float(np.concatenate(chance).mean()) if some else None,
+        map_cross_batch=float(np.concatenate(ap).mean()) if some else None,
+        map_cross_batch_chance=float(expected_ap(positives, total).mean()) if some else None,
+        batch_effect_index=bei,
+        batch_effect_queries=bei_n,
+        group_by=group_by_text(lines_by_well, n_lines),
+        lines_by_well=lines_by_well,
+        k=k,
+        temperature=temperature,
+    )
+
+
+def _knn_weights(sims: np.ndarray, k: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k most similar candidates and their weights exp(cos / T) (excluded candidates
+    hold -inf: weight 0)."""
+    k = min(k, sims.shape[1])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    weights = np.exp(np.take_along_axis(sims, top, axis=1).astype(np.float64) / temperature)
+    return top, weights
+
+
+def _votes(weights: np.ndarray, labels: np.ndarray, n_lines: int) -> np.ndarray:
+    """Per row, the summed weight of each line among its voters (``labels``: their lines)."""
+    votes = np.zeros((len(weights), n_lines))
+    rows = np.repeat(np.arange(len(weights)), weights.shape[1])
+    np.add.at(votes, (rows, labels.ravel()), weights.ravel())
+    return votes
+
+
+def _random_vote_accuracy(
+    weights: np.ndarray, counts: np.ndarray, truth: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Per row, the share of ``CHANCE_DRAWS`` votes with these weights, cast by rows drawn at
+    random (with replacement) from candidates with these per-line ``counts``, that pick
+    ``truth`` (ties split at random)."""
+    n, k = weights.shape
+    cumulative = np.cumsum(counts / counts.sum(axis=1, keepdims=True), axis=1)
+    u = rng.random((n, CHANCE_DRAWS, k))
+    labels = (u[..., None] > cumulative[:, None, None, :-1]).sum(axis=-1)
+    w = np.broadcast_to(weights[:, None, :], labels.shape).reshape(n * CHANCE_DRAWS, k)
+    votes = _votes(w, labels.reshape(n * CHANCE_DRAWS, k), counts.shape[1])
+    votes += rng.random(votes.shape) * 1e-9 * votes.max(axis=1, keepdims=True)
+    picked = np.argmax(votes, axis=1).reshape(n, CHANCE_DRAWS)
+    return (picked == truth[:, None]).mean(axis=1)
+
+
+def _average_precision(sims: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """AP of each row's ranking of its candidates (finite similarities), ``positive`` marking
+    the relevant ones."""
+    order = np.argsort(-sims, axis=1, kind="stable")
+    relevant = np.take_along_axis(positive & np.isfinite(sims), order, axis=1)
+    hits = np.cumsum(relevant, axis=1)
+    ranks = np.arange(1, sims.shape[1] + 1)
+    precision = np.where(relevant, hits / ranks, 0.0)
+    n_pos = hits[:, -1]
+    return precision.sum(axis=1) / np.maximum(n_pos, 1)
+
+
+def _own_group_share(
+    sims: np.ndarray, own_group: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the share of its k most similar candidates (finite similarities) that are in its
+    own group, and the share among all its candidates (what a random choice gives)."""
+    valid = np.isfinite(sims)
+    n = valid.sum(axis=1)
+    k = min(k, sims.shape[1])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    top_valid = np.take_along_axis(valid, top, axis=1)
+    top_own = np.take_along_axis(own_group, top, axis=1) & top_valid
+    share = top_own.sum(axis=1) / np.maximum(top_valid.sum(axis=1), 1)
+    expected = (own_group & valid).sum(axis=1) / np.maximum(n, 1)
+    return share, expected
+
+
+def mean_by_group(vectors: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean vector of each distinct key (in key order) and the index of each key's first
+    row (to carry its labels)."""
+    unique, first, codes = np.unique(keys, return_index=True, return_inverse=True)
+    n = len(codes)
+    member = sparse.csr_matrix((np.ones(n, np.float32), (codes, np.arange(n))), (len(unique), n))
+    counts = np.bincount(codes).astype(np.float32)
+    return np.asarray(member @ vectors) / counts[:, None], first
+
+
+def level_rows(
+    vectors: np.ndarray, keys: pl.DataFrame, top_k: int
+) -> dict[str, tuple[np.ndarray, pl.DataFrame]]:
+    """Each level's vectors and keys: every patch; each image's mean of its patches of rank
+    below ``top_k`` (CCS, 0 = densest); each sequence's mean of its images."""
+    images_in = keys["rank"].to_numpy() < top_k
+    image_vectors, first = mean_by_group(vectors[images_in], keys["image_id"].to_numpy()[images_in])
+    image_keys = keys.filter(pl.Series(images_in))[first].select(LEVEL_KEYS)
+    sequence_vectors, first = mean_by_group(image_vectors, image_keys["sequence_id"].to_numpy())
+    return {
+        "patch": (vectors, keys.select(LEVEL_KEYS)),
+        "image": (image_vectors, image_keys),
+        "sequence": (sequence_vectors, image_keys[first]),
+    }
+
+
+def evaluate_levels(
+    vectors: np.ndarray,
+    keys: pl.DataFrame,
+    *,
+    top_k: int = 10,
+    seed: int = 0,
+    max_queries: int = MAX_QUERIES,
+) -> dict[str, LevelEvaluation]:
+    """Health and cross-batch metrics at the patch, image and sequence level; ``keys`` holds
+    each patch row's ``LEVEL_KEYS`` and ``rank``. A level with fewer than two rows is left out."""
+    out = {}
+    for level, (x, rows) in level_rows(vectors, keys, top_k).items():
+        if len(x) < 2:
+            continue
+        metrics = cross_batch_metrics(
+            x,
+            rows["cell_line"].to_numpy(),
+            rows["batch"].to_numpy(),
+            rows["well"].to_numpy(),
+            rows["sequence_id"].to_numpy(),
+            max_queries=max_queries,
+            seed=seed,
+        )
+        out[level] = LevelEvaluation(level, len(x), embedding_health(x, seed=seed), metrics)
+    return out
