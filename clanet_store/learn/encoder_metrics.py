@@ -9,10 +9,11 @@ distance: a row-level exclusion would let the query's neighbouring frames answer
 * ``knn_accuracy_cross_batch``: DINO's weighted k-NN (``eval_knn.py``): L2-normalised vectors,
   the k = 20 most cosine-similar rows outside the query's group vote for their cell line with
   weight exp(cos / 0.07); correct when the vote's winner is the query's line.
-  ``_chance``: what a random ranking scores: the same vote, with the query's own k weights,
-  given to k rows drawn at random from its candidates (Monte Carlo, ``CHANCE_DRAWS`` votes per
-  query, ties split at random), averaged over queries. (With equal weights it would be lower than
-  what random vectors score, whose few top weights dominate the vote like a 1-NN.)
+  ``_chance``: the same neighbours and weights, with the groups' lines shuffled (each group
+  takes the line of another, a random permutation of the groups; mean accuracy over
+  ``CHANCE_PERMUTATIONS`` permutations). A null that shuffles rows would understate chance:
+  neighbours come in clumps (frames of one field, patches of one batch), so the vote is often
+  one group's, and picks a line about as often as a random group is of that line.
 * ``map_cross_batch``: mean over queries of the average precision of ranking the query's
   candidates (every row outside its group) by cosine similarity, positives = the same line.
   ``_chance``: the exact expected AP of a random ranking with the query's numbers of positives
@@ -24,10 +25,12 @@ distance: a row-level exclusion would let the query's neighbouring frames answer
 * ``batch_effect_index``: among each query's k nearest rows **of its own line** outside its own
   field (sequence: a time-lapse field's frames are neighbours for reasons that have nothing to
   do with batches), the share ``o`` from its own group, against the share ``e`` a random choice
-  would give (own-group candidates / candidates). Index = (mean o - mean e) / (1 - mean e),
-  like Cohen's kappa: 0 = the nearest same-line neighbours come from the query's batch no more
-  often than chance (no batch effect), 1 = they always do (paper Fig. 1 / 7: each batch an
-  island), negative = less often than chance. Only queries of lines with at least two groups
+  would give (own-group candidates / candidates), and the largest share ``m`` possible (all
+  own-group candidates first; below 1 when the group has fewer than k rows outside the field).
+  Index = (mean o - mean e) / (mean m - mean e), like Cohen's kappa: 0 = the nearest same-line
+  neighbours come from the query's batch no more often than chance (no batch effect), 1 = the
+  query's own batch always comes first (paper Fig. 1 / 7: each batch an island), negative =
+  less often than chance. Only queries of lines with at least two groups
   and with own-group candidates outside their field count (``batch_effect_queries``).
 
 Queries are a seeded sample of at most ``max_queries`` rows of lines with at least two groups
@@ -48,7 +51,7 @@ from clanet_store.models.health import EmbeddingHealth, embedding_health
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
 MAX_QUERIES = 2000
-CHANCE_DRAWS = 200  # Monte Carlo votes per query for the k-NN chance
+CHANCE_PERMUTATIONS = 200  # group-label permutations for the k-NN chance
 QUERY_CHUNK = 128  # queries per similarity block: 128 x 100,000 float32 = 51 MB
 LEVELS = ("patch", "image", "sequence")
 # The keys each level's rows carry (patch rows also carry ``rank``).
@@ -162,42 +165,37 @@ def cross_batch_metrics(
     field_group[field] = group
     # Own-group rows outside the query's field (the batch-effect index's own-group candidates).
     own_other = group_size[group[eligible]] - field_size[field[eligible]]
-    correct, chance, ap, own_share, own_expected = [], [], [], [], []
+    correct, voters, weights, ap, shares = [], [], [], [], []
     for start in range(0, len(eligible), QUERY_CHUNK):
         q = eligible[start : start + QUERY_CHUNK]
         sims = x[q] @ x.T
         same_line = y[None, :] == y[q, None]
         own_group = group[None, :] == group[q, None]
         candidates = np.where(own_group, -np.inf, sims)
-        top, weights = _knn_weights(candidates, k, temperature)
-        correct.append(np.argmax(_votes(weights, y[top], n_lines), axis=1) == y[q])
-        share = (
-            np.bincount(y, minlength=n_lines)[None, :]
-            - np.eye(n_lines)[y[q]] * group_size[group[q], None]
-        )
-        chance.append(_random_vote_accuracy(weights, share, y[q], rng))
+        top, w = _knn_weights(candidates, k, temperature)
+        correct.append(np.argmax(_votes(w, y[top], n_lines), axis=1) == y[q])
+        voters.append(group[top])
+        weights.append(w)
         ap.append(_average_precision(candidates, same_line))
         keep = own_other[start : start + QUERY_CHUNK] > 0
         if keep.any():
             own_field = field[None, :] == field[q, None]
             line_sims = np.where(same_line & ~own_field, sims, -np.inf)[keep]
-            share, expected = _own_group_share(line_sims, own_group[keep], k)
-            own_share.append(share)
-            own_expected.append(expected)
+            shares.append(_own_group_share(line_sims, own_group[keep], k))
     q = eligible
+    knn_chance = _permuted_knn_accuracy(voters, weights, group[q], group_line, n_lines, rng)
     positives = line_size[y[q]] - group_size[group[q]]
     total = len(y) - group_size[group[q]]
-    bei_n = int(sum(len(s) for s in own_share))
+    bei_n = int(sum(len(s) for s in shares))
     bei = None
     if bei_n:
-        observed = float(np.concatenate(own_share).mean())
-        expected = float(np.concatenate(own_expected).mean())
-        bei = (observed - expected) / (1 - expected) if expected < 1 else None
+        observed, expected, most = np.concatenate(shares).mean(axis=0)
+        bei = float((observed - expected) / (most - expected)) if most > expected else None
     some = len(q) > 0
     return CrossBatchMetrics(
         queries=len(q),
         knn_accuracy_cross_batch=float(np.concatenate(correct).mean()) if some else None,
-        knn_accuracy_cross_batch_chance=float(np.concatenate(chance).mean()) if some else None,
+        knn_accuracy_cross_batch_chance=knn_chance if some else None,
         map_cross_batch=float(np.concatenate(ap).mean()) if some else None,
         map_cross_batch_chance=float(expected_ap(positives, total).mean()) if some else None,
         batch_effect_index=bei,
@@ -226,21 +224,25 @@ def _votes(weights: np.ndarray, labels: np.ndarray, n_lines: int) -> np.ndarray:
     return votes
 
 
-def _random_vote_accuracy(
-    weights: np.ndarray, counts: np.ndarray, truth: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """Per row, the share of ``CHANCE_DRAWS`` votes with these weights, cast by rows drawn at
-    random (with replacement) from candidates with these per-line ``counts``, that pick
-    ``truth`` (ties split at random)."""
-    n, k = weights.shape
-    cumulative = np.cumsum(counts / counts.sum(axis=1, keepdims=True), axis=1)
-    u = rng.random((n, CHANCE_DRAWS, k))
-    labels = (u[..., None] > cumulative[:, None, None, :-1]).sum(axis=-1)
-    w = np.broadcast_to(weights[:, None, :], labels.shape).reshape(n * CHANCE_DRAWS, k)
-    votes = _votes(w, labels.reshape(n * CHANCE_DRAWS, k), counts.shape[1])
-    votes += rng.random(votes.shape) * 1e-9 * votes.max(axis=1, keepdims=True)
-    picked = np.argmax(votes, axis=1).reshape(n, CHANCE_DRAWS)
-    return (picked == truth[:, None]).mean(axis=1)
+def _permuted_knn_accuracy(
+    voters: list[np.ndarray],
+    weights: list[np.ndarray],
+    query_groups: np.ndarray,
+    group_line: np.ndarray,
+    n_lines: int,
+    rng: np.random.Generator,
+) -> float:
+    """Mean k-NN accuracy over ``CHANCE_PERMUTATIONS`` shuffles of the groups' lines, with the
+    queries' neighbours (``voters``: their groups) and weights kept."""
+    if not voters:
+        return 0.0
+    groups, w = np.concatenate(voters), np.concatenate(weights)
+    accuracy = []
+    for _ in range(CHANCE_PERMUTATIONS):
+        line_of = group_line[rng.permutation(len(group_line))]
+        picked = np.argmax(_votes(w, line_of[groups], n_lines), axis=1)
+        accuracy.append((picked == line_of[query_groups]).mean())
+    return float(np.mean(accuracy))
 
 
 def _average_precision(sims: np.ndarray, positive: np.ndarray) -> np.ndarray:
@@ -255,11 +257,10 @@ def _average_precision(sims: np.ndarray, positive: np.ndarray) -> np.ndarray:
     return precision.sum(axis=1) / np.maximum(n_pos, 1)
 
 
-def _own_group_share(
-    sims: np.ndarray, own_group: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the share of its k most similar candidates (finite similarities) that are in its
-    own group, and the share among all its candidates (what a random choice gives)."""
+def _own_group_share(sims: np.ndarray, own_group: np.ndarray, k: int) -> np.ndarray:
+    """Per row (columns): the share of its k most similar candidates (finite similarities) that
+    are in its own group; the share a random choice gives (own-group candidates / candidates);
+    the largest share possible (all own-group candidates first)."""
     valid = np.isfinite(sims)
     n = valid.sum(axis=1)
     k = min(k, sims.shape[1])
@@ -267,8 +268,9 @@ def _own_group_share(
     top_valid = np.take_along_axis(valid, top, axis=1)
     top_own = np.take_along_axis(own_group, top, axis=1) & top_valid
     share = top_own.sum(axis=1) / np.maximum(top_valid.sum(axis=1), 1)
-    expected = (own_group & valid).sum(axis=1) / np.maximum(n, 1)
-    return share, expected
+    own = (own_group & valid).sum(axis=1)
+    voters = np.maximum(np.minimum(k, n), 1)
+    return np.stack([share, own / np.maximum(n, 1), np.minimum(own, voters) / voters], axis=1)
 
 
 def mean_by_group(vectors: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
