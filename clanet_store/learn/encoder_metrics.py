@@ -9,9 +9,11 @@ distance: a row-level exclusion would let the query's neighbouring frames answer
 * ``knn_accuracy_cross_batch``: DINO's weighted k-NN (``eval_knn.py``): L2-normalised vectors,
   the k = 20 most cosine-similar rows outside the query's group vote for their cell line with
   weight exp(cos / 0.07); correct when the vote's winner is the query's line.
-  ``_chance``: the same neighbours and weights, with the groups' lines shuffled (each group
-  takes the line of another, a random permutation of the groups; mean accuracy over
-  ``CHANCE_PERMUTATIONS`` permutations). A null that shuffles rows would understate chance:
+  ``_chance``: the same neighbours and weights, with the lines of the query's candidate groups
+  shuffled among them (a random permutation of the groups that keeps the query's own; mean
+  accuracy over ``CHANCE_PERMUTATIONS`` permutations): a random ranking of the candidate
+  groups, with the query's number of same-line groups kept. A null that shuffles rows would
+  understate chance:
   neighbours come in clumps (frames of one field, patches of one batch), so the vote is often
   one group's, and picks a line about as often as a random group is of that line.
 * ``map_cross_batch``: mean over queries of the average precision of ranking the query's
@@ -232,16 +234,24 @@ def _permuted_knn_accuracy(
     n_lines: int,
     rng: np.random.Generator,
 ) -> float:
-    """Mean k-NN accuracy over ``CHANCE_PERMUTATIONS`` shuffles of the groups' lines, with the
-    queries' neighbours (``voters``: their groups) and weights kept."""
+    """Mean k-NN accuracy over ``CHANCE_PERMUTATIONS`` shuffles of the candidate groups' lines,
+    with the queries' neighbours (``voters``: their groups) and weights kept.
+
+    One permutation p of all groups serves every query: for a query of group g, the group that
+    p sends to g is sent to p(g) instead and g stays put, a uniform random permutation of the
+    other groups."""
     if not voters:
         return 0.0
     groups, w = np.concatenate(voters), np.concatenate(weights)
+    own = query_groups[:, None]
+    truth = group_line[query_groups]
     accuracy = []
     for _ in range(CHANCE_PERMUTATIONS):
-        line_of = group_line[rng.permutation(len(group_line))]
-        picked = np.argmax(_votes(w, line_of[groups], n_lines), axis=1)
-        accuracy.append((picked == line_of[query_groups]).mean())
+        p = rng.permutation(len(group_line))
+        source = p[groups]
+        source = np.where(source == own, p[own], source)
+        picked = np.argmax(_votes(w, group_line[source], n_lines), axis=1)
+        accuracy.append((picked == truth).mean())
     return float(np.mean(accuracy))
 
 
