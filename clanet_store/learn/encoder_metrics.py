@@ -257,14 +257,21 @@ def _permuted_knn_accuracy(
 
 def _average_precision(sims: np.ndarray, positive: np.ndarray) -> np.ndarray:
     """AP of each row's ranking of its candidates (finite similarities), ``positive`` marking
-    the relevant ones."""
-    order = np.argsort(-sims, axis=1, kind="stable")
-    relevant = np.take_along_axis(positive & np.isfinite(sims), order, axis=1)
-    hits = np.cumsum(relevant, axis=1)
-    ranks = np.arange(1, sims.shape[1] + 1)
-    precision = np.where(relevant, hits / ranks, 0.0)
-    n_pos = hits[:, -1]
-    return precision.sum(axis=1) / np.maximum(n_pos, 1)
+    the relevant ones: the mean over its positives, best first, of j / (candidates at least as
+    similar as the j-th), so ties count against the positive (identical vectors score like a
+    random ranking, not by their order in the store). Sorted values and a binary search
+    instead of an argsort: a float sort is SIMD-vectorised, ~20x faster than a stable argsort."""
+    everything = np.sort(sims, axis=1)  # ascending; excluded candidates (-inf) first
+    hits = np.where(positive & np.isfinite(sims), sims, -np.inf)
+    ranked = -np.sort(-hits, axis=1)  # positives best first, then -inf
+    n_pos = np.isfinite(ranked).sum(axis=1)
+    width = sims.shape[1]
+    out = np.zeros(len(sims))
+    for i, p in enumerate(n_pos):
+        if p:
+            at_least = width - np.searchsorted(everything[i], ranked[i, :p], side="left")
+            out[i] = np.mean(np.arange(1, p + 1) / at_least)
+    return out
 
 
 def _own_group_share(sims: np.ndarray, own_group: np.ndarray, k: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,27 +43,47 @@ HEALTH_ROWS = 20_000
 
 
 @dataclass(frozen=True)
-class EncoderEvaluation:
-    """One model's evaluation (the JSON of ``evaluate-encoder --format json``, one per model)."""
+class Encoder:
+    """What the ``models`` table says about an encoder."""
 
     model_id: str
     arch: str
     weights: str
     random_init: bool
     embedding_dim: int
+
+    @classmethod
+    def from_row(cls, model: dict[str, Any]) -> Encoder:
+        return cls(
+            model["model_id"],
+            model["arch"],
+            model["weights_source"],
+            model["random_init"],
+            model["embedding_dim"],
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EncoderEvaluation:
+    """One model's evaluation (the JSON of ``evaluate-encoder --format json``, one per model)."""
+
+    encoder: Encoder
     top_k: int
     seed: int
     evaluated_at: datetime
     seconds: float
     levels: dict[str, LevelEvaluation]
 
+    @property
+    def model_id(self) -> str:
+        return self.encoder.model_id
+
     def as_dict(self) -> dict[str, Any]:
         return {
-            "model_id": self.model_id,
-            "arch": self.arch,
-            "weights": self.weights,
-            "random_init": self.random_init,
-            "embedding_dim": self.embedding_dim,
+            **self.encoder.as_dict(),
             "top_k": self.top_k,
             "seed": self.seed,
             "evaluated_at": self.evaluated_at.isoformat(),
@@ -93,11 +113,7 @@ def evaluate_model(
     keys = pl.from_arrow(table.drop_columns(["embedding"]))
     levels = evaluate_levels(vectors(table), keys, top_k=top_k, seed=seed, max_queries=max_queries)
     return EncoderEvaluation(
-        model_id=model["model_id"],
-        arch=model["arch"],
-        weights=model["weights_source"],
-        random_init=model["random_init"],
-        embedding_dim=model["embedding_dim"],
+        encoder=Encoder.from_row(model),
         top_k=top_k,
         seed=seed,
         evaluated_at=start,
@@ -183,22 +199,14 @@ class EncoderSummary:
     """An encoder of the store with its health and, once evaluated, its latest cross-batch
     numbers at the image level (for ``info`` and the report)."""
 
-    model_id: str
-    arch: str
-    weights: str
-    random_init: bool
-    embedding_dim: int
+    encoder: Encoder
     health: EmbeddingHealth | None  # patch level, from a sample (None: fewer than 2 rows)
     evaluated_at: datetime | None
     image: dict[str, Any] | None  # the latest evaluation's image-level row, if any
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "model_id": self.model_id,
-            "arch": self.arch,
-            "weights": self.weights,
-            "random_init": self.random_init,
-            "embedding_dim": self.embedding_dim,
+            **self.encoder.as_dict(),
             "health": self.health.as_dict() if self.health else None,
             "evaluated_at": self.evaluated_at.isoformat() if self.evaluated_at else None,
             "image": self.image,
@@ -216,11 +224,7 @@ def encoder_summaries(store: EmbeddingStore, seed: int = 0) -> list[EncoderSumma
         image = evaluated.get(model["model_id"])
         out.append(
             EncoderSummary(
-                model_id=model["model_id"],
-                arch=model["arch"],
-                weights=model["weights_source"],
-                random_init=model["random_init"],
-                embedding_dim=model["embedding_dim"],
+                encoder=Encoder.from_row(model),
                 health=health,
                 evaluated_at=image["evaluated_at"] if image else None,
                 image=image,
