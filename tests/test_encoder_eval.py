@@ -13,7 +13,6 @@ from click.testing import CliRunner
 
 from clanet_store.cli import main
 from clanet_store.learn.encoder_metrics import (
-    _average_precision,
     cross_batch_metrics,
     exclusion_groups,
     expected_ap,
@@ -85,6 +84,14 @@ def test_identical_vectors_are_collapsed_and_spread_ones_are_not():
     assert spread.effective_rank > 40 and 0.8 < spread.cosine_distance_median < 1.2
 
 
+def test_identical_vectors_retrieve_nothing():
+    """Ties never rank a positive above a negative: identical vectors score below chance,
+    whatever the order of the rows."""
+    lab = _layout()
+    m = _metrics(np.ones((len(lab["line_id"]), 8), np.float32), lab)
+    assert m.map_cross_batch < m.map_cross_batch_chance
+
+
 def test_vectors_of_the_line_give_knn_and_map_one():
     lab = _layout()
     m = _metrics(_vectors(lab["line_id"]), lab)
@@ -137,6 +144,8 @@ def test_single_batch_lines_use_other_wells_never_their_own_field():
 
 
 def test_average_precision_and_chance_agree_with_copairs():
+    """copairs' AP with positives = same line from other groups, negatives = other lines (the
+    candidates of our queries), and its expected AP of a random ranking, averaged."""
     from copairs.map import average_precision
     from copairs.map.normalization import expected_ap as copairs_expected_ap
 
@@ -145,13 +154,14 @@ def test_average_precision_and_chance_agree_with_copairs():
     groups, _ = exclusion_groups(lab["cell_line"], lab["batch"], lab["well"])
     meta = pd.DataFrame({"line": lab["cell_line"], "group": groups})
     theirs = average_precision(meta, x, ["line"], ["group"], [], ["line"], progress_bar=False)
-    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    sims = np.where(groups[None, :] == groups[:, None], -np.inf, xn @ xn.T)
-    ours = _average_precision(sims, lab["cell_line"][None, :] == lab["cell_line"][:, None])
-    np.testing.assert_allclose(ours, theirs["average_precision"].to_numpy(), atol=1e-5)
+    ours = _metrics(x, lab)
+    assert ours.queries == len(theirs)
+    assert 0.3 < ours.map_cross_batch < 0.9  # neither trivial nor chance
+    assert ours.map_cross_batch == pytest.approx(theirs["average_precision"].mean(), abs=1e-6)
     m, n = theirs["n_pos_pairs"].to_numpy(), theirs["n_total_pairs"].to_numpy()
     expected = [copairs_expected_ap(int(a), int(b - a)) for a, b in zip(m, n, strict=True)]
     np.testing.assert_allclose(expected_ap(m, n), expected, rtol=1e-9)
+    assert ours.map_cross_batch_chance == pytest.approx(np.mean(expected), rel=1e-9)
 
 
 def _hand_store(path, x: np.ndarray, lab: dict[str, np.ndarray], model_id: str) -> None:

@@ -145,53 +145,55 @@ def cross_batch_metrics(
     seed: int = 0,
 ) -> CrossBatchMetrics:
     """The module doc's metrics for rows ``vectors`` with their cell line, batch, well and
-    field (sequence id) labels."""
-    x = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x = x / np.where(norms > 0, norms, 1.0)
+    field (sequence id) labels.
+
+    Rows are sorted by (line, group, field) first: a field lies inside a group and a group
+    inside a line, so each is a contiguous range of columns of a query's similarity row, and
+    excluding a group or taking a line's rows is a slice, not a mask over every row.
+    """
     line_names, y = np.unique(np.asarray(lines).astype(str), return_inverse=True)
     group, lines_by_well = exclusion_groups(lines, batches, wells)
     _, field = np.unique(np.asarray(fields).astype(str), return_inverse=True)
-    n_lines, n_groups = len(line_names), int(group.max()) + 1
-    group_size = np.bincount(group, minlength=n_groups)
-    group_line = np.zeros(n_groups, np.int64)
-    group_line[group] = y
-    line_size = np.bincount(y, minlength=n_lines)
-    groups_per_line = np.bincount(group_line, minlength=n_lines)
+    order = np.lexsort((field, group, y))
+    y, group, field = y[order], group[order], field[order]
+    x = np.asarray(vectors, dtype=np.float32)[order]
+    x /= np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-30)[:, None]
+    lines_at, groups_at, fields_at = _ranges(y), _ranges(group), _ranges(field)
+    n_lines = len(line_names)
+    group_size = np.diff(groups_at, axis=1)[:, 0]
+    group_line = y[groups_at[:, 0]]
+    line_size = np.diff(lines_at, axis=1)[:, 0]
     rng = np.random.default_rng(seed)
-    eligible = np.flatnonzero(groups_per_line[y] >= 2)
+    eligible = np.flatnonzero(np.bincount(group_line, minlength=n_lines)[y] >= 2)
     if len(eligible) > max_queries:
         eligible = np.sort(rng.choice(eligible, max_queries, replace=False))
-    field_size = np.bincount(field)
-    field_group = np.zeros(len(field_size), np.int64)
-    field_group[field] = group
-    # Own-group rows outside the query's field (the batch-effect index's own-group candidates).
-    own_other = group_size[group[eligible]] - field_size[field[eligible]]
     correct, voters, weights, ap, shares = [], [], [], [], []
     for start in range(0, len(eligible), QUERY_CHUNK):
         q = eligible[start : start + QUERY_CHUNK]
         sims = x[q] @ x.T
-        same_line = y[None, :] == y[q, None]
-        own_group = group[None, :] == group[q, None]
-        candidates = np.where(own_group, -np.inf, sims)
-        top, w = _knn_weights(candidates, k, temperature)
+        positives = []
+        for r, i in enumerate(q):
+            ls, le = lines_at[y[i]]
+            gs, ge = groups_at[group[i]]
+            share = _own_group_share(
+                sims[r, ls:le], gs - ls, ge - ls, *(fields_at[field[i]] - ls), k
+            )
+            if share is not None:
+                shares.append(share)
+            positives.append(-np.sort(-np.concatenate([sims[r, ls:gs], sims[r, ge:le]])))
+            sims[r, gs:ge] = -np.inf  # the query's own group never answers
+        top, w = _knn_weights(sims, k, temperature)
         correct.append(np.argmax(_votes(w, y[top], n_lines), axis=1) == y[q])
         voters.append(group[top])
         weights.append(w)
-        ap.append(_average_precision(candidates, same_line))
-        keep = own_other[start : start + QUERY_CHUNK] > 0
-        if keep.any():
-            own_field = field[None, :] == field[q, None]
-            line_sims = np.where(same_line & ~own_field, sims, -np.inf)[keep]
-            shares.append(_own_group_share(line_sims, own_group[keep], k))
+        ap.append(_average_precision(np.sort(sims, axis=1), positives))
     q = eligible
     knn_chance = _permuted_knn_accuracy(voters, weights, group[q], group_line, n_lines, rng)
-    positives = line_size[y[q]] - group_size[group[q]]
+    positive_count = line_size[y[q]] - group_size[group[q]]
     total = len(y) - group_size[group[q]]
-    bei_n = int(sum(len(s) for s in shares))
     bei = None
-    if bei_n:
-        observed, expected, most = np.concatenate(shares).mean(axis=0)
+    if shares:
+        observed, expected, most = np.mean(shares, axis=0)
         bei = float((observed - expected) / (most - expected)) if most > expected else None
     some = len(q) > 0
     return CrossBatchMetrics(
@@ -199,14 +201,23 @@ def cross_batch_metrics(
         knn_accuracy_cross_batch=float(np.concatenate(correct).mean()) if some else None,
         knn_accuracy_cross_batch_chance=knn_chance if some else None,
         map_cross_batch=float(np.concatenate(ap).mean()) if some else None,
-        map_cross_batch_chance=float(expected_ap(positives, total).mean()) if some else None,
+        map_cross_batch_chance=float(expected_ap(positive_count, total).mean()) if some else None,
         batch_effect_index=bei,
-        batch_effect_queries=bei_n,
+        batch_effect_queries=len(shares),
         group_by=group_by_text(lines_by_well, n_lines),
         lines_by_well=lines_by_well,
         k=k,
         temperature=temperature,
     )
+
+
+def _ranges(codes: np.ndarray) -> np.ndarray:
+    """(start, end) of each code's run in ``codes`` sorted so that equal codes are adjacent
+    (row = code; codes 0 .. max)."""
+    values, first, counts = np.unique(codes, return_index=True, return_counts=True)
+    out = np.zeros((int(values.max()) + 1, 2), np.int64)
+    out[values, 0], out[values, 1] = first, first + counts
+    return out
 
 
 def _knn_weights(sims: np.ndarray, k: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
@@ -255,39 +266,41 @@ def _permuted_knn_accuracy(
     return float(np.mean(accuracy))
 
 
-def _average_precision(sims: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """AP of each row's ranking of its candidates (finite similarities), ``positive`` marking
-    the relevant ones: the mean over its positives, best first, of j / (candidates at least as
-    similar as the j-th), so ties count against the positive (identical vectors score like a
-    random ranking, not by their order in the store). Sorted values and a binary search
-    instead of an argsort: a float sort is SIMD-vectorised, ~20x faster than a stable argsort."""
-    everything = np.sort(sims, axis=1)  # ascending; excluded candidates (-inf) first
-    hits = np.where(positive & np.isfinite(sims), sims, -np.inf)
-    ranked = -np.sort(-hits, axis=1)  # positives best first, then -inf
-    n_pos = np.isfinite(ranked).sum(axis=1)
-    width = sims.shape[1]
-    out = np.zeros(len(sims))
-    for i, p in enumerate(n_pos):
-        if p:
-            at_least = width - np.searchsorted(everything[i], ranked[i, :p], side="left")
-            out[i] = np.mean(np.arange(1, p + 1) / at_least)
+def _average_precision(everything: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
+    """AP of each row: ``everything`` its candidates' similarities sorted ascending (excluded
+    ones -inf), ``positives`` its positives' similarities, best first. The mean over positives
+    of j / (j + negatives at least as similar as the j-th): a negative tied with a positive
+    ranks above it (pessimistic; identical vectors score below chance, never by their order in
+    the store). A float sort and binary searches rather than an argsort: the sort is
+    SIMD-vectorised, ~20x faster than a stable argsort."""
+    width = everything.shape[1]
+    out = np.zeros(len(positives))
+    for i, p in enumerate(positives):
+        if len(p):
+            at_least = width - np.searchsorted(everything[i], p, side="left")
+            positives_at_least = np.searchsorted(-p, -p, side="right")
+            j = np.arange(1, len(p) + 1)
+            out[i] = np.mean(j / (at_least - positives_at_least + j))
     return out
 
 
-def _own_group_share(sims: np.ndarray, own_group: np.ndarray, k: int) -> np.ndarray:
-    """Per row (columns): the share of its k most similar candidates (finite similarities) that
-    are in its own group; the share a random choice gives (own-group candidates / candidates);
-    the largest share possible (all own-group candidates first)."""
-    valid = np.isfinite(sims)
-    n = valid.sum(axis=1)
-    k = min(k, sims.shape[1])
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    top_valid = np.take_along_axis(valid, top, axis=1)
-    top_own = np.take_along_axis(own_group, top, axis=1) & top_valid
-    share = top_own.sum(axis=1) / np.maximum(top_valid.sum(axis=1), 1)
-    own = (own_group & valid).sum(axis=1)
-    voters = np.maximum(np.minimum(k, n), 1)
-    return np.stack([share, own / np.maximum(n, 1), np.minimum(own, voters) / voters], axis=1)
+def _own_group_share(
+    line: np.ndarray, gs: int, ge: int, fs: int, fe: int, k: int
+) -> tuple[float, float, float] | None:
+    """For one query, from the similarities to its line's rows (``line``; its group at
+    ``gs:ge``, its field at ``fs:fe``, both excluded as neighbours): the share of its k most
+    similar rows outside its field that are in its group, the share a random choice gives, and
+    the largest share possible; None without own-group rows outside the field."""
+    own = (ge - gs) - (fe - fs)
+    valid = len(line) - (fe - fs)
+    if own <= 0 or valid <= own:
+        return None
+    rows = line.copy()
+    rows[fs:fe] = -np.inf
+    kk = min(k, valid)
+    top = np.argpartition(-rows, kk - 1)[:kk]
+    share = np.count_nonzero((top >= gs) & (top < ge)) / kk
+    return share, own / valid, min(own, kk) / kk
 
 
 def mean_by_group(vectors: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
