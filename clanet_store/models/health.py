@@ -58,14 +58,19 @@ class EmbeddingHealth:
         )
 
     def warning(self) -> str | None:
-        """A loud warning for collapsed embeddings, None otherwise."""
+        """A loud warning for collapsed embeddings (saying which rule fired), None otherwise."""
         if not self.collapsed:
             return None
+        reasons = []
+        if self.cosine_distance_median < MIN_MEDIAN_DISTANCE:
+            reasons.append(
+                f"median cosine distance {self.cosine_distance_median:.4f} < {MIN_MEDIAN_DISTANCE}"
+            )
+        if self.effective_rank < MIN_EFFECTIVE_RANK:
+            reasons.append(f"effective rank {self.effective_rank:.1f} < {MIN_EFFECTIVE_RANK:g}")
         return (
-            "WARNING: these embeddings are COLLAPSED (median cosine distance "
-            f"{self.cosine_distance_median:.4f} < {MIN_MEDIAN_DISTANCE} or effective rank "
-            f"{self.effective_rank:.1f} < {MIN_EFFECTIVE_RANK:g}): neighbours, models and QC "
-            "built on them carry no information about the cells"
+            f"WARNING: these embeddings are COLLAPSED ({' and '.join(reasons)}): neighbours, "
+            "models and QC built on them carry no information about the cells"
         )
 
 
