@@ -105,7 +105,7 @@ def evaluate_encoder(
         "",
         "knn: weighted 20-NN accuracy of the cell line, neighbours from other batches only; "
         "map: mean average precision of the same line in other batches; _chance: a random "
-        "ranking; batch_effect: 0 = none, 1 = nearest same-line neighbours always from the "
-        "query's batch",
+        "ranking (for knn, of the candidate batches); batch_effect: 0 = none, 1 = nearest "
+        "same-line neighbours always from the query's batch",
     ]
     emit(fmt, {"store": str(store), "encoders": evaluations}, "\n".join(lines[1:]))

@@ -13,9 +13,8 @@ distance: a row-level exclusion would let the query's neighbouring frames answer
   shuffled among them (a random permutation of the groups that keeps the query's own; mean
   accuracy over ``CHANCE_PERMUTATIONS`` permutations): a random ranking of the candidate
   groups, with the query's number of same-line groups kept. A null that shuffles rows would
-  understate chance:
-  neighbours come in clumps (frames of one field, patches of one batch), so the vote is often
-  one group's, and picks a line about as often as a random group is of that line.
+  understate chance: neighbours come in clumps (frames of one field, patches of one batch), so
+  the vote is often one group's, and picks a line about as often as a random group is of it.
 * ``map_cross_batch``: mean over queries of the average precision of ranking the query's
   candidates (every row outside its group) by cosine similarity, positives = the same line.
   ``_chance``: the exact expected AP of a random ranking with the query's numbers of positives
@@ -32,8 +31,9 @@ distance: a row-level exclusion would let the query's neighbouring frames answer
   Index = (mean o - mean e) / (mean m - mean e), like Cohen's kappa: 0 = the nearest same-line
   neighbours come from the query's batch no more often than chance (no batch effect), 1 = the
   query's own batch always comes first (paper Fig. 1 / 7: each batch an island), negative =
-  less often than chance. Only queries of lines with at least two groups
-  and with own-group candidates outside their field count (``batch_effect_queries``).
+  less often than chance. Only queries of lines with at least two groups and with own-group
+  candidates outside their field count (``batch_effect_queries``); null when none does, or
+  when every candidate is among the k anyway (``m`` = ``e``).
 
 Queries are a seeded sample of at most ``max_queries`` rows of lines with at least two groups
 (all such rows below that); candidates are always every row.
