@@ -9,12 +9,15 @@ distance: a row-level exclusion would let the query's neighbouring frames answer
 * ``knn_accuracy_cross_batch``: DINO's weighted k-NN (``eval_knn.py``): L2-normalised vectors,
   the k = 20 most cosine-similar rows outside the query's group vote for their cell line with
   weight exp(cos / 0.07); correct when the vote's winner is the query's line.
-  ``_chance``: the same neighbours and weights, with the lines of the query's candidate groups
-  shuffled among them (a random permutation of the groups that keeps the query's own; mean
-  accuracy over ``CHANCE_PERMUTATIONS`` permutations): a random ranking of the candidate
-  groups, with the query's number of same-line groups kept. A null that shuffles rows would
-  understate chance: neighbours come in clumps (frames of one field, patches of one batch), so
-  the vote is often one group's, and picks a line about as often as a random group is of it.
+  ``_chance``: what a ranking that knows the groups but not the lines scores. The same
+  neighbours, weights and clumps (the neighbours that come from one group), each clump given a
+  group drawn at random from the query's candidate groups, without replacement and in
+  proportion to group size (what a random ranking of rows would give the first neighbour);
+  mean accuracy over ``CHANCE_DRAWS`` draws. The design stays as it is (each line's groups and
+  their sizes); only where the groups rank is random. Drawing rows one by one instead would
+  understate chance: neighbours come in clumps (frames of one field, patches of one batch), and
+  a vote of one clump picks the query's line as often as a random row is of it, far more often
+  than a plurality of 20 random rows would.
 * ``map_cross_batch``: mean over queries of the average precision of ranking the query's
   candidates (every row outside its group) by cosine similarity, positives = the same line.
   ``_chance``: the exact expected AP of a random ranking with the query's numbers of positives
@@ -53,7 +56,7 @@ from clanet_store.models.health import EmbeddingHealth, embedding_health
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
 MAX_QUERIES = 2000
-CHANCE_PERMUTATIONS = 200  # group-label permutations for the k-NN chance
+CHANCE_DRAWS = 200  # random placements of the neighbours' groups for the k-NN chance
 QUERY_CHUNK = 128  # queries per similarity block: 128 x 100,000 float32 = 51 MB
 LEVELS = ("patch", "image", "sequence")
 # The keys each level's rows carry (patch rows also carry ``rank``).
@@ -188,7 +191,7 @@ def cross_batch_metrics(
         weights.append(w)
         ap.append(_average_precision(np.sort(sims, axis=1), positives))
     q = eligible
-    knn_chance = _permuted_knn_accuracy(voters, weights, group[q], group_line, n_lines, rng)
+    knn_chance = _random_groups_knn_accuracy(voters, weights, group[q], group_line, group_size, rng)
     positive_count = line_size[y[q]] - group_size[group[q]]
     total = len(y) - group_size[group[q]]
     bei = None
@@ -237,31 +240,39 @@ def _votes(weights: np.ndarray, labels: np.ndarray, n_lines: int) -> np.ndarray:
     return votes
 
 
-def _permuted_knn_accuracy(
+def _random_groups_knn_accuracy(
     voters: list[np.ndarray],
     weights: list[np.ndarray],
     query_groups: np.ndarray,
     group_line: np.ndarray,
-    n_lines: int,
+    group_size: np.ndarray,
     rng: np.random.Generator,
 ) -> float:
-    """Mean k-NN accuracy over ``CHANCE_PERMUTATIONS`` shuffles of the candidate groups' lines,
-    with the queries' neighbours (``voters``: their groups) and weights kept.
-
-    One permutation p of all groups serves every query: for a query of group g, the group that
-    p sends to g is sent to p(g) instead and g stays put, a uniform random permutation of the
-    other groups."""
+    """Mean k-NN accuracy over ``CHANCE_DRAWS`` draws in which each query's neighbours keep
+    their weights and their clumps (the neighbours from one group), but each clump is a group
+    drawn at random, without replacement and in proportion to its size, from the query's
+    candidate groups (every group but its own; Gumbel top-k)."""
     if not voters:
         return 0.0
     groups, w = np.concatenate(voters), np.concatenate(weights)
-    own = query_groups[:, None]
+    n, k = groups.shape
+    n_lines = int(group_line.max()) + 1
+    # Clump of each neighbour: 0 for the first group met, 1 for the next new one, ...
+    first = np.argmax(groups[:, :, None] == groups[:, None, :], axis=2)
+    is_new = first == np.arange(k)
+    clump = np.take_along_axis(np.cumsum(is_new, axis=1) - 1, first, axis=1)
+    log_size = np.log(group_size.astype(np.float64))
+    rows = np.arange(n)
     truth = group_line[query_groups]
+    c = min(k, len(group_line) - 1)
     accuracy = []
-    for _ in range(CHANCE_PERMUTATIONS):
-        p = rng.permutation(len(group_line))
-        source = p[groups]
-        source = np.where(source == own, p[own], source)
-        picked = np.argmax(_votes(w, group_line[source], n_lines), axis=1)
+    for _ in range(CHANCE_DRAWS):
+        keys = log_size + rng.gumbel(size=(n, len(group_line)))
+        keys[rows, query_groups] = -np.inf
+        best = np.argpartition(-keys, c - 1, axis=1)[:, :c]
+        best = np.take_along_axis(best, np.argsort(-np.take_along_axis(keys, best, 1), 1), 1)
+        drawn = np.take_along_axis(best, np.minimum(clump, c - 1), axis=1)
+        picked = np.argmax(_votes(w, group_line[drawn], n_lines), axis=1)
         accuracy.append((picked == truth).mean())
     return float(np.mean(accuracy))
 
