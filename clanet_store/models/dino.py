@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 
 from clanet_store.models.encoder import EncoderConfig, PatchEncoder, load_backbone_weights
+from clanet_store.models.health import MIN_MEDIAN_DISTANCE, embedding_health
 
 N_GLOBAL = 2
 
@@ -58,8 +59,9 @@ class DinoConfig:
       collapse_one_hot x ln(out_dim): every patch goes to the same few outputs (at 0.1 and 256
       outputs, fewer than 2 outputs in use), DINO's collapse without centring.
     - spread: median cosine distance between the teacher backbone's features (what ``encode``
-      stores) of the probe patches <= collapse_spread. A random-init ViT gives about 0.001 (issue
-      18: the collapsed demo encoder 0.001, its largest distance 0.007); 0.01 is ten times that.
+      stores) of random pairs of probe patches (`embedding_health`) <= collapse_spread, the
+      health rule's 0.01: a random-init ViT gives about 0.001-0.003 (issue 18: the collapsed demo
+      encoder 0.001, its largest distance 0.007).
     """
 
     # multi-crop
@@ -101,7 +103,7 @@ class DinoConfig:
     probe_patches: int = 128
     collapse_uniform: float = 0.98
     collapse_one_hot: float = 0.1
-    collapse_spread: float = 0.01
+    collapse_spread: float = MIN_MEDIAN_DISTANCE
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict of numbers and tuples (loads with ``weights_only=True``)."""
@@ -491,9 +493,10 @@ class CollapseProbe:
 
     teacher_entropy: mean per-patch entropy (nats) of the teacher's centred, sharpened softmax;
     batch_entropy: entropy of its mean over the probe set; max_entropy: ln(out_dim), both's value
-    for uniform outputs; cosine_distance_median: median over all pairs of probe patches of the
-    cosine distance between the teacher backbone's features (what ``encode`` stores);
-    reasons: why it counts as collapsed (`collapse_reasons`), empty when healthy.
+    for uniform outputs; cosine_distance_median: median over random pairs of probe patches of the
+    cosine distance between the teacher backbone's features (what ``encode`` stores), by
+    `embedding_health`; reasons: why it counts as collapsed (`collapse_reasons`), empty when
+    healthy.
     """
 
     epoch: int
@@ -526,13 +529,6 @@ def entropy(p: Tensor) -> Tensor:
     return -(p * torch.log(p.clamp_min(1e-30))).sum(dim=-1)
 
 
-def median_cosine_distance(features: Tensor) -> float:
-    """Median of 1 - cosine similarity over all pairs of rows of ``features`` [N, D]."""
-    unit = F.normalize(features.double(), dim=-1)
-    rows, cols = torch.triu_indices(len(unit), len(unit), offset=1)
-    return float(torch.median(1 - (unit @ unit.T)[rows, cols]))
-
-
 @torch.no_grad()
 def probe_teacher(
     teacher: DinoNet,
@@ -558,7 +554,7 @@ def probe_teacher(
         teacher_entropy=float(entropy(q).mean()),
         batch_entropy=float(entropy(q.mean(dim=0))),
         max_entropy=math.log(q.shape[-1]),
-        cosine_distance_median=median_cosine_distance(features),
+        cosine_distance_median=embedding_health(features.cpu().numpy()).cosine_distance_median,
     )
 
 
