@@ -15,6 +15,7 @@ from clanet_store.textout import render_table
 # `learn.aggregators.AGGREGATORS` and the `learn.training.MILConfig` defaults, written out so that
 # the command line starts without importing torch (tests/test_mil_store.py checks they agree).
 AGGREGATORS = ("gated", "mean", "max", "patch-vote")
+TSS_PRIOR_KINDS = ("reference", "fitted")
 DEFAULT_K = 10
 DEFAULT_EPOCHS = 2000
 
@@ -74,6 +75,14 @@ def _scores_line(r: dict) -> str:
 @click.option(
     "--tss/--no-tss", default=True, show_default=True, help="Time-series Segment Sampling"
 )
+@click.option(
+    "--tss-prior",
+    type=click.Choice(TSS_PRIOR_KINDS),
+    default="reference",
+    show_default=True,
+    help="T_e prior: the reference's candidates 1..8 h with sigma 2.29, or fitted on the training "
+    "sequences' gaps (which cannot subsample when they all share one gap)",
+)
 @k_option
 @epochs_option
 @model_id_option
@@ -88,6 +97,7 @@ def train(
     repeat: int,
     aggregator: str,
     tss: bool,
+    tss_prior: str,
     k: int,
     epochs: int,
     model_id: str | None,
@@ -100,7 +110,12 @@ def train(
     from clanet_store.pipelines.mil import train as run_train
 
     config = MILConfig(
-        aggregator=aggregator, tss=tss, k=k, epochs=epochs, seed=repeat if seed is None else seed
+        aggregator=aggregator,
+        tss=tss,
+        tss_prior=tss_prior,
+        k=k,
+        epochs=epochs,
+        seed=repeat if seed is None else seed,
     )
     with progress("training", "epoch", total=epochs) as bar:
 
@@ -122,6 +137,14 @@ def train(
     ]
     if r["sequences_outside_split"]:
         lines.append(f"{r['sequences_outside_split']} stored sequences are not in the split file")
+    if r["tss_subsampled_share"] is not None:
+        lines.append(
+            f"TSS ({tss_prior} prior, candidates {r['tss_candidates']} h, sigma "
+            f"{r['tss_sigma']:.2f}): {100 * r['tss_subsampled_share']:.1f} % of bag-epochs "
+            "subsampled"
+        )
+    for warning in r["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     emit(fmt, r, "\n".join(lines))
 
 

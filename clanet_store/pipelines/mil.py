@@ -47,6 +47,7 @@ from clanet_store.learn.training import (
     predict_proba,
     save_model,
     train_mil,
+    training_record,
 )
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.filters import parse_filters
@@ -176,7 +177,7 @@ def train(
     )
     load_seconds = time.perf_counter() - start
     model, history = _fit(bags, classes, config, progress)
-    save_model(out, model, config, classes, split, row["model_id"])
+    save_model(out, model, config, classes, split, row["model_id"], training_record(history))
     return {
         "model": str(out),
         "split_file": str(path),
@@ -189,8 +190,7 @@ def train(
         "classes": list(classes),
         **_encoder_info(row),
         "config": config.as_dict(),
-        "tss_candidates": history["tss_candidates"],
-        "tss_sigma": history["tss_sigma"],
+        **training_record(history),
         "load_seconds": load_seconds,
         "train_seconds": sum(epoch["seconds"] for epoch in history["epochs"]),
         "epochs": history["epochs"],
