@@ -55,6 +55,10 @@ def _encoder_line(r: dict) -> str:
     )
 
 
+def _training_line(r: dict) -> str:
+    return f"encoder {r['encoder_training'].upper()} for this split: {r['encoder_training_why']}"
+
+
 def _scores_line(r: dict) -> str:
     from clanet_store.learn.metrics import SCALAR_SCORES
 
@@ -148,15 +152,24 @@ def train(
     emit(fmt, r, "\n".join(lines))
 
 
+ssl_checkpoint_option = click.option(
+    "--ssl-checkpoint",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="the ssl-train checkpoint the encoder came from: says whether it saw the test side "
+    "(inductive / transductive; unknown without it)",
+)
+
+
 @main.command()
 @store_option
 @model_option
+@ssl_checkpoint_option
 @format_option
-def evaluate(store: Path, model_path: Path, fmt: str) -> None:
+def evaluate(store: Path, model_path: Path, ssl_checkpoint: Path | None, fmt: str) -> None:
     """Score a model on the test side of its split: accuracy and macro F1, sequence and batch."""
     from clanet_store.pipelines.mil import evaluate as run_evaluate
 
-    r = run_evaluate(store, model_path)
+    r = run_evaluate(store, model_path, ssl_checkpoint)
     classes = r["classes"]
     confusion = [
         {"true": name, **dict(zip(classes, row, strict=True))}
@@ -167,6 +180,7 @@ def evaluate(store: Path, model_path: Path, fmt: str) -> None:
         f"{r['split']} repeat {r['repeat']}: {r['test_sequences']} sequences, "
         f"{r['test_batches']} batches",
         _encoder_line(r),
+        _training_line(r),
         _scores_line(r),
         "",
         "sequence confusion (rows true, columns predicted):",
@@ -207,6 +221,12 @@ def evaluate(store: Path, model_path: Path, fmt: str) -> None:
     show_default=True,
     help="warn when the top probability is below this",
 )
+@click.option(
+    "--include-training",
+    is_flag=True,
+    help="count sequences the model was trained on (marked in_training) in the summary and in "
+    "their batches' means",
+)
 @format_option
 def predict(
     store: Path,
@@ -218,6 +238,7 @@ def predict(
     plate_map: Path | None,
     workers: int | None,
     min_probability: float,
+    include_training: bool,
     fmt: str,
 ) -> None:
     """Authenticate sequences: predicted cell line, probability and runner-up, per sequence and
@@ -247,11 +268,18 @@ def predict(
             workers,
             min_probability,
             update,
+            include_training,
         )
     columns = ["labelled", "predicted", "probability", "runner_up", "runner_up_probability"]
     lines = [
         f"{r['model']}: {len(r['sequences'])} sequences in {len(r['batches'])} batches; "
-        f"{r['mismatches']} predictions differ from the label, {r['warnings']} low-confidence",
+        f"{r['mismatches']} predictions differ from the label, {r['warnings']} low-confidence"
+        + (
+            ""
+            if not r["in_training"]
+            else f" ({r['in_training']} sequences the model was trained on are marked TRAINED"
+            + (" and counted)" if r["include_training"] else " and not counted)")
+        ),
         _encoder_line(r),
         "",
         render_table(_flagged(r["sequences"]), ["batch", "position", "images", *columns, "flag"]),
@@ -267,7 +295,14 @@ def _flagged(items: list[dict]) -> list[dict]:
         {
             **item,
             "flag": "; ".join(
-                filter(None, [None if item["matches_label"] else "MISMATCH", item["warning"]])
+                filter(
+                    None,
+                    [
+                        "TRAINED" if item["in_training"] else None,
+                        None if item["matches_label"] else "MISMATCH",
+                        item["warning"],
+                    ],
+                )
             ),
         }
         for item in items
@@ -286,9 +321,17 @@ def _flagged(items: list[dict]) -> list[dict]:
     required=True,
     help="Markdown table (split files are written and reused next to it)",
 )
+@ssl_checkpoint_option
 @format_option
 def ablation(
-    store: Path, repeats: int, k: int, epochs: int, model_id: str | None, out: Path, fmt: str
+    store: Path,
+    repeats: int,
+    k: int,
+    epochs: int,
+    model_id: str | None,
+    out: Path,
+    ssl_checkpoint: Path | None,
+    fmt: str,
 ) -> None:
     """Gated attention with and without TSS, mean and max pooling and patch vote, on both
     splits with seeded repeats: the paper's Table 4 as Markdown."""
@@ -302,5 +345,5 @@ def ablation(
             bar.set_description(run, refresh=False)
             bar.update(1)
 
-        r = run_ablation(store, out, repeats, epochs, k, model_id, update)
+        r = run_ablation(store, out, repeats, epochs, k, model_id, update, ssl_checkpoint)
     emit(fmt, r, f"{r['out']}:\n\n{r['markdown']}")

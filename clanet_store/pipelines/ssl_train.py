@@ -30,6 +30,7 @@ from lancedb.expr import col
 from torch.utils.data import DataLoader, Dataset
 
 from clanet_store.errors import ClanetError
+from clanet_store.learn.splits import Split
 from clanet_store.models.dino import (
     DinoConfig,
     DinoLoss,
@@ -43,6 +44,7 @@ from clanet_store.models.dino import (
     train_step,
 )
 from clanet_store.models.encoder import EncoderConfig, select_device, ssl_checkpoint
+from clanet_store.pipelines.inductive import split_patch_rows
 from clanet_store.schemas import load_schema
 from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.patch_store import PatchStore
@@ -219,6 +221,7 @@ def ssl_train(
     seed: int | None = None,
     workers: int | None = None,
     device: str = "auto",
+    split: Split | None = None,
 ) -> dict[str, Any]:
     """Train DINO on a store's patches, checkpointing to ``out`` after every epoch.
 
@@ -226,7 +229,9 @@ def ssl_train(
     ``out``; a value given on resume must equal the saved one (the schedules depend on it).
     ``resume`` with no file at ``out`` starts afresh; without ``resume`` an existing ``out`` is an
     error. ``workers``: loader processes (default `default_workers`; 0 loads in this process).
-    Returns the run's summary, with ``losses`` the mean loss of every epoch so far.
+    Returns the run's summary, with ``losses`` the mean loss of every epoch so far. ``split``:
+    train on the patches of its training sequences only (inductive, `inductive.split_patch_rows`),
+    recorded in the checkpoint; a resumed run must be given the same split.
     """
     start_time = time.perf_counter()
     out = Path(out)
@@ -246,6 +251,10 @@ def ssl_train(
     state = _build_state(config, torch_device, from_init=saved is None)
     store = PatchStore(store_path)
     rows = training_rows(store, config.k, config.where)
+    if split is not None:
+        rows = np.intersect1d(rows, split_patch_rows(store, split, config.k))
+    if saved and saved.get("split") != (None if split is None else split.as_dict()):
+        raise ClanetError(f"{out}: cannot resume with another split than the saved one")
     batches = EpochBatches(rows, config.batch_size, config.seed)
     steps_per_epoch, total_steps = len(batches), len(batches) * config.epochs
     if steps_per_epoch == 0:
@@ -279,7 +288,7 @@ def ssl_train(
                 event = TrainProgress(epoch, step + 1, total_steps, epoch_losses[-1], values)
                 if i == steps_per_epoch - 1:
                     losses.append(float(np.mean(epoch_losses)))
-                    _save(out, config, state, epoch + 1, steps_per_epoch, losses, len(rows))
+                    _save(out, config, state, epoch + 1, steps_per_epoch, losses, len(rows), split)
                     event = dataclasses.replace(event, epoch_loss=losses[-1])
                 if progress is not None:
                     progress(event)
@@ -295,6 +304,7 @@ def ssl_train(
         "init": config.init,
         "k": config.k,
         "where": list(config.where),
+        "split": None if split is None else {"kind": split.kind, "repeat": split.repeat},
         "patches": len(rows),
         "batch_size": config.batch_size,
         "steps_per_epoch": steps_per_epoch,
@@ -362,6 +372,7 @@ def _save(
     steps_per_epoch: int,
     losses: list[float],
     patches: int,
+    split: Split | None,
 ) -> None:
     """Write the checkpoint after ``epoch`` epochs (to a temporary file, then renamed: never a
     half-written file)."""
@@ -386,6 +397,7 @@ def _save(
         config=config.as_dict(),
         losses=losses,
         patches=patches,
+        split=None if split is None else split.as_dict(),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

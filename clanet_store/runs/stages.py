@@ -94,6 +94,11 @@ def _checkpoint(run: Run) -> Path:
     return run.out / "ssl" / "checkpoint.pt"
 
 
+def _ssl_checkpoint(run: Run) -> str | None:
+    """The checkpoint of this run's ssl_train stage, if it ran (says inductive/transductive)."""
+    return run.summaries.get("ssl_train", {}).get("checkpoint")
+
+
 def ssl_train(run: Run, p: dict[str, Any]) -> Done:
     """A DINO run on the store's patches (skipped when ``enabled = false``)."""
     from clanet_store.pipelines.ssl_train import TrainProgress
@@ -205,7 +210,7 @@ def evaluate(run: Run, p: dict[str, Any]) -> Done:
             run.say(reason)
             results.append({"name": model["name"], "model": model["model"], "skipped": reason})
             continue
-        r = evaluate_model(run.store, model["model"])
+        r = evaluate_model(run.store, model["model"], _ssl_checkpoint(run))
         path = Path(model["model"]).with_suffix(".eval.json")
         path.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")
         results.append(
@@ -214,6 +219,7 @@ def evaluate(run: Run, p: dict[str, Any]) -> Done:
                 "model": model["model"],
                 "split": r["split"],
                 "repeat": r["repeat"],
+                "encoder_training": r["encoder_training"],
                 **{k: r[k] for k in SCALAR_SCORES},
             }
         )
@@ -243,7 +249,15 @@ def report(run: Run, p: dict[str, Any]) -> Done:
     notes = [m["skipped"] for m in evaluated if "skipped" in m]
     exports = [run.export] if run.export else []
     r = write_report(
-        run.store, run.out / "report.html", models, run.model_id, p["k"], run.say, exports, notes
+        run.store,
+        run.out / "report.html",
+        models,
+        run.model_id,
+        p["k"],
+        run.say,
+        exports,
+        notes,
+        _ssl_checkpoint(run),
     )
     return Done(r, [Path(r["report"])])
 
