@@ -263,3 +263,44 @@ def test_auto_permutes_sequences_only_when_each_side_has_enough():
     assert _drift_unit(auto, table(MIN_SEQUENCES), table(MIN_SEQUENCES)) == ("sequence", 5, 5)
     assert _drift_unit(auto, table(MIN_SEQUENCES), table(4))[0] == "image"
     assert _drift_unit(QCParams(permute_by="image"), table(9), table(9))[0] == "image"
+
+
+# --- method parameters as data: another value, another extractor key, a re-extraction -----------
+
+
+@pytest.mark.realdata
+def test_changed_mask_or_ccs_parameters_make_ingest_re_extract(tmp_path, shared_data):
+    from clanet_store.imaging.params import CCSParams, MaskParams
+
+    folder = tmp_path / "export" / "SHSY5Y" / "b1"
+    folder.mkdir(parents=True)
+    for hour in (0, 4):
+        shutil.copy(shared_data / LIVECELL / livecell("B10", 1, hour, 1), folder)
+    store = tmp_path / "store"
+
+    def patches() -> tuple[int, int, set[str]]:
+        images = PatchStore(store).images(["patch_count", "extractor_version"])
+        rows = PatchStore(store).patches_table(["patch_id"]).height
+        return rows, int(images["patch_count"].sum()), set(images["extractor_version"])
+
+    first = ingest(tmp_path / "export", store, workers=1)
+    assert first.images_added == 2
+    rows, counted, keys = patches()
+    assert rows == counted and len(keys) == 1
+    again = ingest(tmp_path / "export", store, workers=1)
+    assert again.images_skipped == 2 and again.images_replaced == 0
+
+    bigger = MaskParams(min_object=2000)
+    changed = ingest(tmp_path / "export", store, workers=1, mask_params=bigger)
+    assert changed.images_replaced == 2 and changed.extractor_version != first.extractor_version
+    rows, counted, new_keys = patches()
+    assert rows == counted and new_keys == {changed.extractor_version}  # no duplicate rows
+    ccs_changed = ingest(
+        tmp_path / "export", store, workers=1, mask_params=bigger,
+        ccs_params=CCSParams(tie_break="creation-order"),
+    )  # fmt: skip
+    assert ccs_changed.images_replaced == 2
+    assert ccs_changed.extractor_version not in {first.extractor_version, changed.extractor_version}
+    recorded = PatchStore(store).array.attrs["extractors"]
+    assert recorded[changed.extractor_version]["mask"]["min_object"] == 2000
+    assert recorded[ccs_changed.extractor_version]["ccs"]["tie_break"] == "creation-order"

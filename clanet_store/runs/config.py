@@ -4,8 +4,9 @@ parameters of every stage, so an experiment is reproducible from one versioned f
 A config has a ``[pipeline]`` table (``name``, ``version`` = `CONFIG_VERSION`, ``description``)
 and one table per stage of `STAGES`. A stage table may leave keys out (they take the defaults
 below) but may not add unknown ones: a typo is an error naming the file and the key, never a
-silently ignored setting. ``dino`` (ssl_train) takes `DinoConfig` fields and ``mil`` (train)
-takes `MILConfig` fields; both are checked when the stage builds them.
+silently ignored setting. ``dino`` (ssl_train) takes `DinoConfig` fields, ``mil`` (train) takes
+`MILConfig` fields (``tss_prior`` included), ``mask`` and ``ccs`` (ingest) take
+`imaging.params.MaskParams` / `CCSParams` fields; all are checked when the stage builds them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ STAGES = (
 # Every stage's keys and their defaults; "" means "not set" for paths and names.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "synth": {"lines": 4, "batches": 2, "positions": 2, "timepoints": 4, "seed": 0},
-    "ingest": {"workers": 0, "plate_map": "", "commit_every": 64},
+    "ingest": {"workers": 0, "plate_map": "", "commit_every": 64, "mask": {}, "ccs": {}},
     "ssl_train": {
         "enabled": True,
         "arch": "vit_small_patch8_224",

@@ -23,7 +23,6 @@ from typing import Any
 
 from clanet_store import __version__
 from clanet_store.errors import ClanetError
-from clanet_store.imaging.extract import EXTRACTOR_VERSION
 from clanet_store.runs.config import STAGES, PipelineConfig
 from clanet_store.runs.stages import STAGE_FUNCTIONS, ProgressBar, Run
 from clanet_store.stores.patch_store import PatchStore
@@ -49,13 +48,15 @@ def export_fingerprint(root: Path) -> str:
 
 
 def store_fingerprint(path: Path) -> str:
-    """The store's ingested images by content (id, content hash, extractor); stable under
-    compaction and re-opening, changed by any image added, replaced or removed."""
+    """The store's ingested images by content (id, content hash, extractor key); stable under
+    compaction and re-opening, changed by any image added, replaced, removed or re-extracted
+    with other parameters."""
     if not (path / "store.json").exists():
         return "missing"
-    images = PatchStore(path).images(["image_id", "content_hash", "status"])
+    images = PatchStore(path).images(["image_id", "content_hash", "status", "extractor_version"])
     rows = images.filter(images["status"] == "ok").sort("image_id")
-    return _digest([EXTRACTOR_VERSION, rows["image_id"].to_list(), rows["content_hash"].to_list()])
+    columns = ("image_id", "content_hash", "extractor_version")
+    return _digest([rows[column].to_list() for column in columns])
 
 
 def _inputs(stage: str, run: Run, config: PipelineConfig) -> str | None:

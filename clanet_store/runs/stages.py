@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clanet_store.errors import ClanetError
+from clanet_store.imaging.params import CCSParams, MaskParams
 from clanet_store.learn.metrics import SCALAR_SCORES
 from clanet_store.learn.training import MILConfig
 from clanet_store.models.dino import DinoConfig
@@ -80,8 +81,18 @@ def ingest(run: Run, p: dict[str, Any]) -> Done:
             workers=p["workers"] or None,
             progress=update,
             commit_every=p["commit_every"],
+            mask_params=_params(MaskParams, "ingest.mask", p["mask"]),
+            ccs_params=_params(CCSParams, "ingest.ccs", p["ccs"]),
         )
     return Done(report.as_dict(), [run.store])
+
+
+def _params(kind: type, where: str, values: dict[str, Any]) -> Any:
+    """A method-parameter dataclass from a pipeline table, errors naming the table."""
+    try:
+        return kind(**values)
+    except (TypeError, ValueError) as exc:
+        raise ClanetError(f"{where}: {exc}") from None
 
 
 def _export(run: Run) -> Path:
