@@ -53,19 +53,19 @@ def straightforward_mask(grey: np.ndarray, exclude: np.ndarray | None = None) ->
     keep = np.ones(grey.shape, bool) if valid is None else valid
     otsu &= keep
     n = np.count_nonzero(keep)
-    if np.count_nonzero(edges != otsu) / n >= fast.INVERT_DISAGREEMENT:
+    if np.count_nonzero(edges != otsu) / n >= MaskParams().invert_disagreement:
         otsu = ~otsu & keep
     mask = straightforward_fill(
         (straightforward_close(edges) | straightforward_close(otsu)) & keep, exclude
     )
-    for _ in range(fast.MAX_ITERATIONS):
+    for _ in range(MaskParams().max_iterations):
         combined = (
             straightforward_close(otsu) | straightforward_close(edges) | straightforward_close(mask)
         )
         new = straightforward_fill(combined & keep, exclude)
         change = np.count_nonzero(new != mask) / n
         mask = new
-        if change < fast.TOLERANCE:
+        if change < MaskParams().tolerance:
             break
     mask = morphology.remove_small_holes(mask, max_size=MaskParams().min_hole - 1)
     mask = morphology.remove_small_objects(mask, max_size=MaskParams().min_object - 1)

@@ -45,6 +45,14 @@ model_option = click.option(
 )
 
 
+ssl_checkpoint_option = click.option(
+    "--ssl-checkpoint",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="the ssl-train checkpoint the encoder came from: says whether it saw the test side "
+    "(inductive / transductive; unknown without it)",
+)
+
+
 def _encoder_line(r: dict) -> str:
     random = (
         " -- RANDOMLY INITIALISED encoder: demo numbers only" if r["encoder_random_init"] else ""
@@ -94,6 +102,7 @@ def _scores_line(r: dict) -> str:
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="model file"
 )
+@ssl_checkpoint_option
 @format_option
 def train(
     store: Path,
@@ -107,6 +116,7 @@ def train(
     model_id: str | None,
     seed: int | None,
     out: Path,
+    ssl_checkpoint: Path | None,
     fmt: str,
 ) -> None:
     """Train a MIL classifier on the training side of a split of the stored sequences."""
@@ -127,7 +137,7 @@ def train(
             bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['accuracy']:.3f}")
             bar.update(1)
 
-        r = run_train(store, out, split_kind, repeat, config, model_id, update)
+        r = run_train(store, out, split_kind, repeat, config, model_id, update, ssl_checkpoint)
     last = r["epochs"][-1]
     lines = [
         f"{r['model']}: {aggregator}{' + TSS' if tss else ''}, {epochs} epochs on "
@@ -136,6 +146,7 @@ def train(
         f"split {split_kind} repeat {repeat}: {r['split_file']} "
         f"({'reused' if r['split_reused'] else 'written'})",
         _encoder_line(r),
+        _training_line(r),
         f"last epoch: loss {last['loss']:.4f}, training accuracy {100 * last['accuracy']:.1f} %; "
         f"bags loaded in {r['load_seconds']:.1f} s, trained in {r['train_seconds']:.1f} s",
     ]
@@ -150,14 +161,6 @@ def train(
     for warning in r["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     emit(fmt, r, "\n".join(lines))
-
-
-ssl_checkpoint_option = click.option(
-    "--ssl-checkpoint",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="the ssl-train checkpoint the encoder came from: says whether it saw the test side "
-    "(inductive / transductive; unknown without it)",
-)
 
 
 @main.command()

@@ -26,7 +26,7 @@ from lancedb.expr import col
 from clanet_store.learn.splits import Split
 from clanet_store.models.encoder import SSL_FORMAT
 from clanet_store.stores.patch_store import PatchStore
-from clanet_store.stores.sequences import sequence_filter
+from clanet_store.stores.sequences import SequenceRecord, sequence_filter
 
 ENCODER_TRAINING = ("inductive", "transductive", "unknown")
 
@@ -35,6 +35,32 @@ def split_patch_rows(store: PatchStore, split: Split, k: int) -> np.ndarray:
     """Sorted Zarr rows of the patches (rank < k) of the split's training sequences."""
     where = (col("rank") < k) & sequence_filter(split.train)
     return np.sort(store.patches_table(["row"], where=where)["row"].to_numpy())
+
+
+def patch_sequences(store: PatchStore) -> list[SequenceRecord]:
+    """The store's sequences from its patches table (no embeddings needed), as `list_sequences`
+    gives them: the same keys, batches, positions and label order, so a split drawn from them
+    before encoding is the split `train` draws (and reuses) afterwards."""
+    frame = (
+        store.patches_table(["sequence_id", "cell_line", "batch", "well", "location", "crop"])
+        .unique("sequence_id")
+        .sort("sequence_id")
+    )
+    classes = {name: i for i, name in enumerate(sorted(frame["cell_line"].unique().to_list()))}
+    return [
+        SequenceRecord(
+            key=row["sequence_id"],
+            label=classes[row["cell_line"]],
+            batch=f"{row['cell_line']}/{row['batch']}",
+            position="/".join(
+                str(part)
+                for part in (row["well"], row["location"], row["crop"])
+                if part is not None
+            ),
+            n_images=0,
+        )
+        for row in frame.iter_rows(named=True)
+    ]
 
 
 def checkpoint_split(path: str | Path) -> tuple[bool, Split | None]:

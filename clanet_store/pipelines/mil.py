@@ -160,10 +160,13 @@ def train(
     config: MILConfig,
     model_id: str | None = None,
     progress: EpochProgress | None = None,
+    ssl_checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train on the training side of a split of the store's sequences; write the model file.
 
-    ``model_id``: whose embeddings (default: the store's latest encoder). Returns what was done
+    ``model_id``: whose embeddings (default: the store's latest encoder). The model file also
+    records whether the encoder saw the split's test side (`inductive.encoder_training`, from
+    ``ssl_checkpoint`` for an ssl-train encoder), which `evaluate` reports. Returns what was done
     (the JSON of ``clanet-store train``).
     """
     out = Path(out)
@@ -178,7 +181,9 @@ def train(
     )
     load_seconds = time.perf_counter() - start
     model, history = _fit(bags, classes, config, progress)
-    save_model(out, model, config, classes, split, row["model_id"], training_record(history))
+    seen = encoder_training(row, split, ssl_checkpoint)
+    record = training_record(history) | seen
+    save_model(out, model, config, classes, split, row["model_id"], record)
     return {
         "model": str(out),
         "split_file": str(path),
@@ -191,7 +196,7 @@ def train(
         "classes": list(classes),
         **_encoder_info(row),
         "config": config.as_dict(),
-        **training_record(history),
+        **record,
         "load_seconds": load_seconds,
         "train_seconds": sum(epoch["seconds"] for epoch in history["epochs"]),
         "epochs": history["epochs"],
@@ -231,7 +236,7 @@ def evaluate(
         "aggregator": mil.config.aggregator,
         "tss": mil.config.tss,
         **_encoder_info(row),
-        **encoder_training(row, mil.split, ssl_checkpoint),
+        **_seen(row, mil, ssl_checkpoint),
         "test_sequences": len(bags),
         "test_batches": len({bag.batch for bag in bags}),
         "classes": list(mil.classes),
@@ -241,6 +246,18 @@ def evaluate(
             for f in curves["natural"]
         ],
     }
+
+
+def _seen(row: dict, mil: MILModel, ssl_checkpoint: str | Path | None) -> dict[str, Any]:
+    """Whether the encoder saw the test side: from ``ssl_checkpoint`` when given, else as the
+    model file recorded it at training time (when that could tell), else as far as the store
+    tells."""
+    if ssl_checkpoint is None and mil.training.get("encoder_training") in (
+        "inductive",
+        "transductive",
+    ):
+        return {key: mil.training[key] for key in ("encoder_training", "encoder_training_why")}
+    return encoder_training(row, mil.split, ssl_checkpoint)
 
 
 def _ranked(proba: np.ndarray, classes: Sequence[str], threshold: float) -> list[dict[str, Any]]:

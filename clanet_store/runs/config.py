@@ -47,6 +47,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "init": "",
         "workers": 0,
         "dino": {},
+        "protocol": "inductive",
     },
     "encode": {"arch": "", "weights": "", "batch_size": 64, "device": "auto"},
     "index": {},

@@ -67,9 +67,17 @@ def _inputs(stage: str, run: Run, config: PipelineConfig) -> str | None:
         exported = export_fingerprint(run.export) if run.export else "none"
         plate = export_fingerprint(Path(plate_map)) if plate_map else "none"
         return _digest([str(run.store.resolve()), exported, plate])
-    if stage in ("ssl_train", "encode"):
+    if stage == "ssl_train":  # per-split encoders depend on the splits too
+        return _digest([store_fingerprint(run.store), run.train_splits])
+    if stage == "encode":
         return store_fingerprint(run.store)
     return None
+
+
+def train_splits(config: PipelineConfig) -> list[tuple[str, int]]:
+    """The (split kind, repeat) pairs of the config's train stage, in training order."""
+    train = config.stages["train"]
+    return [(kind, r) for kind in train["splits"] for r in range(1, train["repeats"] + 1)]
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -122,6 +130,7 @@ def run_pipeline(
         export=Path(export).resolve() if export else None,
         bar=bar or _no_bar,
         say=lambda text: emit({"event": "note", "text": text}),
+        train_splits=train_splits(config),
     )
     if run.export is not None and not run.export.is_dir():
         raise ClanetError(f"{run.export}: the export folder does not exist")

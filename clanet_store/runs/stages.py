@@ -27,9 +27,14 @@ from clanet_store.report.collect import neighbour_gallery
 ProgressBar = Callable[[str, str], AbstractContextManager[Callable[[int, int], None]]]
 
 
+SSL_PROTOCOLS = ("inductive", "transductive")
+
+
 @dataclass
 class Run:
-    """One run of a pipeline: its folders and what the stages before recorded (``summaries``)."""
+    """One run of a pipeline: its folders, the (split, repeat) pairs its train stage will use
+    (``train_splits``: ssl_train needs them for per-split encoders) and what the stages before
+    recorded (``summaries``)."""
 
     out: Path
     store: Path
@@ -37,6 +42,7 @@ class Run:
     bar: ProgressBar
     say: Callable[[str], None]
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train_splits: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def model_id(self) -> str:
@@ -105,31 +111,62 @@ def _checkpoint(run: Run) -> Path:
     return run.out / "ssl" / "checkpoint.pt"
 
 
-def _ssl_checkpoint(run: Run) -> str | None:
-    """The checkpoint of this run's ssl_train stage, if it ran (says inductive/transductive)."""
-    return run.summaries.get("ssl_train", {}).get("checkpoint")
-
-
 def ssl_train(run: Run, p: dict[str, Any]) -> Done:
-    """A DINO run on the store's patches (skipped when ``enabled = false``)."""
-    from clanet_store.pipelines.ssl_train import TrainProgress
-    from clanet_store.pipelines.ssl_train import ssl_train as train
+    """DINO on the store's patches (skipped when ``enabled = false``). ``protocol = "inductive"``
+    (the default): one encoder per split and repeat of the train stage, trained on that split's
+    training side only (its split file is drawn here, from the patches table, and reused by
+    train); ``"transductive"``: one encoder on every patch, test sides included."""
+    from clanet_store.pipelines.inductive import patch_sequences
+    from clanet_store.pipelines.mil import split_for
+    from clanet_store.stores.patch_store import PatchStore
 
     if not p["enabled"]:
         return Done({"enabled": False}, [])
-    out = _checkpoint(run)
-    out.unlink(missing_ok=True)  # made with other parameters or data: start afresh
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if p["protocol"] not in SSL_PROTOCOLS:
+        raise ClanetError(f"ssl_train.protocol must be one of {', '.join(SSL_PROTOCOLS)}")
     try:
         dino = DinoConfig(**p["dino"])
     except TypeError as exc:
         raise ClanetError(f"ssl_train.dino: {exc}") from None
-    with run.bar("ssl-train", "step") as update:
+    keep = ("arch", "epochs", "patches", "batch_size", "embedding_dim", "losses", "seconds")
+    if p["protocol"] == "transductive":
+        out = _checkpoint(run)
+        r = _dino(run, p, dino, out, None)
+        summary = {"enabled": True, "protocol": "transductive", "checkpoint": str(out)}
+        return Done(summary | {k: r[k] for k in keep}, [out])
+    records = patch_sequences(PatchStore(run.store))
+    checkpoints, results = {}, []
+    for kind, repeat in run.train_splits:
+        split, _, _ = split_for(records, kind, repeat, run.out / "models")
+        out = run.out / "ssl" / f"checkpoint-{kind}-r{repeat}.pt"
+        results.append(_dino(run, p, dino, out, split))
+        checkpoints[f"{kind}-r{repeat}"] = str(out)
+    summary = {
+        "enabled": True,
+        "protocol": "inductive",
+        "checkpoint": next(iter(checkpoints.values())),
+        "checkpoints": checkpoints,
+        **{k: results[0][k] for k in keep},
+        "patches_per_split": [r["patches"] for r in results],
+        "seconds": sum(r["seconds"] for r in results),
+    }
+    return Done(summary, [Path(path) for path in checkpoints.values()])
+
+
+def _dino(run: Run, p: dict[str, Any], dino: DinoConfig, out: Path, split: Any) -> dict[str, Any]:
+    """One ssl-train run into ``out`` (afresh), on the training side of ``split`` if given."""
+    from clanet_store.pipelines.ssl_train import TrainProgress
+    from clanet_store.pipelines.ssl_train import ssl_train as train
+
+    out.unlink(missing_ok=True)  # made with other parameters or data: start afresh
+    out.parent.mkdir(parents=True, exist_ok=True)
+    name = "ssl-train" if split is None else f"ssl-train {split.kind} r{split.repeat}"
+    with run.bar(name, "step") as update:
 
         def step(event: TrainProgress) -> None:
             update(event.step, event.total_steps)
 
-        r = train(
+        return train(
             run.store,
             out,
             epochs=p["epochs"],
@@ -141,22 +178,31 @@ def ssl_train(run: Run, p: dict[str, Any]) -> Done:
             dino=dino,
             seed=p["seed"],
             workers=p["workers"],
+            split=split,
         )
-    keep = ("arch", "epochs", "patches", "batch_size", "embedding_dim", "losses", "seconds")
-    return Done({"enabled": True, "checkpoint": str(out), **{k: r[k] for k in keep}}, [out])
 
 
 def encode(run: Run, p: dict[str, Any]) -> Done:
-    """Embed every patch: with ``weights``, else the ssl_train checkpoint, else a seeded init."""
+    """Embed every patch: with ``weights``, else the ssl_train checkpoint(s) (one encoder per
+    split with the inductive protocol; the first is the run's encoder for index, search and
+    report), else a seeded init."""
     from clanet_store.pipelines.encode import encode as encode_store
     from clanet_store.pipelines.encode import load_encoder
 
-    trained = run.summaries.get("ssl_train", {}).get("checkpoint")
-    weights = p["weights"] or trained
-    encoder = load_encoder(weights, p["arch"] or None, p["device"])
-    with run.bar("encode", "patch") as update:
-        report = encode_store(run.store, encoder, batch_size=p["batch_size"], progress=update)
-    return Done(report.as_dict(), [run.store])
+    trained = run.summaries.get("ssl_train", {})
+    per_split = {} if p["weights"] else trained.get("checkpoints", {})
+    sources = per_split or {"": p["weights"] or trained.get("checkpoint")}
+    reports = {}
+    for name, weights in sources.items():
+        encoder = load_encoder(weights, p["arch"] or None, p["device"])
+        with run.bar(f"encode {name}".strip(), "patch") as update:
+            reports[name] = encode_store(
+                run.store, encoder, batch_size=p["batch_size"], progress=update
+            )
+    summary = next(iter(reports.values())).as_dict()
+    if per_split:
+        summary["model_ids"] = {name: r.model_id for name, r in reports.items()}
+    return Done(summary, [run.store])
 
 
 def index(run: Run, p: dict[str, Any]) -> Done:
@@ -172,8 +218,12 @@ def model_path(run: Run, name: str, split: str, repeat: int) -> Path:
 
 
 def train(run: Run, p: dict[str, Any]) -> Done:
-    """Every model variant on every split and repeat, on the run's embeddings."""
+    """Every model variant on every split and repeat, on the run's embeddings (with per-split
+    encoders, each split's own); each model file records whether its encoder saw the test side."""
     from clanet_store.pipelines.mil import train as train_model
+
+    model_ids = run.summaries["encode"].get("model_ids", {})
+    ssl = run.summaries.get("ssl_train", {})
 
     runs = [
         (model, split, repeat)
@@ -191,6 +241,7 @@ def train(run: Run, p: dict[str, Any]) -> Done:
             raise ClanetError(f"train: model {model}: {exc}") from None
         out = model_path(run, model["name"], split, repeat)
         out.parent.mkdir(parents=True, exist_ok=True)
+        name = f"{split}-r{repeat}"
         with run.bar(f"train {out.stem}", "epoch") as update:
             r = train_model(
                 run.store,
@@ -198,10 +249,12 @@ def train(run: Run, p: dict[str, Any]) -> Done:
                 split,
                 repeat,
                 config,
-                run.model_id,
+                model_ids.get(name, run.model_id),
                 progress=lambda stats, n=config.epochs: update(stats["epoch"], n),
+                ssl_checkpoint=ssl.get("checkpoints", {}).get(name, ssl.get("checkpoint")),
             )
         keep = ("model", "split", "repeat", "train_sequences", "test_sequences", "train_seconds")
+        keep += ("encoder_model_id", "encoder_training")
         trained.append({"name": model["name"], **{k: r[k] for k in keep}})
         files.append(out)
     return Done({"models": trained}, files)
@@ -221,7 +274,7 @@ def evaluate(run: Run, p: dict[str, Any]) -> Done:
             run.say(reason)
             results.append({"name": model["name"], "model": model["model"], "skipped": reason})
             continue
-        r = evaluate_model(run.store, model["model"], _ssl_checkpoint(run))
+        r = evaluate_model(run.store, model["model"])
         path = Path(model["model"]).with_suffix(".eval.json")
         path.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")
         results.append(
@@ -268,7 +321,6 @@ def report(run: Run, p: dict[str, Any]) -> Done:
         run.say,
         exports,
         notes,
-        _ssl_checkpoint(run),
     )
     return Done(r, [Path(r["report"])])
 
