@@ -12,6 +12,7 @@ from skimage.feature import local_binary_pattern as skimage_lbp
 from clanet_store.imaging import ccs
 from clanet_store.imaging.draw import OUTLINE, draw_extraction
 from clanet_store.imaging.extract import EXTRACTOR_VERSION, Extraction, extract, extractor_params
+from clanet_store.imaging.params import CCSParams
 
 
 def noise(shape, seed=0, lo=0, hi=256) -> np.ndarray:
@@ -165,11 +166,11 @@ def test_tiles_cover_the_box_and_are_clamped():
 
 def test_only_the_largest_regions_give_boxes():
     mask = np.zeros((200, 200), bool)
-    for i in range(ccs.MAX_REGIONS + 5):  # 45 dots, the first 5 (in raster order) one pixel
+    for i in range(CCSParams().max_regions + 5):  # 45 dots, the first 5 (in raster order) one pixel
         y, x = divmod(i, 9)
         mask[y * 20 + 5, x * 20 + 5 : x * 20 + (6 if i < 5 else 8)] = True
     ys, xs = ccs.candidate_boxes(mask, 4)
-    assert ys.size == ccs.MAX_REGIONS
+    assert ys.size == CCSParams().max_regions
     # on the first row only the 3-pixel dots 5..8 (box x = 20 i + 4), not the single pixels
     assert sorted(xs[ys == 3].tolist()) == [104, 124, 144, 164]
 
@@ -345,3 +346,46 @@ def test_draw_extraction(tmp_path):
     assert (edge == (255, 0, 0)).all()
     top_edge = result.mask & ~np.roll(result.mask, 1, axis=0)  # part of the outline
     assert (picture[top_edge] == OUTLINE).all(axis=1).mean() > 0.9  # cyan unless under a box
+
+
+def test_method_parameters_are_data_and_change_the_extractor_key():
+    from test_imaging_mask import cells_image
+
+    from clanet_store.imaging.params import MaskParams, crop_rows, extractor_key
+
+    default = extractor_params()
+    assert default["version"] == EXTRACTOR_VERSION  # default parameters: the plain version
+    assert default["mask"]["exclusion"] == "overlays"
+    assert default["ccs"]["tie_break"] == "farthest-first"
+    changed = extractor_params(mask_params=MaskParams(min_object=200))
+    assert changed["mask"]["min_object"] == 200 and changed["version"] != EXTRACTOR_VERSION
+    keys = {
+        extractor_key(EXTRACTOR_VERSION, MaskParams(min_object=200), CCSParams()),
+        extractor_key(EXTRACTOR_VERSION, MaskParams(), CCSParams(tie_break="creation-order")),
+        extractor_key(EXTRACTOR_VERSION, MaskParams(), CCSParams(max_regions=10)),
+        EXTRACTOR_VERSION,
+    }
+    assert len(keys) == 4
+    with pytest.raises(ValueError, match="unknown tie_break"):
+        CCSParams(tie_break="random")
+
+    grey = cells_image(30, shape=(520, 704))
+    cropped = extract(grey, mask_params=MaskParams(exclusion="crop-150"))
+    assert cropped.exclude[-crop_rows(520) :].all() and not cropped.exclude[: -crop_rows(520)].any()
+    assert (cropped.boxes["y"] + cropped.boxes["h"] <= 520 - crop_rows(520)).all()
+    big = extract(grey, mask_params=MaskParams(min_object=5000))
+    assert big.mask_fraction <= extract(grey).mask_fraction
+
+
+def test_creation_order_tie_break_is_the_reference_rule():
+    confluent = np.zeros((400, 500), bool)
+    confluent[:, :] = True
+    grey = np.random.default_rng(0).integers(0, 256, (400, 500), dtype=np.uint8)
+    spread = ccs.select_patches(grey, confluent, k=6)
+    ref = ccs.select_patches(grey, confluent, k=6, params=CCSParams(tie_break="creation-order"))
+    assert (spread["density"] == 1).all() and (ref["density"] == 1).all()
+    assert {(int(b["y"]), int(b["x"])) for b in spread} != {(int(b["y"]), int(b["x"])) for b in ref}
+    ys, xs = ccs.candidate_boxes(confluent, 112)  # creation order, before any removal
+    created = list(zip(ys.tolist(), xs.tolist(), strict=True))
+    order = [created.index((int(b["y"]), int(b["x"]))) for b in ref]
+    assert order == sorted(order)  # equal densities keep their creation order

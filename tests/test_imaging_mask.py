@@ -20,6 +20,7 @@ from clanet_store.imaging import mask as fast
 from clanet_store.imaging.decode import ImageDecodeError, read_grey, to_grey8
 from clanet_store.imaging.jit import kernel
 from clanet_store.imaging.overlays import exclusion_mask, find_overlays
+from clanet_store.imaging.params import MaskParams
 
 SIX = np.ones((6, 6), bool)
 
@@ -45,29 +46,29 @@ def straightforward_mask(grey: np.ndarray, exclude: np.ndarray | None = None) ->
     valid = None if exclude is None or not exclude.any() else ~exclude
     image = img_as_float(grey)
     pixels = image if valid is None else image[valid]
-    lo, hi = np.percentile(pixels, fast.PERCENTILES)
+    lo, hi = np.percentile(pixels, MaskParams().percentiles)
     stretched = exposure.rescale_intensity(image, in_range=(lo, hi))
     otsu = stretched > filters.threshold_otsu(stretched if valid is None else stretched[valid])
     edges = feature.canny(stretched, sigma=fast.CANNY_SIGMA, mask=valid)
     keep = np.ones(grey.shape, bool) if valid is None else valid
     otsu &= keep
     n = np.count_nonzero(keep)
-    if np.count_nonzero(edges != otsu) / n >= fast.INVERT_DISAGREEMENT:
+    if np.count_nonzero(edges != otsu) / n >= MaskParams().invert_disagreement:
         otsu = ~otsu & keep
     mask = straightforward_fill(
         (straightforward_close(edges) | straightforward_close(otsu)) & keep, exclude
     )
-    for _ in range(fast.MAX_ITERATIONS):
+    for _ in range(MaskParams().max_iterations):
         combined = (
             straightforward_close(otsu) | straightforward_close(edges) | straightforward_close(mask)
         )
         new = straightforward_fill(combined & keep, exclude)
         change = np.count_nonzero(new != mask) / n
         mask = new
-        if change < fast.TOLERANCE:
+        if change < MaskParams().tolerance:
             break
-    mask = morphology.remove_small_holes(mask, max_size=fast.MIN_HOLE - 1)
-    mask = morphology.remove_small_objects(mask, max_size=fast.MIN_OBJECT - 1)
+    mask = morphology.remove_small_holes(mask, max_size=MaskParams().min_hole - 1)
+    mask = morphology.remove_small_objects(mask, max_size=MaskParams().min_object - 1)
     return mask & keep
 
 
@@ -164,7 +165,7 @@ def test_stretch_and_otsu_luts_match_float_pipeline(kind):
         "extremes": rng.choice(np.array([0, 255, 128], np.uint8), (61, 79)),
     }[kind]
     image = img_as_float(grey)
-    lo, hi = np.percentile(image, fast.PERCENTILES)
+    lo, hi = np.percentile(image, MaskParams().percentiles)
     stretched = exposure.rescale_intensity(image, in_range=(lo, hi))
     hist = np.bincount(grey.ravel(), minlength=256)
     values = fast.stretch_lut(hist)
@@ -216,11 +217,11 @@ def test_remove_small_matches_skimage():
     for _ in range(30):
         m = random_mask(rng, (80, 90))
         expected = morphology.remove_small_objects(
-            morphology.remove_small_holes(m, max_size=fast.MIN_HOLE - 1),
-            max_size=fast.MIN_OBJECT - 1,
+            morphology.remove_small_holes(m, max_size=MaskParams().min_hole - 1),
+            max_size=MaskParams().min_object - 1,
         )
         np.testing.assert_array_equal(
-            fast.remove_small(m, fast.MIN_HOLE, fast.MIN_OBJECT), expected
+            fast.remove_small(m, MaskParams().min_hole, MaskParams().min_object), expected
         )
 
 

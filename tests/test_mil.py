@@ -41,11 +41,13 @@ from clanet_store.learn.training import (
     predict_proba,
     save_model,
     train_mil,
+    training_record,
 )
 from clanet_store.learn.tss import (
     REFERENCE_CANDIDATES,
     REFERENCE_SIGMA,
     IntervalPrior,
+    TSSPrior,
     draw_intervals,
     fit_interval_prior,
     floor_mean_gap,
@@ -192,8 +194,12 @@ def test_collate_selects_images_and_zeroes_missing_patches(reuse: bool) -> None:
     )
     np.testing.assert_array_equal(x[1, :2].numpy(), embeddings[0])
     assert torch.all(x[1, 2:] == 0)
-    with pytest.raises(ValueError, match="no patch"):
-        collate([bag], [np.array([], dtype=np.int64)])
+    # a selection without a patch takes the image with a patch nearest in time (issue 19)
+    empty = make_bag("c", 0, np.arange(4.0), embeddings.copy(), np.array([[1, 1], [0, 0]] * 2))
+    x, m = collate([empty, empty], [np.array([1]), np.array([], dtype=np.int64)])
+    assert m.tolist() == [[True, True], [True, True]]
+    np.testing.assert_array_equal(x[0].numpy(), embeddings[0])  # 0 h and 2 h tie: the first
+    np.testing.assert_array_equal(x[1].numpy(), embeddings[0])
 
 
 # ----------------------------------------------------------------------------- TSS
@@ -332,7 +338,7 @@ def separable_bags(rng: np.random.Generator, n: int, dim: int = 16, k: int = 4) 
 def test_training_learns_separable_bags_and_is_deterministic(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     train, test = separable_bags(rng, 60), separable_bags(rng, 30)
-    config = MILConfig(k=4, epochs=25, lr=0.05, batch_bags=8, seed=1)
+    config = MILConfig(k=4, epochs=25, lr=0.05, batch_bags=8, seed=1, tss_prior="fitted")
     seen = []
     model, history = train_mil(train, ["a", "b", "c"], config, progress=seen.append)
     assert [s["epoch"] for s in seen] == list(range(1, 26)) and history["epochs"] == seen
@@ -355,12 +361,19 @@ def test_training_learns_separable_bags_and_is_deterministic(tmp_path: Path) -> 
 def test_model_file_round_trip(name: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
     bags = separable_bags(rng, 12)
-    config = MILConfig(aggregator=name, k=4, epochs=1, tss_candidates=(1, 2, 8), tss_sigma=2.0)
-    model, _ = train_mil(bags, ["a", "b", "c"], config)
+    prior = TSSPrior("fitted", candidates=(1, 2, 8), sigma=2.0)
+    config = MILConfig(aggregator=name, k=4, epochs=1, tss_prior=prior)
+    model, history = train_mil(bags, ["a", "b", "c"], config)
     split = make_split(bags, "batch-separated", 1)
-    save_model(tmp_path / "m.pt", model, config, ["a", "b", "c"], split, "vit-s8:abc")
+    record = training_record(history)
+    save_model(tmp_path / "m.pt", model, config, ["a", "b", "c"], split, "vit-s8:abc", record)
     loaded = load_model(tmp_path / "m.pt")
     assert loaded.config == config and loaded.classes == ("a", "b", "c")
+    assert loaded.training == record and 0 <= record["tss_subsampled_share"] <= 1
+    assert MILConfig.from_dict(config.as_dict()) == config
+    old = {**config.as_dict(), "tss_candidates": None, "tss_sigma": None}
+    del old["tss_prior"]  # a model file written before TSSPrior: None meant fitted
+    assert MILConfig.from_dict(old).tss_prior == TSSPrior("fitted")
     assert loaded.split == split and loaded.encoder_model_id == "vit-s8:abc"
     np.testing.assert_array_equal(predict_proba(loaded.model, bags), predict_proba(model, bags))
     (tmp_path / "bad.pt").write_bytes(b"not a model")

@@ -19,6 +19,7 @@ from clanet_store.cli import mil as cli_mil
 from clanet_store.exports.synth import synth_export
 from clanet_store.learn.aggregators import AGGREGATORS
 from clanet_store.learn.training import MILConfig, load_model, save_model
+from clanet_store.learn.tss import TSS_PRIOR_KINDS
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.pipelines.mil import ABLATION_VARIANTS
@@ -161,6 +162,23 @@ def test_train_evaluate_predict_round_trip(store_path, tmp_path):
         assert item["probability"] >= item["runner_up_probability"]
         assert item["warning"].startswith("low confidence")  # every top probability is < 1
     assert "exactly one of" in run("predict --store {s} --model {m}", 2, s=store_path, m=model)
+    assert not any(item["in_training"] for item in (*p["sequences"], *p["batches"]))
+    assert p["in_training"] == 0 and p["warnings"] == POSITIONS + 1
+
+    # the model's own training batch: marked, and left out of the summary (issue 19)
+    key = sorted(load_model(model).split.train)[0]
+    line, batch = next(b.batch for b in bags if b.key == key).split("/")
+    predict = (
+        f"predict --store {{s}} --model {{m}} --where 'cell_line={line},batch={batch}' "
+        "--min-probability 1 --format json"
+    )
+    p = run(predict, s=store_path, m=model)
+    assert all(item["in_training"] for item in (*p["sequences"], *p["batches"]))
+    assert p["in_training"] == POSITIONS and (p["warnings"], p["mismatches"]) == (0, 0)
+    q = run(predict + " --include-training", s=store_path, m=model)
+    assert q["include_training"] and q["warnings"] == POSITIONS + 1
+    text = run(predict.replace(" --format json", ""), s=store_path, m=model)
+    assert "marked TRAINED and not counted" in text
 
     mean = models / "mean.pt"
     again = run(
@@ -228,5 +246,5 @@ def test_ablation_writes_the_table(store_path, tmp_path):
 
 
 def test_cli_choices_and_defaults_are_the_cores():
-    assert cli_mil.AGGREGATORS == AGGREGATORS
+    assert cli_mil.AGGREGATORS == AGGREGATORS and cli_mil.TSS_PRIOR_KINDS == TSS_PRIOR_KINDS
     assert (MILConfig.k, MILConfig.epochs) == (cli_mil.DEFAULT_K, cli_mil.DEFAULT_EPOCHS)

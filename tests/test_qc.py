@@ -362,7 +362,10 @@ def test_random_halves_split_by_image_show_no_drift(qc_store):
 
 @pytest.mark.realdata
 def test_well_against_its_defocus_copy_drifts_and_scores_are_stored(qc_store):
-    report = run_qc(qc_store["path"], ["batch=clean,well=B10"], ["batch=defocus3"], window=5)
+    by_image = QCParams(permute_by="image")  # one sequence a side: auto would not tell
+    report = run_qc(
+        qc_store["path"], ["batch=clean,well=B10"], ["batch=defocus3"], window=5, params=by_image
+    )
     print(f"\nB10 vs its defocus-3 copy: MMD^2 = {report['mmd']:.4g}, p = {report['p_value']:.4g}")
     assert report["p_value"] < 0.01 and report["drift"]
     assert (report["n_reference"], report["n_new"]) == (80, 80)  # 8 images x top 10 patches
@@ -375,7 +378,7 @@ def test_well_against_its_defocus_copy_drifts_and_scores_are_stored(qc_store):
     assert mine.height == 80 and set(mine["model_id"]) == {report["model_id"]}
     assert store.table("qc").schema.names == load_schema("qc").names
     assert store.meta["tables"]["qc"] == 1
-    again = run_qc(qc_store["path"], ["batch=clean,well=B10"], ["batch=defocus3"])
+    again = run_qc(qc_store["path"], ["batch=clean,well=B10"], ["batch=defocus3"], params=by_image)
     assert again["run_id"] == report["run_id"]
     assert lance.read(store.table("qc")).filter(pl.col("run_id") == report["run_id"]).height == 80
 
@@ -387,6 +390,10 @@ def test_b10_against_c10_is_reported(qc_store):
           f"p = {report['p_value']:.4g}, bandwidth {report['bandwidth']:.4g}")  # fmt: skip
     assert 0 < report["p_value"] <= 1 and np.isfinite(report["mmd"])
     assert report["n_reference_groups"] == report["n_new_groups"] == 8
+    # one field a side: images permuted, and the report says it cannot tell (SPEC 11)
+    assert report["unit"] == "image" and report["drift"] is None and not report["can_tell"]
+    assert "cannot tell drift from field-to-field variation" in report["note"]
+    assert report["field_to_field_mmd"] is None  # one reference sequence: no yardstick
 
 
 def _image_auc(qc_store, corrupted_batch: str, **params) -> tuple[float, dict]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from browser import chromium, render
 from click.testing import CliRunner
 from PIL import Image
@@ -184,6 +185,16 @@ def test_demo_models_and_evaluations(demo):
     assert sorted(p.name for p in (out / "models").glob("split-*.json")) == [
         "split-batch-separated-r1.json"
     ]
+    # inductive by default: the encoder trained on the split's training side only (issue 19)
+    ssl = _stage(first, "ssl_train")["summary"]
+    assert ssl["protocol"] == "inductive" and list(ssl["checkpoints"]) == ["batch-separated-r1"]
+    saved = torch.load(ssl["checkpoint"], map_location="cpu", weights_only=True)["split"]
+    split = json.loads((out / "models" / "split-batch-separated-r1.json").read_text())
+    assert saved == split  # drawn before encoding, reused by train
+    assert all(item["encoder_training"] == "inductive" for item in evaluations)
+    assert {m["encoder_model_id"] for m in models} == {
+        _stage(first, "encode")["summary"]["model_id"]
+    }
 
 
 def test_demo_search_is_cross_batch(demo):

@@ -15,6 +15,7 @@ from clanet_store.textout import render_table
 # `learn.aggregators.AGGREGATORS` and the `learn.training.MILConfig` defaults, written out so that
 # the command line starts without importing torch (tests/test_mil_store.py checks they agree).
 AGGREGATORS = ("gated", "mean", "max", "patch-vote")
+TSS_PRIOR_KINDS = ("reference", "fitted")
 DEFAULT_K = 10
 DEFAULT_EPOCHS = 2000
 
@@ -44,6 +45,14 @@ model_option = click.option(
 )
 
 
+ssl_checkpoint_option = click.option(
+    "--ssl-checkpoint",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="the ssl-train checkpoint the encoder came from: says whether it saw the test side "
+    "(inductive / transductive; unknown without it)",
+)
+
+
 def _encoder_line(r: dict) -> str:
     random = (
         " -- RANDOMLY INITIALISED encoder: demo numbers only" if r["encoder_random_init"] else ""
@@ -52,6 +61,10 @@ def _encoder_line(r: dict) -> str:
         f"encoder {r['encoder_model_id']} ({r['encoder_arch']}, {r['embedding_dim']}-d, "
         f"weights {r['encoder_weights']}){random}"
     )
+
+
+def _training_line(r: dict) -> str:
+    return f"encoder {r['encoder_training'].upper()} for this split: {r['encoder_training_why']}"
 
 
 def _scores_line(r: dict) -> str:
@@ -74,6 +87,14 @@ def _scores_line(r: dict) -> str:
 @click.option(
     "--tss/--no-tss", default=True, show_default=True, help="Time-series Segment Sampling"
 )
+@click.option(
+    "--tss-prior",
+    type=click.Choice(TSS_PRIOR_KINDS),
+    default="reference",
+    show_default=True,
+    help="T_e prior: the reference's candidates 1..8 h with sigma 2.29, or fitted on the training "
+    "sequences' gaps (which cannot subsample when they all share one gap)",
+)
 @k_option
 @epochs_option
 @model_id_option
@@ -81,6 +102,7 @@ def _scores_line(r: dict) -> str:
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="model file"
 )
+@ssl_checkpoint_option
 @format_option
 def train(
     store: Path,
@@ -88,11 +110,13 @@ def train(
     repeat: int,
     aggregator: str,
     tss: bool,
+    tss_prior: str,
     k: int,
     epochs: int,
     model_id: str | None,
     seed: int | None,
     out: Path,
+    ssl_checkpoint: Path | None,
     fmt: str,
 ) -> None:
     """Train a MIL classifier on the training side of a split of the stored sequences."""
@@ -100,7 +124,12 @@ def train(
     from clanet_store.pipelines.mil import train as run_train
 
     config = MILConfig(
-        aggregator=aggregator, tss=tss, k=k, epochs=epochs, seed=repeat if seed is None else seed
+        aggregator=aggregator,
+        tss=tss,
+        tss_prior=tss_prior,
+        k=k,
+        epochs=epochs,
+        seed=repeat if seed is None else seed,
     )
     with progress("training", "epoch", total=epochs) as bar:
 
@@ -108,7 +137,7 @@ def train(
             bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['accuracy']:.3f}")
             bar.update(1)
 
-        r = run_train(store, out, split_kind, repeat, config, model_id, update)
+        r = run_train(store, out, split_kind, repeat, config, model_id, update, ssl_checkpoint)
     last = r["epochs"][-1]
     lines = [
         f"{r['model']}: {aggregator}{' + TSS' if tss else ''}, {epochs} epochs on "
@@ -117,23 +146,33 @@ def train(
         f"split {split_kind} repeat {repeat}: {r['split_file']} "
         f"({'reused' if r['split_reused'] else 'written'})",
         _encoder_line(r),
+        _training_line(r),
         f"last epoch: loss {last['loss']:.4f}, training accuracy {100 * last['accuracy']:.1f} %; "
         f"bags loaded in {r['load_seconds']:.1f} s, trained in {r['train_seconds']:.1f} s",
     ]
     if r["sequences_outside_split"]:
         lines.append(f"{r['sequences_outside_split']} stored sequences are not in the split file")
+    if r["tss_subsampled_share"] is not None:
+        lines.append(
+            f"TSS ({tss_prior} prior, candidates {r['tss_candidates']} h, sigma "
+            f"{r['tss_sigma']:.2f}): {100 * r['tss_subsampled_share']:.1f} % of bag-epochs "
+            "subsampled"
+        )
+    for warning in r["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     emit(fmt, r, "\n".join(lines))
 
 
 @main.command()
 @store_option
 @model_option
+@ssl_checkpoint_option
 @format_option
-def evaluate(store: Path, model_path: Path, fmt: str) -> None:
+def evaluate(store: Path, model_path: Path, ssl_checkpoint: Path | None, fmt: str) -> None:
     """Score a model on the test side of its split: accuracy and macro F1, sequence and batch."""
     from clanet_store.pipelines.mil import evaluate as run_evaluate
 
-    r = run_evaluate(store, model_path)
+    r = run_evaluate(store, model_path, ssl_checkpoint)
     classes = r["classes"]
     confusion = [
         {"true": name, **dict(zip(classes, row, strict=True))}
@@ -144,6 +183,7 @@ def evaluate(store: Path, model_path: Path, fmt: str) -> None:
         f"{r['split']} repeat {r['repeat']}: {r['test_sequences']} sequences, "
         f"{r['test_batches']} batches",
         _encoder_line(r),
+        _training_line(r),
         _scores_line(r),
         "",
         "sequence confusion (rows true, columns predicted):",
@@ -184,6 +224,12 @@ def evaluate(store: Path, model_path: Path, fmt: str) -> None:
     show_default=True,
     help="warn when the top probability is below this",
 )
+@click.option(
+    "--include-training",
+    is_flag=True,
+    help="count sequences the model was trained on (marked in_training) in the summary and in "
+    "their batches' means",
+)
 @format_option
 def predict(
     store: Path,
@@ -195,6 +241,7 @@ def predict(
     plate_map: Path | None,
     workers: int | None,
     min_probability: float,
+    include_training: bool,
     fmt: str,
 ) -> None:
     """Authenticate sequences: predicted cell line, probability and runner-up, per sequence and
@@ -224,11 +271,18 @@ def predict(
             workers,
             min_probability,
             update,
+            include_training,
         )
     columns = ["labelled", "predicted", "probability", "runner_up", "runner_up_probability"]
     lines = [
         f"{r['model']}: {len(r['sequences'])} sequences in {len(r['batches'])} batches; "
-        f"{r['mismatches']} predictions differ from the label, {r['warnings']} low-confidence",
+        f"{r['mismatches']} predictions differ from the label, {r['warnings']} low-confidence"
+        + (
+            ""
+            if not r["in_training"]
+            else f" ({r['in_training']} sequences the model was trained on are marked TRAINED"
+            + (" and counted)" if r["include_training"] else " and not counted)")
+        ),
         _encoder_line(r),
         "",
         render_table(_flagged(r["sequences"]), ["batch", "position", "images", *columns, "flag"]),
@@ -244,7 +298,14 @@ def _flagged(items: list[dict]) -> list[dict]:
         {
             **item,
             "flag": "; ".join(
-                filter(None, [None if item["matches_label"] else "MISMATCH", item["warning"]])
+                filter(
+                    None,
+                    [
+                        "TRAINED" if item["in_training"] else None,
+                        None if item["matches_label"] else "MISMATCH",
+                        item["warning"],
+                    ],
+                )
             ),
         }
         for item in items
@@ -263,9 +324,17 @@ def _flagged(items: list[dict]) -> list[dict]:
     required=True,
     help="Markdown table (split files are written and reused next to it)",
 )
+@ssl_checkpoint_option
 @format_option
 def ablation(
-    store: Path, repeats: int, k: int, epochs: int, model_id: str | None, out: Path, fmt: str
+    store: Path,
+    repeats: int,
+    k: int,
+    epochs: int,
+    model_id: str | None,
+    out: Path,
+    ssl_checkpoint: Path | None,
+    fmt: str,
 ) -> None:
     """Gated attention with and without TSS, mean and max pooling and patch vote, on both
     splits with seeded repeats: the paper's Table 4 as Markdown."""
@@ -279,5 +348,5 @@ def ablation(
             bar.set_description(run, refresh=False)
             bar.update(1)
 
-        r = run_ablation(store, out, repeats, epochs, k, model_id, update)
+        r = run_ablation(store, out, repeats, epochs, k, model_id, update, ssl_checkpoint)
     emit(fmt, r, f"{r['out']}:\n\n{r['markdown']}")

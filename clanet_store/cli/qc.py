@@ -50,10 +50,11 @@ from clanet_store.textout import render_table
 )
 @click.option(
     "--permute-by",
-    type=click.Choice(["image", "sequence"]),
-    default="image",
+    type=click.Choice(["auto", "image", "sequence"]),
+    default="auto",
     show_default=True,
-    help="unit the permutation test exchanges",
+    help="unit the permutation test exchanges; auto: sequences when each side has at least 5, "
+    "else images, reported as unable to tell drift from field-to-field variation",
 )
 @click.option("--permutations", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option(
@@ -133,17 +134,28 @@ def qc(
 
 def _human(r: dict) -> str:
     a = r["anomaly"]
-    verdict = "DRIFT" if r["drift"] else "no drift detected"
+    verdict = {True: "DRIFT", False: "no drift detected", None: "CANNOT TELL"}[r["drift"]]
     lines = [
         f"model {r['model_id']}: reference {r['reference']!r} ({r['n_reference']} patches, "
         f"{r['n_reference_images']} images) vs new {r['new']!r} ({r['n_new']} patches, "
         f"{r['n_new_images']} images)",
         f"drift: MMD^2 = {r['mmd']:.4g}, p = {r['p_value']:.4g} ({r['n_permutations']} "
-        f"permutations of whole {r['permute_by']}s) -> {verdict} at alpha {r['alpha']}",
+        f"permutations of whole {r['unit']}s; {r['n_reference_sequences']} reference, "
+        f"{r['n_new_sequences']} new sequences) -> {verdict} at alpha {r['alpha']}",
         f"anomaly ({' + '.join(a['detectors'])} isolation forests): {a['n_images_flagged']} of "
         f"{r['n_new_images']} images flagged (image threshold {a['threshold_image']:.3f}), "
         f"{a['n_patches_flagged']} patches flagged",
     ]
+    if r["note"]:
+        yardstick = r["field_to_field_mmd"]
+        lines.insert(2, f"  note: {r['note']}")
+        lines.insert(
+            3,
+            f"  reference field-to-field MMD^2: median {yardstick['median']:.4g}, max "
+            f"{yardstick['max']:.4g} over {yardstick['pairs']} pairs; new selection {r['mmd']:.4g}"
+            if yardstick
+            else "  reference field-to-field MMD^2: none (the reference holds one sequence)",
+        )
     if r["random_init"]:
         lines.insert(
             0, "WARNING: embeddings of a RANDOMLY INITIALISED encoder: tests and demos only"

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from clanet_store.cli.app import emit, format_option, human_size, main, store_option
+from clanet_store.cli.mil import ssl_checkpoint_option
 
 
 @main.command()
@@ -39,6 +40,7 @@ from clanet_store.cli.app import emit, format_option, human_size, main, store_op
     default="report.html",
     show_default=True,
 )
+@ssl_checkpoint_option
 @format_option
 def report(
     store: Path,
@@ -47,12 +49,13 @@ def report(
     model_id: str | None,
     k: int,
     out: Path,
+    ssl_checkpoint: Path | None,
     fmt: str,
 ) -> None:
     """Write an HTML report: dataset, growth, patches, embeddings, models, neighbours."""
     from clanet_store.report.build import write_report
 
-    r = write_report(store, out, models, model_id, k, _stage, exports)
+    r = write_report(store, out, models, model_id, k, _stage, exports, (), ssl_checkpoint)
     human = (
         f"report written to {r['report']} ({human_size(r['bytes'])}, {r['sections']} sections, "
         f"{r['images']} figures) in {r['seconds']:.1f} s"

@@ -12,6 +12,7 @@ from clanet_store.cli.app import emit, format_option, main, progress, store_opti
 from clanet_store.textout import render_table
 
 if TYPE_CHECKING:
+    from clanet_store.learn.splits import Split
     from clanet_store.models.dino import CollapseProbe
 
 
@@ -51,6 +52,13 @@ if TYPE_CHECKING:
     "(or separate with commas) to combine with AND, e.g. --where 'cell_line=A549,batch!=b2'",
 )
 @click.option("--k", type=click.IntRange(min=1), help="patches per image, rank < k (default 10)")
+@click.option(
+    "--split",
+    "split_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="split file (split-<kind>-r<R>.json of train / ablation): train on the patches of its "
+    "training sequences only, so the encoder never sees the test side (inductive)",
+)
 @format_option
 def ssl_train(
     store: Path,
@@ -63,15 +71,24 @@ def ssl_train(
     resume: bool,
     where: tuple[str, ...],
     k: int | None,
+    split_file: Path | None,
     fmt: str,
 ) -> None:
-    """Train a ViT with DINO on the stored patches (all batches, labels unused).
+    """Train a ViT with DINO on the stored patches (all batches, labels unused; with --split,
+    the training side of that split only).
 
     After every epoch the teacher is probed for collapse; a collapsed run stops with the reason
     and exits non-zero, keeping the checkpoint of the epoch before.
     """
+    from clanet_store.errors import ClanetError
+    from clanet_store.learn.splits import read_split
     from clanet_store.pipelines.ssl_train import TrainingCollapsed, TrainProgress
     from clanet_store.pipelines.ssl_train import ssl_train as run_ssl_train
+
+    try:
+        split = None if split_file is None else read_split(split_file)
+    except ValueError as error:
+        raise ClanetError(str(error)) from None
 
     with progress("ssl-train", "step") as bar:
 
@@ -97,13 +114,14 @@ def ssl_train(
                 k,
                 update,
                 recipe=recipe,
+                split=split,
             )
         except TrainingCollapsed as exc:
             collapsed: TrainingCollapsed | None = exc
             r = exc.summary
         else:
             collapsed = None
-    emit(fmt, r, _summary_text(r))
+    emit(fmt, r, _summary_text(r, split))
     if collapsed is not None:
         raise click.ClickException(str(collapsed))
     if r["health"] and r["health"]["collapsed"] and fmt == "json":
@@ -132,12 +150,13 @@ def _health_line(health: dict) -> str:
     return f"health: not collapsed ({values})"
 
 
-def _summary_text(r: dict) -> str:
+def _summary_text(r: dict, split: Split | None) -> str:
     """The human summary: the run, the per-epoch table, the health line."""
     resumed = f", resumed after epoch {r['start_epoch']}" if r["start_epoch"] else ""
     if r["epochs_run"] == 0:
         resumed = ", already complete: nothing to train"
-    selection = ", ".join([f"rank<{r['k']}", *r["where"]])
+    side = [f"training side of {split.kind} repeat {split.repeat}"] if split else []
+    selection = ", ".join([f"rank<{r['k']}", *r["where"], *side])
     lines = [
         f"{r['out']}: {r['epochs']} epochs of DINO on {r['arch']} @ {r['img_size']} px{resumed}",
         f"{r['patches']} patches ({selection}), batch {r['batch_size']}, "
@@ -149,7 +168,14 @@ def _summary_text(r: dict) -> str:
         f"{r['dino']['clip_grad'] or 'none'}",
         f"{r['epochs_run']} epoch{'' if r['epochs_run'] == 1 else 's'} in {r['seconds']:.1f} s, "
         f"{r['patches_per_s']:.2f} patches/s on {r['device']} ({r['workers']} loader workers)",
-        f"encode --weights {r['out']} gives {r['embedding_dim']}-d embeddings"
+        (
+            f"encode --weights {r['out']} gives {r['embedding_dim']}-d embeddings"
+            + (
+                ": inductive for that split (its test side was never read)"
+                if split
+                else ": transductive for any split of this store (pass --split for inductive)"
+            )
+        )
         if Path(r["out"]).exists()
         else f"no checkpoint in {r['out']}",
         "",

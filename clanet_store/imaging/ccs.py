@@ -2,11 +2,13 @@
 
 Rules, in order (paper Eq. 1-4 and Algorithm 1):
 
-1. label the mask's 8-connected regions; keep the ``MAX_REGIONS`` largest (ties: lower label,
+Parameters (`params.CCSParams`): ``max_regions`` (40), ``tile_factor`` (2), ``tie_break``.
+
+1. label the mask's 8-connected regions; keep the ``max_regions`` largest (ties: lower label,
    i.e. first in raster order); take each bounding box;
 2. **MassCenter**: each region gives a ``size`` x ``size`` box centred on the centre of mass of
    the mask inside the region's bounding box, ``floor(centre - size / 2)``, clamped in the image;
-3. **tiles**: a region whose bounding box holds at least ``TILE_FACTOR * size**2`` mask pixels is
+3. **tiles**: a region whose bounding box holds at least ``tile_factor * size**2`` mask pixels is
    also covered by a grid of ``ceil(height / size) x ceil(width / size)`` tiles anchored at the
    box's top-left corner, each clamped inside the image;
 4. for every pair of overlapping boxes, ``u = sum(min(grey_a, grey_b)) + sum(min(lbp_a, lbp_b))
@@ -19,7 +21,8 @@ Rules, in order (paper Eq. 1-4 and Algorithm 1):
    deleted;
 6. rank the rest by density, descending, and keep the first ``k``.
 
-**Density ties** (many boxes at density 1.0 on a confluent image) are broken farthest-first:
+**Density ties** (many boxes at density 1.0 on a confluent image) are broken farthest-first
+(``tie_break="farthest-first"``; ``"creation-order"`` is the reference's rule, for comparison):
 among boxes of equal density the next one is the box whose centre is farthest (Euclidean) from
 every box ranked before it, at any density. When nothing is ranked yet, and between boxes at equal
 distance (a regular grid of tiles has many), the box with the larger grey-level variance (more
@@ -55,12 +58,11 @@ from collections.abc import Iterable
 import numpy as np
 
 from clanet_store.imaging.jit import kernel
+from clanet_store.imaging.params import CCSParams
 from clanet_store.imaging.runlength import components
 
 PATCH_SIZE = 112
 K_STORED = 20
-MAX_REGIONS = 40
-TILE_FACTOR = 2
 GREY_BINS = 25
 LBP_BINS = 10
 LBP_POINTS, LBP_RADIUS = 8, 1
@@ -151,8 +153,14 @@ def select_patches(
     k: int = K_STORED,
     size: int = PATCH_SIZE,
     exclude: np.ndarray | None = None,
+    *,
+    params: CCSParams | None = None,
 ) -> np.ndarray:
-    """The top ``k`` CCS boxes of an image: structured array (x, y, w, h, density, rank)."""
+    """The top ``k`` CCS boxes of an image: structured array (x, y, w, h, density, rank).
+
+    ``params``: the method's numbers (default `CCSParams()`).
+    """
+    params = params or CCSParams()
     if grey.shape != mask.shape or (exclude is not None and exclude.shape != mask.shape):
         raise ValueError("grey, mask and exclude must have the same shape")
     h, w = mask.shape
@@ -162,7 +170,7 @@ def select_patches(
         mask = mask & ~exclude
     else:
         exclude = None
-    ys, xs = candidate_boxes(mask, size)
+    ys, xs = candidate_boxes(mask, size, params.max_regions, params.tile_factor)
     if exclude is not None:
         ys, xs = avoid_excluded(ys, xs, exclude, size)
     if ys.size == 0:
@@ -175,7 +183,10 @@ def select_patches(
     deleted = removal(first, second, u, counts)
     keep = np.flatnonzero(~deleted)
     ys, xs, counts = ys[keep], xs[keep], counts[keep]
-    order = rank(ys, xs, counts, _texture(grey, ys, xs, counts, size), k)
+    if params.tie_break == "creation-order":
+        order = np.argsort(-counts, kind="stable")[:k]
+    else:
+        order = rank(ys, xs, counts, _texture(grey, ys, xs, counts, size), k)
     out = np.zeros(order.size, BOX_DTYPE)
     out["x"], out["y"], out["w"], out["h"] = xs[order], ys[order], size, size
     out["density"] = counts[order] / (size * size)
@@ -183,7 +194,12 @@ def select_patches(
     return out
 
 
-def candidate_boxes(mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def candidate_boxes(
+    mask: np.ndarray,
+    size: int,
+    max_regions: int = CCSParams.max_regions,
+    tile_factor: float = CCSParams.tile_factor,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-left corners (ys, xs) of the MassCenter boxes and tiles, in creation order.
 
     Regions are found on the runs of the mask (``runlength.components``), numbered in raster
@@ -195,7 +211,7 @@ def candidate_boxes(mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray
     if count == 0:
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
     areas = np.bincount(region, weights=runs.length).astype(np.int64)
-    kept = np.sort(np.argsort(-areas, kind="stable")[:MAX_REGIONS])  # region number, by label
+    kept = np.sort(np.argsort(-areas, kind="stable")[:max_regions])  # region number, by label
     starts, stops = runs.start, runs.stop
     top, bottom = np.full(count, h), np.zeros(count, np.intp)
     left, right = np.full(count, w), np.zeros(count, np.intp)
@@ -215,7 +231,7 @@ def candidate_boxes(mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray
         sum_x = int(per_col @ np.arange(cols.start, cols.stop))
         centre_ys.append(min(max((2 * sum_y - size * total) // (2 * total), 0), h - size))
         centre_xs.append(min(max((2 * sum_x - size * total) // (2 * total), 0), w - size))
-        if total >= TILE_FACTOR * size * size:
+        if total >= tile_factor * size * size:
             grid_y = np.arange(rows.start, rows.stop, size).clip(0, h - size)
             grid_x = np.arange(cols.start, cols.stop, size).clip(0, w - size)
             tile_ys.extend(np.repeat(grid_y, grid_x.size))

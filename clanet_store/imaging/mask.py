@@ -59,29 +59,27 @@ import numpy as np
 from clanet_store.imaging.canny import HIGH, LOW, SIGMA, canny
 from clanet_store.imaging.jit import kernel
 from clanet_store.imaging.morphology import closing, fill_holes, remove_small
+from clanet_store.imaging.params import MaskParams
 
-PERCENTILES = (0.2, 99.8)
+# Compiled into the kernels: recorded with the extractor, not settable (the rest: `MaskParams`).
 OTSU_BINS = 256
 CANNY_SIGMA = SIGMA
 CANNY_THRESHOLDS = (LOW, HIGH)
-INVERT_DISAGREEMENT = 0.5
 FILL_STRUCTURE = 6
-MAX_ITERATIONS = 10
-TOLERANCE = 1e-4
-MIN_HOLE = 64
-MIN_OBJECT = 100
 
 
-def stretch_lut(hist: np.ndarray) -> np.ndarray:
+def stretch_lut(
+    hist: np.ndarray, percentiles: tuple[float, float] = MaskParams.percentiles
+) -> np.ndarray:
     """Stretched value of each grey level 0..255, from the image's 256-bin histogram.
 
-    Same numbers as ``rescale_intensity(g / 255, in_range=percentile(g / 255, PERCENTILES))``:
+    Same numbers as ``rescale_intensity(g / 255, in_range=percentile(g / 255, percentiles))``:
     the percentiles use numpy's linear interpolation between order statistics.
     """
     levels = np.arange(256) * (1.0 / 255)  # skimage.img_as_float of each uint8 level
     n = int(hist.sum())
     cum = np.cumsum(hist)
-    lo, hi = (_percentile(levels, cum, n, q) for q in PERCENTILES)
+    lo, hi = (_percentile(levels, cum, n, q) for q in percentiles)
     clipped = np.clip(levels, lo, hi)
     if lo == hi:
         return np.clip(clipped, 0.0, 1.0)
@@ -147,8 +145,12 @@ def lookup(table: np.ndarray, grey: np.ndarray) -> np.ndarray:
     return out
 
 
-def brightfield_mask(grey: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
-    """Boolean cell mask of a uint8 grey image (SPEC 2); ``exclude`` marks overlay pixels."""
+def brightfield_mask(
+    grey: np.ndarray, exclude: np.ndarray | None = None, *, params: MaskParams | None = None
+) -> np.ndarray:
+    """Boolean cell mask of a uint8 grey image (SPEC 2); ``exclude`` marks overlay pixels;
+    ``params``: the method's numbers (default `MaskParams()`, the reference's)."""
+    params = params or MaskParams()
     if grey.dtype != np.uint8 or grey.ndim != 2:
         raise ValueError(f"expected a 2-D uint8 grey image, got {grey.dtype} {grey.shape}")
     valid = None if exclude is None or not exclude.any() else ~exclude
@@ -156,13 +158,13 @@ def brightfield_mask(grey: np.ndarray, exclude: np.ndarray | None = None) -> np.
     n_valid = int(hist.sum())
     if n_valid == 0:
         return np.zeros(grey.shape, bool)
-    values = stretch_lut(hist)
+    values = stretch_lut(hist, params.percentiles)
     above = otsu_lut(hist, values)
     otsu = lookup(above, grey)
     edges = canny(lookup(values, grey), valid)
     if valid is not None:
         otsu &= valid
-    if np.count_nonzero(otsu != edges) / n_valid >= INVERT_DISAGREEMENT:
+    if np.count_nonzero(otsu != edges) / n_valid >= params.invert_disagreement:
         otsu = ~otsu if valid is None else ~otsu & valid
     base = closing(otsu)
     base |= closing(edges)
@@ -170,16 +172,16 @@ def brightfield_mask(grey: np.ndarray, exclude: np.ndarray | None = None) -> np.
         base &= valid
     outside = None if valid is None else exclude  # overlays: background reached from outside
     mask = fill_holes(base, outside)
-    for _ in range(MAX_ITERATIONS):
+    for _ in range(params.max_iterations):
         grown = closing(mask)
         if valid is not None:
             grown &= valid
         new = fill_holes(grown, outside)
         changed = np.count_nonzero(new != mask) / n_valid
         mask = new
-        if changed < TOLERANCE:
+        if changed < params.tolerance:
             break
-    mask = remove_small(mask, MIN_HOLE, MIN_OBJECT)
+    mask = remove_small(mask, params.min_hole, params.min_object)
     if valid is not None:
         mask &= valid
     return mask

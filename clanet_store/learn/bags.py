@@ -42,6 +42,16 @@ class Bag:
         if np.any(np.diff(self.times) < 0):
             raise ValueError(f"bag {self.key}: times are not sorted")
 
+    @property
+    def well(self) -> str:
+        """The well of the position (its part before the first ``/``): the unit of a split."""
+        return well_of(self.position)
+
+
+def well_of(position: str) -> str:
+    """The well of a position key ``well/location[/crop]`` (SPEC 1)."""
+    return position.split("/", 1)[0]
+
 
 def collate(
     bags: Sequence[Bag],
@@ -54,13 +64,14 @@ def collate(
     ``indices_per_bag[b]`` selects the images (time indices, ascending) of bag b that take part (a
     TSS sample, a part of the sequence); None takes them all. The instances of a bag are its
     selected images' K slots in time order, image by image; padding and missing patches are zero
-    with mask False. Every selected set must hold at least one patch. ``dtype``: x's (float64 in
+    with mask False. A selection that holds no patch (images whose patches a filter removed) is
+    replaced by the bag's image with a patch nearest in time to it (`with_patch`): a bag with no
+    valid instance has no attention to normalise. ``dtype``: x's (float64 in
     tests). ``out``: a flat scratch array of the bags' dtype and at least `padded_size` elements
     that x is written into (and shares memory with when ``dtype`` matches): training reuses one,
     because a fresh array of a 32-bag batch (~80 MB) is page-faulted in on every step.
     """
-    if indices_per_bag is None:
-        indices_per_bag = [None] * len(bags)
+    indices_per_bag = _with_patches(bags, indices_per_bag)
     pairs = list(zip(bags, indices_per_bag, strict=True))
     n_images = _n_images(bags, indices_per_bag)
     k, dim = bags[0].embeddings.shape[1:]
@@ -80,8 +91,6 @@ def collate(
             np.take(bag.embeddings, index, axis=0, out=images)
             mask[b, :n] = bag.mask[index].reshape(n)
         valid = mask[b, :n]
-        if not valid.any():
-            raise ValueError(f"bag {bag.key}: the selected images hold no patch")
         if not valid.all():
             x[b, :n][~valid] = 0  # whatever the bag holds in its missing slots
     return torch.from_numpy(x).to(dtype), torch.from_numpy(mask)
@@ -90,7 +99,28 @@ def collate(
 def padded_size(bags: Sequence[Bag], indices_per_bag: Sequence[np.ndarray | None]) -> int:
     """The number of elements of `collate`'s x for these bags and image selections."""
     k, dim = bags[0].embeddings.shape[1:]
-    return len(bags) * max(_n_images(bags, indices_per_bag)) * k * dim
+    return len(bags) * max(_n_images(bags, _with_patches(bags, indices_per_bag))) * k * dim
+
+
+def with_patch(bag: Bag, index: np.ndarray) -> np.ndarray:
+    """``index`` if its images hold a patch, else the bag's image with a patch nearest in time to
+    the selection's first image (to the bag's first image for an empty selection)."""
+    if len(index) and bag.mask[index].any():
+        return index
+    holding = np.flatnonzero(bag.mask.any(axis=1))
+    anchor = bag.times[index[0]] if len(index) else bag.times[0]
+    return holding[np.argmin(np.abs(bag.times[holding] - anchor))][None]
+
+
+def _with_patches(
+    bags: Sequence[Bag], indices_per_bag: Sequence[np.ndarray | None] | None
+) -> list[np.ndarray | None]:
+    if indices_per_bag is None:
+        return [None] * len(bags)
+    return [
+        None if index is None else with_patch(bag, index)
+        for bag, index in zip(bags, indices_per_bag, strict=True)
+    ]
 
 
 def _n_images(bags: Sequence[Bag], indices_per_bag: Sequence[np.ndarray | None]) -> list[int]:

@@ -3,8 +3,11 @@
 - batch-separated: for each cell line one random batch trains and all its other batches test. A
   cell line with a single batch has that batch in train and nothing in test: the model still learns
   the line (test sequences of other lines can be mistaken for it) but it is not scored on it.
-- batch-stratified: within every batch the distinct flask positions are shuffled and the first
-  ceil(n / 2) train, the rest test (a batch with one position trains only).
+- batch-stratified: within every batch the distinct wells are shuffled and the first ceil(n / 2)
+  train, the rest test (a batch with one well trains only). The unit is the well (SPEC 1: a flask
+  position; the reference's split files list wells), never ``well/location/crop``: the locations
+  of one well and the quarter crops of one frame are neighbouring pieces of the same culture at
+  the same times, so no well is ever on both sides.
 
 Groups are visited in sorted order before any random draw, so a split depends only on the set of
 sequences and the seed. Keys, batches and positions are compared as whole strings, never as
@@ -38,6 +41,8 @@ class SequenceInfo(Protocol):
     def batch(self) -> str: ...
     @property
     def position(self) -> str: ...
+    @property
+    def well(self) -> str: ...
 
 
 S = TypeVar("S", bound=SequenceInfo)
@@ -106,13 +111,13 @@ def _batch_separated(sequences: Sequence[SequenceInfo], rng: np.random.Generator
 
 
 def _batch_stratified(sequences: Sequence[SequenceInfo], rng: np.random.Generator) -> set[str]:
-    """Train keys: the sequences of a random ceil(n/2) of the positions of every batch."""
+    """Train keys: the sequences of a random ceil(n/2) of the wells of every batch."""
     train: set[str] = set()
     for _, of_batch in sorted(_groups(sequences, "batch").items()):
-        positions = sorted(_groups(of_batch, "position").items())
-        order = rng.permutation(len(positions))[: math.ceil(len(positions) / 2)]
+        wells = sorted(_groups(of_batch, "well").items())
+        order = rng.permutation(len(wells))[: math.ceil(len(wells) / 2)]
         for i in order:
-            train.update(seq.key for seq in positions[i][1])
+            train.update(seq.key for seq in wells[i][1])
     return train
 
 

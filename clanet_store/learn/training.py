@@ -25,9 +25,10 @@ from clanet_store.learn.bags import Bag, collate, padded_size
 from clanet_store.learn.splits import Split
 from clanet_store.learn.tss import (
     IntervalPrior,
+    TSSPrior,
     draw_intervals,
-    fit_interval_prior,
     floor_mean_gap,
+    never_subsampled,
     tss_sample,
 )
 
@@ -41,8 +42,8 @@ class MILConfig:
 
     aggregator: one of `aggregators.AGGREGATORS`; tss: Time-series Segment Sampling on/off; k:
     patch slots per image the bags must have; alpha1, alpha2: the Eq. 12 coefficients;
-    tss_candidates, tss_sigma: the T_e prior, None = fitted on the training sequences (reference:
-    `tss.REFERENCE_CANDIDATES`, `tss.REFERENCE_SIGMA`); seed: model init, shuffling and TSS.
+    tss_prior: the T_e prior (`tss.TSSPrior`; also given as its kind's name or its dict, as in a
+    pipeline TOML); seed: model init, shuffling and TSS.
     """
 
     aggregator: str = "gated"
@@ -55,8 +56,7 @@ class MILConfig:
     batch_bags: int = 32
     alpha1: float = 1.0
     alpha2: float = 1.0
-    tss_candidates: tuple[int, ...] | None = None
-    tss_sigma: float | None = None
+    tss_prior: TSSPrior = dataclasses.field(default_factory=TSSPrior)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,12 +66,21 @@ class MILConfig:
             raise ValueError("epochs must be >= 0, batch_bags and k >= 1")
         if self.alpha1 <= 0 or self.alpha2 < 0:
             raise ValueError("alpha1 must be > 0 (every TSS weight then is too), alpha2 >= 0")
-        if self.tss_candidates is not None:
-            object.__setattr__(self, "tss_candidates", tuple(int(c) for c in self.tss_candidates))
+        object.__setattr__(self, "tss_prior", TSSPrior.parse(self.tss_prior))
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self) | {"tss_prior": self.tss_prior.as_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MILConfig:
+        """The inverse of `as_dict`; also reads model files written before `TSSPrior`, whose
+        ``tss_candidates`` / ``tss_sigma`` (None: fitted) were the prior."""
+        values = dict(values)
+        if "tss_candidates" in values or "tss_sigma" in values:
+            candidates, sigma = values.pop("tss_candidates", None), values.pop("tss_sigma", None)
+            values["tss_prior"] = TSSPrior("fitted", candidates, sigma)
+        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +101,7 @@ class MILModel:
     classes: tuple[str, ...]
     split: Split | None
     encoder_model_id: str
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def init_model(config: MILConfig, dim: int, n_classes: int) -> MILAggregator:
@@ -110,7 +120,8 @@ def plan_epoch(
 ) -> list[MiniBatch]:
     """One epoch: the bags shuffled into mini-batches, each bag TSS-sampled (prior None: no TSS).
 
-    ``mus``: each bag's ``mu_s`` (`tss.floor_mean_gap`), in the order of ``bags``.
+    ``mus``: each bag's ``mu_s`` (`tss.floor_mean_gap`), in the order of ``bags``. A sample is
+    drawn from the images that hold a patch, so it never selects images without one.
     """
     order = rng.permutation(len(bags))
     if prior is None:
@@ -118,7 +129,7 @@ def plan_epoch(
     else:
         intervals = draw_intervals(mus[order], prior, rng)
         samples = [
-            tss_sample(bags[i].times, mus[i], t_e, rng, config.alpha1, config.alpha2)
+            _sample_holding(bags[i], mus[i], t_e, rng, config)
             for i, t_e in zip(order, intervals, strict=True)
         ]
     return [
@@ -129,6 +140,17 @@ def plan_epoch(
         )
         for start in range(0, len(bags), config.batch_bags)
     ]
+
+
+def _sample_holding(
+    bag: Bag, mu: int, t_e: int, rng: np.random.Generator, config: MILConfig
+) -> tuple[np.ndarray | None, float]:
+    """`tss.tss_sample` over the images of ``bag`` that hold a patch, as indices into the bag."""
+    holding = np.flatnonzero(bag.mask.any(axis=1))
+    full = len(holding) == len(bag.times)
+    times = bag.times if full else bag.times[holding]
+    index, weight = tss_sample(times, mu, t_e, rng, config.alpha1, config.alpha2)
+    return (index if full or index is None else holding[index]), weight
 
 
 def _weighted_loss(
@@ -229,8 +251,9 @@ def train_mil(
     """Train a bag classifier on ``bags`` (labels index ``classes``); deterministic for a seed.
 
     ``progress`` receives each epoch's stats (epoch, loss, accuracy, seconds). Returns the model
-    in eval mode and the history ``{"tss_candidates", "tss_sigma", "epochs": [stats, ...]}`` (the
-    TSS prior is None without TSS).
+    in eval mode and the history: ``tss_candidates``, ``tss_sigma`` (the prior used, None without
+    TSS), ``tss_subsampled_share`` (the share of bag-epochs TSS actually subsampled, None without
+    TSS), ``warnings`` (TSS that cannot sample) and ``epochs`` (the stats).
     """
     if not bags:
         raise ValueError("no training bags")
@@ -243,25 +266,47 @@ def train_mil(
     model = init_model(config, dims.pop(), len(classes))
     optimizer = make_optimizer(model, config)
     rng = np.random.default_rng(config.seed)
-    prior = (
-        fit_interval_prior([b.times for b in bags], config.tss_candidates, config.tss_sigma)
-        if config.tss
-        else None
-    )
+    prior = config.tss_prior.interval_prior([b.times for b in bags]) if config.tss else None
     mus = np.array([floor_mean_gap(bag.times) for bag in bags])
     history: dict[str, Any] = {
         "tss_candidates": None if prior is None else list(prior.candidates),
         "tss_sigma": None if prior is None else prior.sigma,
+        "tss_subsampled_share": None,
+        "warnings": [] if prior is None else tss_warnings(mus, prior, config.tss_prior),
         "epochs": [],
     }
+    subsampled = 0
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        stats = train_epoch(model, optimizer, plan_epoch(bags, mus, prior, config, rng))
+        batches = plan_epoch(bags, mus, prior, config, rng)
+        subsampled += sum(index is not None for batch in batches for index in batch.indices)
+        stats = train_epoch(model, optimizer, batches)
         stats = {"epoch": epoch, **stats, "seconds": time.perf_counter() - start}
         history["epochs"].append(stats)
         if progress is not None:
             progress(stats)
+    if prior is not None and config.epochs:
+        history["tss_subsampled_share"] = subsampled / (config.epochs * len(bags))
     return model.eval(), history
+
+
+def tss_warnings(mus: np.ndarray, prior: IntervalPrior, chosen: TSSPrior) -> list[str]:
+    """What keeps TSS from sampling: sequences no candidate lies above, a sigma of 0."""
+    warnings = []
+    never = never_subsampled(mus, prior)
+    if never.any():
+        warnings.append(
+            f"TSS ({chosen.kind} prior, candidates {list(prior.candidates)} h): no candidate "
+            f"interval lies above mu_s of {int(never.sum())} of {len(mus)} training sequences "
+            f"(mu_s {sorted({int(m) for m in mus[never]})} h); they are never subsampled"
+            + (" (try --tss-prior reference)" if chosen.kind == "fitted" else "")
+        )
+    if prior.sigma == 0:
+        warnings.append(
+            f"TSS ({chosen.kind} prior): sigma is 0, so T_e is always the candidate nearest "
+            "mu_s; a sequence is never subsampled unless that candidate lies above its mu_s"
+        )
+    return warnings
 
 
 def predict_proba(
@@ -293,8 +338,11 @@ def save_model(
     classes: Sequence[str],
     split: Split | None,
     encoder_model_id: str,
+    training: dict[str, Any] | None = None,
 ) -> None:
-    """Write a model file: weights, config, class list, split and the encoder's model_id.
+    """Write a model file: weights, config, class list, split, the encoder's model_id and what
+    training recorded (`training_record` of `train_mil`'s history: the TSS prior used and the share
+    of bag-epochs it subsampled, the warnings).
 
     Loads with ``torch.load(weights_only=True)``; the embeddings a model is applied to must come
     from the encoder ``encoder_model_id`` (the caller checks that against the store).
@@ -308,6 +356,7 @@ def save_model(
             "dim": model.classifier.in_features,
             "split": None if split is None else split.as_dict(),
             "encoder_model_id": encoder_model_id,
+            "training": training or {},
             "state_dict": model.state_dict(),
         },
         path,
@@ -320,7 +369,7 @@ def load_model(path: str | Path) -> MILModel:
         data = torch.load(path, map_location="cpu", weights_only=True)
         if data.get("format") != MODEL_FORMAT or data.get("version") != MODEL_VERSION:
             raise ValueError(f"not a {MODEL_FORMAT} v{MODEL_VERSION} model file")
-        config = MILConfig(**data["config"])
+        config = MILConfig.from_dict(data["config"])
         model = build_aggregator(config.aggregator, data["dim"], len(data["classes"]))
         model.load_state_dict(data["state_dict"])
         split = None if data["split"] is None else Split.from_dict(data["split"])
@@ -334,4 +383,19 @@ def load_model(path: str | Path) -> MILModel:
         AttributeError,
     ) as error:
         raise ValueError(f"{path}: cannot load the MIL model ({error})") from error
-    return MILModel(model.eval(), config, tuple(data["classes"]), split, data["encoder_model_id"])
+    return MILModel(
+        model.eval(),
+        config,
+        tuple(data["classes"]),
+        split,
+        data["encoder_model_id"],
+        data.get("training") or {},
+    )
+
+
+TRAINING_RECORD = ("tss_candidates", "tss_sigma", "tss_subsampled_share", "warnings")
+
+
+def training_record(history: dict[str, Any]) -> dict[str, Any]:
+    """What a model file keeps of `train_mil`'s history (everything but the epochs)."""
+    return {key: history[key] for key in TRAINING_RECORD}

@@ -5,10 +5,15 @@ Each epoch, every training sequence is re-sampled as if it had been imaged at a 
 
 - ``mu_s`` (`floor_mean_gap`): floor of the sequence's mean time gap in hours,
   ``floor((t_last - t_first) / (T - 1))``; 0 for a single-image sequence (it has no gap).
-- The interval prior (`fit_interval_prior`): the candidate intervals are the distinct ``mu_s``
-  of the training sequences that have at least two images (the intervals actually observed), and
-  ``sigma`` is the population std of those sequences' ``mu_s`` (one value per sequence).
-  Reference mode: candidates 1..8 h and sigma 2.29 (the std of 1..8), given explicitly.
+- The interval prior (`TSSPrior`, a method parameter recorded in the model file). ``reference``
+  (the default): the reference code's candidates 1..8 h and sigma 2.29 (the std of 1..8).
+  ``fitted`` (`fit_interval_prior`): the distinct ``mu_s`` of the training sequences that have at
+  least two images (the intervals actually observed), and the population std of those sequences'
+  ``mu_s``. Fitted can switch TSS off without a word: when every training sequence has the same
+  gap (a batch-separated split trains on one batch per line) the only candidate is ``mu_s`` and
+  sigma is 0, so ``T_e = mu_s`` and nothing is ever subsampled; with a 2 h / 4 h mix the 4 h
+  sequences never are. `never_subsampled` names the sequences no candidate lies above, and
+  training reports the share of bag-epochs actually subsampled.
 - Restriction (`draw_intervals`): ``T_e ~ N(mu_s, sigma^2)`` conditioned on the candidate set:
   ``P(T_e = c) ∝ exp(-(c - mu_s)^2 / (2 sigma^2))`` over the candidates c (the reference's
   discretised normal). With sigma 0 the draw is the candidate nearest ``mu_s`` (ties: the smaller).
@@ -33,8 +38,9 @@ these is reproduced.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -43,12 +49,67 @@ REFERENCE_CANDIDATES = tuple(range(1, 9))
 REFERENCE_SIGMA = float(np.std(REFERENCE_CANDIDATES))
 
 
+TSS_PRIOR_KINDS = ("reference", "fitted")
+
+
 @dataclass(frozen=True)
 class IntervalPrior:
     """The discrete support of ``T_e`` (integer hours, ascending) and the normal's sigma."""
 
     candidates: tuple[int, ...]
     sigma: float
+
+
+@dataclass(frozen=True)
+class TSSPrior:
+    """How the prior of ``T_e`` is chosen (SPEC 6; the paper/reference choice is ``reference``).
+
+    kind: ``reference`` (candidates 1..8 h, sigma 2.29) or ``fitted`` (from the training
+    sequences' gaps); candidates, sigma: explicit values that replace the kind's (None: the
+    kind's own).
+    """
+
+    kind: str = "reference"
+    candidates: tuple[int, ...] | None = None
+    sigma: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in TSS_PRIOR_KINDS:
+            raise ValueError(f"unknown TSS prior {self.kind!r}; choose one of {TSS_PRIOR_KINDS}")
+        if self.candidates is not None:
+            object.__setattr__(self, "candidates", tuple(int(c) for c in self.candidates))
+        if self.sigma is not None:
+            object.__setattr__(self, "sigma", float(self.sigma))
+
+    def interval_prior(self, times_per_sequence: Sequence[np.ndarray]) -> IntervalPrior:
+        """The prior for these training sequences (their time stamps, hours)."""
+        if self.kind == "reference":
+            candidates = REFERENCE_CANDIDATES if self.candidates is None else self.candidates
+            sigma = REFERENCE_SIGMA if self.sigma is None else self.sigma
+            return fit_interval_prior(times_per_sequence, candidates, sigma)
+        return fit_interval_prior(times_per_sequence, self.candidates, self.sigma)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (the model file's and ``train --format json``'s)."""
+        return {
+            "kind": self.kind,
+            "candidates": None if self.candidates is None else list(self.candidates),
+            "sigma": self.sigma,
+        }
+
+    @classmethod
+    def parse(cls, value: TSSPrior | str | Mapping[str, Any]) -> TSSPrior:
+        """A prior from itself, its kind's name or its dict (a pipeline TOML, a model file)."""
+        if isinstance(value, TSSPrior):
+            return value
+        if isinstance(value, str):
+            return cls(kind=value)
+        return cls(**value)
+
+
+def never_subsampled(mus: np.ndarray, prior: IntervalPrior) -> np.ndarray:
+    """Which sequences (by ``mu_s``) no candidate interval lies above: TSS never samples them."""
+    return np.asarray(mus) >= max(prior.candidates)
 
 
 def floor_mean_gap(times: np.ndarray) -> int:

@@ -10,9 +10,10 @@ Data flow and guarantees:
   ``images`` row, which is the commit marker. ``recover`` deletes patch rows that no ``images`` row
   vouches for (a run killed between the two writes), so ``kill -9`` at any moment followed by the
   same command ends with the store a clean run produces.
-* Incremental: an image whose size, mtime and extractor version match its row is skipped without
-  reading it; one whose bytes hash to the stored hash is skipped after hashing; one whose content
-  changed is re-extracted and its old patch rows deleted.
+* Incremental: an image whose size, mtime and extractor key (`imaging.params.extractor_key`:
+  the version and the mask / CCS parameters) match its row is skipped without reading it; one
+  whose bytes hash to the stored hash is skipped after hashing; one whose content changed, or
+  that was extracted with other parameters, is re-extracted and its old patch rows deleted.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from distributed import Client, LocalCluster, as_completed
 from lancedb.expr import col
 
 from clanet_store.exports.scan import scan_export, short_hash
-from clanet_store.imaging.extract import EXTRACTOR_VERSION, extract_files, extractor_params
+from clanet_store.imaging.extract import extract_files, extractor_params
+from clanet_store.imaging.params import CCSParams, MaskParams, parse_params
 from clanet_store.stores import lance
 from clanet_store.stores.lock import writer_lock
 from clanet_store.stores.patch_store import SLOT_SIZE, PatchStore
@@ -93,6 +95,7 @@ class IngestReport:
     workers: int = 0
     recovered_rows: int = 0
     rejects: list[dict] = field(default_factory=list)
+    extractor_version: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -136,21 +139,26 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Client]:
 
 
 def recover(store: PatchStore) -> int:
-    """Delete patch rows that no ``images`` row vouches for; return how many were deleted."""
-    patches = store.patches_table(["patch_id", "image_id", "content_hash"])
+    """Delete patch rows that no ``images`` row vouches for (same content hash and slot: an image
+    re-extracted with other parameters has the same hash, a new slot); return how many."""
+    patches = store.patches_table(["patch_id", "image_id", "content_hash", "row"])
     if patches.height == 0:
         return 0
-    good = store.images(["image_id", "content_hash", "status"]).filter(pl.col("status") == "ok")
-    stale = patches.join(good.drop("status"), on=["image_id", "content_hash"], how="anti")
+    patches = patches.with_columns(slot=(pl.col("row") // SLOT_SIZE).cast(pl.Int64)).drop("row")
+    good = store.images(["image_id", "content_hash", "slot", "status"]).filter(
+        pl.col("status") == "ok"
+    )
+    good = good.with_columns(pl.col("slot").cast(pl.Int64)).drop("status")
+    stale = patches.join(good, on=["image_id", "content_hash", "slot"], how="anti")
     return lance.delete_where_in(store.table("patches"), "patch_id", stale["patch_id"].to_list())
 
 
-def _patch_rows(image: dict, result: dict, rows: np.ndarray) -> list[dict]:
+def _patch_rows(image: dict, result: dict, rows: np.ndarray, key: str) -> list[dict]:
     base = {k: image[k] for k in IMAGE_KEYS}
     out = []
     for box, row in zip(result["boxes"], rows, strict=True):
         x, y = int(box["x"]), int(box["y"])
-        ident = f"{image['image_id']}|{result['content_hash']}|{x}|{y}|{EXTRACTOR_VERSION}"
+        ident = f"{image['image_id']}|{result['content_hash']}|{x}|{y}|{key}"
         out.append(
             {
                 **base,
@@ -168,7 +176,7 @@ def _patch_rows(image: dict, result: dict, rows: np.ndarray) -> list[dict]:
     return out
 
 
-def _image_row(image: dict, status: str, **values: Any) -> dict:
+def _image_row(image: dict, status: str, key: str, **values: Any) -> dict:
     return {
         **image,
         "status": status,
@@ -178,15 +186,16 @@ def _image_row(image: dict, status: str, **values: Any) -> dict:
         "mask_fraction": None,
         "patch_count": 0,
         "slot": None,
-        "extractor_version": EXTRACTOR_VERSION,
+        "extractor_version": key,
         "ingested_at": datetime.now(UTC).replace(tzinfo=None),
         **values,
     }
 
 
-def _plan(manifest: pl.DataFrame, existing: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Manifest rows to (re)process, with the stored hash if any; and how many are skipped."""
-    current = existing.filter(pl.col("extractor_version") == EXTRACTOR_VERSION).select(
+def _plan(manifest: pl.DataFrame, existing: pl.DataFrame, key: str) -> tuple[pl.DataFrame, int]:
+    """Manifest rows to (re)process, with the stored hash if any; and how many are skipped
+    (images extracted with another extractor key are redone)."""
+    current = existing.filter(pl.col("extractor_version") == key).select(
         "image_id",
         pl.col("file_size").alias("_size"),
         pl.col("mtime_ns").alias("_mtime"),
@@ -210,16 +219,29 @@ def ingest(
     wait: bool = False,
     progress: Progress | None = None,
     commit_every: int = FLUSH_IMAGES,
+    *,
+    mask_params: MaskParams | dict | None = None,
+    ccs_params: CCSParams | dict | None = None,
 ) -> IngestReport:
-    """Ingest an export into a store (created if missing); see the module docstring."""
+    """Ingest an export into a store (created if missing); see the module docstring.
+
+    ``mask_params`` / ``ccs_params``: the method's numbers (dataclasses or their dicts, e.g. a
+    pipeline TOML's ``[ingest.mask]``); their record is kept in the Zarr array's attributes
+    (``extractors``, by extractor key).
+    """
     start = time.perf_counter()
     scan = scan_export(export_root, plate_map)
-    store = PatchStore(store_path, create=True, extractor=extractor_params())
+    params = parse_params(mask_params, ccs_params)
+    record = extractor_params(SLOT_SIZE, mask_params=params[0], ccs_params=params[1])
+    store = PatchStore(store_path, create=True, extractor=record)
     with writer_lock(store.path, wait=wait):
         store.record_export(export_root)
-        writer = _Writer(store, commit_every)
+        known = dict(store.array.attrs.get("extractors", {}))
+        if record["version"] not in known:
+            store.array.attrs["extractors"] = {**known, record["version"]: record}
+        writer = _Writer(store, commit_every, params, record["version"])
         writer.record_scan_rejects(scan.rejects)
-        todo, writer.report.images_skipped = _plan(scan.manifest, writer.existing)
+        todo, writer.report.images_skipped = _plan(scan.manifest, writer.existing, writer.key)
         writer.report.images_skipped += writer.scan_rejects_skipped
         if todo.height:
             writer.run(Path(export_root), todo, workers, scheduler, progress)
@@ -234,10 +256,17 @@ def ingest(
 class _Writer:
     """The one writer: slots, Zarr writes, grouped row commits, recovery. Holds no Dask state."""
 
-    def __init__(self, store: PatchStore, commit_every: int):
+    def __init__(
+        self,
+        store: PatchStore,
+        commit_every: int,
+        params: tuple[MaskParams, CCSParams],
+        key: str,
+    ):
         self.store = store
         self.commit_every = commit_every
-        self.report = IngestReport(recovered_rows=recover(store))
+        self.params, self.key = params, key
+        self.report = IngestReport(recovered_rows=recover(store), extractor_version=key)
         self.existing = store.images(
             [
                 "image_id",
@@ -292,7 +321,9 @@ class _Writer:
             def submit(batch: range) -> None:
                 paths = [str(root / images[i]["path"]) for i in batch]
                 hashes = [images[i]["known_hash"] for i in batch]
-                future = client.submit(extract_files, paths, hashes, SLOT_SIZE, pure=False)
+                future = client.submit(
+                    extract_files, paths, hashes, SLOT_SIZE, *self.params, pure=False
+                )
                 owner[future] = batch
                 running.add(future)
 
@@ -319,7 +350,7 @@ class _Writer:
         """Write one worker result: pixels now, rows at the next flush."""
         row = {k: v for k, v in image.items() if k != "known_hash"}
         if result["status"] == "unchanged":
-            self.images.append(_image_row(row, "ok", **self._kept(image["image_id"])))
+            self.images.append(_image_row(row, "ok", self.key, **self._kept(image["image_id"])))
             return
         if result["status"] == "rejected":
             self._reject(row, result["error"], result.get("content_hash"))
@@ -327,11 +358,12 @@ class _Writer:
         slot = self.next_slot
         self.next_slot += 1
         rows = self.store.write_slot(slot, result["patches"])
-        self.patches += _patch_rows(row, result, rows)
+        self.patches += _patch_rows(row, result, rows, self.key)
         self.images.append(
             _image_row(
                 row,
                 "ok",
+                self.key,
                 content_hash=result["content_hash"],
                 confluency=result["confluency"],
                 mask_fraction=result["mask_fraction"],
@@ -353,7 +385,9 @@ class _Writer:
         return {k: old[k] for k in keep}
 
     def _reject(self, image: dict, reason: str, content_hash: str | None) -> None:
-        self.images.append(_image_row(image, "rejected", error=reason, content_hash=content_hash))
+        self.images.append(
+            _image_row(image, "rejected", self.key, error=reason, content_hash=content_hash)
+        )
         self.report.images_rejected += 1
         self.report.rejects.append({"path": image["path"], "reason": reason})
 

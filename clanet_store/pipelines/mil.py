@@ -47,7 +47,9 @@ from clanet_store.learn.training import (
     predict_proba,
     save_model,
     train_mil,
+    training_record,
 )
+from clanet_store.pipelines.inductive import encoder_training
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.sequences import filter_schema, list_sequences, load_bags, sequence_filter
@@ -158,10 +160,13 @@ def train(
     config: MILConfig,
     model_id: str | None = None,
     progress: EpochProgress | None = None,
+    ssl_checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train on the training side of a split of the store's sequences; write the model file.
 
-    ``model_id``: whose embeddings (default: the store's latest encoder). Returns what was done
+    ``model_id``: whose embeddings (default: the store's latest encoder). The model file also
+    records whether the encoder saw the split's test side (`inductive.encoder_training`, from
+    ``ssl_checkpoint`` for an ssl-train encoder), which `evaluate` reports. Returns what was done
     (the JSON of ``clanet-store train``).
     """
     out = Path(out)
@@ -176,7 +181,9 @@ def train(
     )
     load_seconds = time.perf_counter() - start
     model, history = _fit(bags, classes, config, progress)
-    save_model(out, model, config, classes, split, row["model_id"])
+    seen = encoder_training(row, split, ssl_checkpoint)
+    record = training_record(history) | seen
+    save_model(out, model, config, classes, split, row["model_id"], record)
     return {
         "model": str(out),
         "split_file": str(path),
@@ -189,20 +196,22 @@ def train(
         "classes": list(classes),
         **_encoder_info(row),
         "config": config.as_dict(),
-        "tss_candidates": history["tss_candidates"],
-        "tss_sigma": history["tss_sigma"],
+        **record,
         "load_seconds": load_seconds,
         "train_seconds": sum(epoch["seconds"] for epoch in history["epochs"]),
         "epochs": history["epochs"],
     }
 
 
-def evaluate(store_path: str | Path, model_path: str | Path) -> dict[str, Any]:
+def evaluate(
+    store_path: str | Path, model_path: str | Path, ssl_checkpoint: str | Path | None = None
+) -> dict[str, Any]:
     """Score a model on the test side of its split (SPEC 7, paper Fig. 8 included).
 
     Keys: `metrics.SCALAR_SCORES`, ``confusion`` (sequences; rows true, columns predicted, both
     indexing ``classes``), ``batch_confusion``, ``accuracy_by_fraction`` (rows of fraction, natural,
-    reversed), sizes and the encoder.
+    reversed), sizes, the encoder and whether it saw the test side (``encoder_training``:
+    `inductive.encoder_training`, read from ``ssl_checkpoint`` for an ssl-train encoder).
     """
     model_path = Path(model_path)
     mil = _load_mil(model_path)
@@ -227,6 +236,7 @@ def evaluate(store_path: str | Path, model_path: str | Path) -> dict[str, Any]:
         "aggregator": mil.config.aggregator,
         "tss": mil.config.tss,
         **_encoder_info(row),
+        **_seen(row, mil, ssl_checkpoint),
         "test_sequences": len(bags),
         "test_batches": len({bag.batch for bag in bags}),
         "classes": list(mil.classes),
@@ -236,6 +246,18 @@ def evaluate(store_path: str | Path, model_path: str | Path) -> dict[str, Any]:
             for f in curves["natural"]
         ],
     }
+
+
+def _seen(row: dict, mil: MILModel, ssl_checkpoint: str | Path | None) -> dict[str, Any]:
+    """Whether the encoder saw the test side: from ``ssl_checkpoint`` when given, else as the
+    model file recorded it at training time (when that could tell), else as far as the store
+    tells."""
+    if ssl_checkpoint is None and mil.training.get("encoder_training") in (
+        "inductive",
+        "transductive",
+    ):
+        return {key: mil.training[key] for key in ("encoder_training", "encoder_training_why")}
+    return encoder_training(row, mil.split, ssl_checkpoint)
 
 
 def _ranked(proba: np.ndarray, classes: Sequence[str], threshold: float) -> list[dict[str, Any]]:
@@ -324,8 +346,13 @@ def predict(
     workers: int | None = None,
     threshold: float = LOW_PROBABILITY,
     progress: StageProgress | None = None,
+    include_training: bool = False,
 ) -> dict[str, Any]:
     """Authenticate sequences: per sequence and per batch, the predicted cell line and more.
+
+    Sequences on the training side of the model's split are marked ``in_training`` (a match
+    there is no evidence), and they count in ``warnings`` / ``mismatches`` and in the batch
+    means of held-out sequences only with ``include_training``.
 
     With ``export`` the export is first ingested and encoded into the store (with the encoder
     ``weights`` / random-init ``seed``, refused unless it is the model's encoder) and its
@@ -348,7 +375,8 @@ def predict(
     bags, classes = load_bags(store, expr, mil.config.k, row["model_id"], mil.classes)
     bags.sort(key=lambda bag: (bag.batch, bag.position))
     proba = predict_proba(mil.model, bags)
-    labels = np.array([bag.label for bag in bags])
+    trained = set(mil.split.train) if mil.split is not None else set()
+    in_training = np.array([bag.key in trained for bag in bags], dtype=bool)
     sequences = [
         {
             "sequence_id": bag.key,
@@ -356,34 +384,74 @@ def predict(
             "position": bag.position,
             "labelled": classes[bag.label],
             "images": len(bag.times),
+            "in_training": bool(seen),
             **ranked,
         }
-        for bag, ranked in zip(bags, _ranked(proba, mil.classes, threshold), strict=True)
-    ]
-    per_batch = Counter(bag.batch for bag in bags)
-    keys, means, batch_labels = metrics.batch_proba(proba, labels, [bag.batch for bag in bags])
-    batches = [
-        {
-            "batch": key,
-            "labelled": classes[label],
-            "sequences": per_batch[key],
-            **ranked,
-        }
-        for key, label, ranked in zip(
-            keys, batch_labels, _ranked(means, mil.classes, threshold), strict=True
+        for bag, seen, ranked in zip(
+            bags, in_training, _ranked(proba, mil.classes, threshold), strict=True
         )
     ]
+    # Batch level: the held-out and the trained sequences of a batch are two rows, unless
+    # include_training pools them (a row is then in_training when any of its sequences is).
+    groups = [np.ones_like(in_training)] if include_training else [~in_training, in_training]
+    batches = [
+        row
+        for chosen in groups
+        if chosen.any()
+        for row in _batch_rows(
+            [bag for bag, c in zip(bags, chosen, strict=True) if c],
+            proba[chosen],
+            in_training[chosen],
+            classes,
+            mil.classes,
+            threshold,
+        )
+    ]
+    batches.sort(key=lambda item: (item["batch"], item["in_training"]))
     for item in (*sequences, *batches):
         item["matches_label"] = item["predicted"] == item["labelled"]
+    counted = [
+        item for item in (*sequences, *batches) if include_training or not item["in_training"]
+    ]
     return report | {
         **_encoder_info(row),
         "classes": list(mil.classes),
         "threshold": threshold,
+        "include_training": include_training,
         "sequences": sequences,
         "batches": batches,
-        "warnings": sum(item["warning"] is not None for item in (*sequences, *batches)),
-        "mismatches": sum(not item["matches_label"] for item in (*sequences, *batches)),
+        "in_training": int(in_training.sum()),
+        "warnings": sum(item["warning"] is not None for item in counted),
+        "mismatches": sum(not item["matches_label"] for item in counted),
     }
+
+
+def _batch_rows(
+    bags: Sequence[Bag],
+    proba: np.ndarray,
+    in_training: np.ndarray,
+    classes: Sequence[str],
+    model_classes: Sequence[str],
+    threshold: float,
+) -> list[dict[str, Any]]:
+    """Per batch of ``bags``: the mean softmax of its sequences, ranked, with its label."""
+    labels = np.array([bag.label for bag in bags])
+    batch_keys = [bag.batch for bag in bags]
+    keys, means, batch_labels = metrics.batch_proba(proba, labels, batch_keys)
+    per_batch = Counter(batch_keys)
+    trained = {key for key, seen in zip(batch_keys, in_training, strict=True) if seen}
+    return [
+        {
+            "batch": key,
+            "labelled": classes[label],
+            "sequences": per_batch[key],
+            "in_training": key in trained,
+            **ranked,
+        }
+        for key, label, ranked in zip(
+            keys, batch_labels, _ranked(means, model_classes, threshold), strict=True
+        )
+    ]
 
 
 def ablation_markdown(report: dict[str, Any]) -> str:
@@ -420,7 +488,9 @@ def ablation_markdown(report: dict[str, Any]) -> str:
             f"{len(report['classes'])} cell lines; k = {report['k']} patches per image; "
             f"{report['epochs']} epochs; {report['repeats']} repeats per split (split and "
             f"training seed = repeat number). Test side of each split, mean ± std (population) "
-            f"over repeats, in %. Test sequences per repeat: {sizes}.",
+            f"over repeats, in %. Test sequences per repeat: {sizes}. Encoder "
+            f"{' / '.join(report['encoder_training'])} (did it see the test side? "
+            f"{report['runs'][0]['encoder_training_why']}).",
             "",
             *lines,
             "",
@@ -436,11 +506,13 @@ def ablation(
     k: int = MILConfig.k,
     model_id: str | None = None,
     progress: Callable[[str, dict[str, float]], None] | None = None,
+    ssl_checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Every `ABLATION_VARIANTS` on both split kinds, ``repeats`` repeats each; writes ``out``.
 
     The bags are read once and shared by all runs; split files go next to ``out``.
-    ``progress(run, epoch_stats)`` follows every epoch of every run.
+    ``progress(run, epoch_stats)`` follows every epoch of every run. Each run says whether the
+    encoder saw its test side (`inductive.encoder_training`, ``ssl_checkpoint`` as in `evaluate`).
     """
     out = Path(out)
     if repeats < 1:
@@ -457,6 +529,7 @@ def ablation(
             if not test_bags:
                 raise ClanetError(f"{path}: no test sequences (every cell line has one batch?)")
             test_sizes.setdefault(kind, []).append(len(test_bags))
+            seen = encoder_training(row, split, ssl_checkpoint)
             for aggregator, tss, name in ABLATION_VARIANTS:
                 config = MILConfig(aggregator=aggregator, tss=tss, k=k, epochs=epochs, seed=repeat)
                 run = f"{kind} r{repeat} {name}"
@@ -468,7 +541,7 @@ def ablation(
                 )
                 scores = _scores(model, test_bags)
                 runs.append(
-                    {"split": kind, "repeat": repeat, "variant": name}
+                    {"split": kind, "repeat": repeat, "variant": name, **seen}
                     | {key: scores[key] for key in metrics.SCALAR_SCORES}
                 )
     summary = [
@@ -496,6 +569,7 @@ def ablation(
         "epochs": epochs,
         "repeats": repeats,
         "test_sequences": test_sizes,
+        "encoder_training": sorted({r["encoder_training"] for r in runs}),
         "summary": summary,
         "runs": runs,
     }

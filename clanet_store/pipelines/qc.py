@@ -3,8 +3,15 @@
 Reads the two selections of one model's embeddings (filters as in ``search --where``, typed by
 ``stores.filters``; the top ``k`` patches of each image, SPEC 3), then:
 
-* **drift** (``qc.drift``): unbiased MMD^2 with a permutation p-value that exchanges whole images
-  (or sequences); optionally the online mode over sliding windows of each new sequence's images;
+* **drift** (``qc.drift``): unbiased MMD^2 with a permutation p-value. The exchangeable unit
+  (SPEC 11) is the sequence (field) when each side has at least `MIN_SEQUENCES` of them
+  (``permute_by="auto"``, the default): the images of one field are a time series of the same
+  cells, not independent samples. With fewer, the images are permuted, but the report says
+  plainly that the test cannot tell drift from field-to-field variation (``drift`` is None) and
+  gives the reference's own field-to-field MMD^2 (between each pair of its sequences, from the
+  same kernel sums) as the yardstick next to the new selection's. ``permute_by="image"`` forces
+  the image test (its ``drift`` verdict is then the p-value's, with the same caveat);
+  optionally the online mode over sliding windows of each new sequence's images;
 * **anomaly** (``qc.anomaly``): an isolation forest fitted on the reference embeddings scores
   every new patch, and (unless ``quality=False``) a second one fitted on the reference patches'
   image-quality statistics (``qc.quality``: brightness, contrast, sharpness), read from the Zarr
@@ -51,6 +58,7 @@ from clanet_store.qc.drift import (
     first_detection,
     pooled_gram,
     sliding_windows,
+    split_mmd,
 )
 from clanet_store.qc.heatmap import save_plate_heatmap
 from clanet_store.qc.quality import CHUNK, QUALITY_FEATURES, patch_quality
@@ -66,6 +74,9 @@ from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.lock import writer_lock
 
 GROUP_COLUMNS = {"image": "image_id", "sequence": "sequence_id"}
+PERMUTE_BY = ("auto", *GROUP_COLUMNS)
+# Sequences (fields) each side needs before "auto" permutes sequences (SPEC 11, issue 19).
+MIN_SEQUENCES = 5
 # An image (sequence) is also flagged when at least this share of its patches is: a fault that
 # shifts every patch a little (defocus) raises no single patch above the reference's image maxima.
 MAJORITY_FLAGGED = 0.5
@@ -80,7 +91,7 @@ class QCParams:
     also identify the run's rows in the ``qc`` table."""
 
     k: int | None = 10  # top-k patches per image (rank < k); None = every stored patch
-    permute_by: str = "image"  # image | sequence: the unit the permutation test exchanges
+    permute_by: str = "auto"  # auto | image | sequence: the unit the permutation test exchanges
     n_permutations: int = 1000
     alpha: float = 0.05  # drift is reported when p < alpha (also per online window)
     contamination: float = 0.01
@@ -170,7 +181,7 @@ def run_qc(
         )
     x, y = vectors(ref), vectors(new)
     meta = pl.from_arrow(new.select(list(KEY_COLUMNS)))
-    drift, online = _drift(x, y, ref, new, meta, window, params, progress)
+    drift, online, unit = _drift(x, y, ref, new, meta, window, params, progress)
     scores = _anomaly(store, x, ref, y, new, meta, params)
     key = [model["model_id"], list(reference_filters), list(new_filters), params.k,
            params.contamination, params.n_trees, params.seed, params.quality]  # fmt: skip
@@ -191,9 +202,9 @@ def run_qc(
         **labels,
         "random_init": bool(model["random_init"]),
         **drift.as_dict(),
-        "permute_by": params.permute_by,
+        **unit.as_dict(),
         "alpha": params.alpha,
-        "drift": drift.p_value < params.alpha,
+        "drift": unit.verdict(drift.p_value < params.alpha),
         "n_reference_images": len(ref["image_id"].unique()),
         "n_new_images": len(new["image_id"].unique()),
         "anomaly": {
@@ -215,6 +226,87 @@ def run_qc(
     }
 
 
+@dataclass(frozen=True)
+class DriftUnit:
+    """What the permutation test exchanged, and whether that can tell drift (SPEC 11).
+
+    field_to_field: the reference's own MMD^2 between each pair of its sequences (median, max,
+    pairs), None with fewer than two; note: the plain-words caveat when the test cannot tell.
+    """
+
+    permute_by: str  # as asked: auto | image | sequence
+    unit: str  # image | sequence
+    n_reference_sequences: int
+    n_new_sequences: int
+    field_to_field: dict[str, float] | None
+    note: str | None
+
+    @property
+    def can_tell(self) -> bool:
+        """Only a test that exchanges whole sequences separates drift from field variation."""
+        return self.unit == "sequence"
+
+    def verdict(self, significant: bool) -> bool | None:
+        """``drift``: the p-value's verdict, None when auto had too few sequences to tell."""
+        return None if self.permute_by == "auto" and not self.can_tell else significant
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "permute_by": self.permute_by,
+            "unit": self.unit,
+            "can_tell": self.can_tell,
+            "n_reference_sequences": self.n_reference_sequences,
+            "n_new_sequences": self.n_new_sequences,
+            "field_to_field_mmd": self.field_to_field,
+            "note": self.note,
+        }
+
+
+def _drift_unit(params: QCParams, ref: pa.Table, new: pa.Table) -> tuple[str, int, int]:
+    """The unit to permute and the number of sequences on each side."""
+    if params.permute_by not in PERMUTE_BY:
+        raise ClanetError(f"permute_by must be one of {', '.join(PERMUTE_BY)}")
+    n_ref = len(set(ref["sequence_id"].to_pylist()))
+    n_new = len(set(new["sequence_id"].to_pylist()))
+    if params.permute_by != "auto":
+        return params.permute_by, n_ref, n_new
+    enough = min(n_ref, n_new) >= MIN_SEQUENCES
+    return ("sequence" if enough else "image"), n_ref, n_new
+
+
+def field_to_field(gram: PooledGram, sequence_of: dict[Any, str]) -> dict[str, float] | None:
+    """MMD^2 between every pair of reference sequences, from the gram's reference group sums
+    (groups mapped to their sequence by ``sequence_of``): median, max and the number of pairs."""
+    labels = [sequence_of[label] for label in gram.labels[: gram.n_x].tolist()]
+    names, codes = np.unique(labels, return_inverse=True)
+    if len(names) < 2:
+        return None
+    member = np.eye(len(names))[codes]  # (reference groups, sequences)
+    sums = member.T @ gram.sums[: gram.n_x, : gram.n_x] @ member
+    sizes = member.T @ gram.sizes[: gram.n_x]
+    values = []
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            pair = np.array([a, b])
+            values.append(
+                float(
+                    split_mmd(sums[np.ix_(pair, pair)], sizes[pair], np.array([[True, False]]))[0]
+                )
+            )
+    return {"median": float(np.median(values)), "max": float(np.max(values)), "pairs": len(values)}
+
+
+def _caveat(unit: str, n_ref: int, n_new: int) -> str | None:
+    if unit == "sequence":
+        return None
+    return (
+        f"the test permutes images, but the images of one field are a time series of the same "
+        f"cells; with {n_ref} reference and {n_new} new sequence(s) (fewer than "
+        f"{MIN_SEQUENCES} a side) it cannot tell drift from field-to-field variation: compare "
+        "the new selection's MMD^2 with the reference's own field-to-field MMD^2"
+    )
+
+
 def _drift(
     x: np.ndarray,
     y: np.ndarray,
@@ -224,10 +316,10 @@ def _drift(
     window: int | None,
     params: QCParams,
     progress: Progress | None,
-) -> tuple[DriftResult, dict | None]:
-    """The permutation test and, with a ``window``, the online mode (image groups)."""
-    if params.permute_by not in GROUP_COLUMNS:
-        raise ClanetError(f"permute_by must be one of {', '.join(GROUP_COLUMNS)}")
+) -> tuple[DriftResult, dict | None, DriftUnit]:
+    """The permutation test (its unit: `_drift_unit`), the reference's field-to-field yardstick
+    when the unit is the image and, with a ``window``, the online mode (image groups)."""
+    unit, n_ref, n_new = _drift_unit(params, ref, new)
     if window is not None and window < 2:
         raise ClanetError(f"the online window must hold at least 2 images, got {window}")
     try:
@@ -247,12 +339,19 @@ def _drift(
         except ValueError as exc:  # e.g. a sequence on both sides with permute_by=sequence
             raise ClanetError(f"drift test over {column} groups: {exc}") from None
 
-    main = gram(GROUP_COLUMNS[params.permute_by])
+    main = gram(GROUP_COLUMNS[unit])
     drift = drift_test(main, params.n_permutations, params.seed)
+    yardstick = None
+    if unit == "image":
+        images = ref["image_id"].to_pylist()
+        yardstick = field_to_field(
+            main, dict(zip(images, ref["sequence_id"].to_pylist(), strict=True))
+        )
+    found = DriftUnit(params.permute_by, unit, n_ref, n_new, yardstick, _caveat(unit, n_ref, n_new))
     if window is None:
-        return drift, None
-    images = main if params.permute_by == "image" else gram("image_id")
-    return drift, _online(images, meta, window, params, progress)
+        return drift, None, found
+    images = main if unit == "image" else gram("image_id")
+    return drift, _online(images, meta, window, params, progress), found
 
 
 @dataclass

@@ -36,6 +36,7 @@ from lancedb.expr import col
 from torch.utils.data import DataLoader, Dataset
 
 from clanet_store.errors import ClanetError
+from clanet_store.learn.splits import Split
 from clanet_store.models.dino import (
     RECIPES,
     CollapseProbe,
@@ -55,6 +56,7 @@ from clanet_store.models.dino import (
     warmup_steps,
 )
 from clanet_store.models.encoder import EncoderConfig, select_device, ssl_checkpoint
+from clanet_store.pipelines.inductive import split_patch_rows
 from clanet_store.schemas import load_schema
 from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.patch_store import PatchStore
@@ -263,6 +265,7 @@ def ssl_train(
     seed: int | None = None,
     workers: int | None = None,
     device: str = "auto",
+    split: Split | None = None,
 ) -> dict[str, Any]:
     """Train DINO on a store's patches, checkpointing to ``out`` after every epoch.
 
@@ -275,6 +278,9 @@ def ssl_train(
     loads in this process). Returns the run's summary: ``losses`` the mean loss of every epoch so
     far, ``probes`` the teacher's collapse probe after each, ``health`` the last. Raises
     `TrainingCollapsed` when a probe after the lr warm-up breaks a collapse rule.
+    ``split``: train on the patches of its training sequences only (inductive,
+    `inductive.split_patch_rows`), recorded in the checkpoint; a resumed run must be given the
+    same split.
     """
     start_time = time.perf_counter()
     out = Path(out)
@@ -294,6 +300,10 @@ def ssl_train(
     torch_device = select_device(device)
     store = PatchStore(store_path)
     rows = training_rows(store, config.k, config.where)
+    if split is not None:
+        rows = np.intersect1d(rows, split_patch_rows(store, split, config.k))
+    if saved and saved.get("split") != (None if split is None else split.as_dict()):
+        raise ClanetError(f"{out}: cannot resume with another split than the saved one")
     batches = EpochBatches(rows, config.batch_size, config.seed)
     steps_per_epoch, total_steps = len(batches), len(batches) * config.epochs
     if steps_per_epoch == 0:
@@ -338,6 +348,7 @@ def ssl_train(
             "dino": numbers.as_dict(),
             "k": config.k,
             "where": list(config.where),
+            "split": None if split is None else {"kind": split.kind, "repeat": split.repeat},
             "patches": len(rows),
             "probe_patches": len(probe_patches),
             "batch_size": config.batch_size,
@@ -390,6 +401,7 @@ def ssl_train(
                         probes,
                         init_probe,
                         len(rows),
+                        split,
                     )
                     event = dataclasses.replace(event, epoch_loss=losses[-1], probe=probe)
                 if progress is not None:
@@ -509,6 +521,7 @@ def _save(
     probes: list[CollapseProbe],
     init_probe: CollapseProbe | None,
     patches: int,
+    split: Split | None,
 ) -> None:
     """Write the checkpoint after ``epoch`` epochs (to a temporary file, then renamed: never a
     half-written file). ``recipe`` holds the numbers trained with (the head sized)."""
@@ -536,6 +549,7 @@ def _save(
         probes=[probe.as_dict() for probe in probes],
         **({"init_probe": init_probe.as_dict()} if init_probe else {}),
         patches=patches,
+        split=None if split is None else split.as_dict(),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

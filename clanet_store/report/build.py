@@ -40,6 +40,7 @@ def write_report(
     progress: Stage | None = None,
     exports: Sequence[str | Path] = (),
     notes: Sequence[str] = (),
+    ssl_checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write the report of ``store_path`` to ``out``; returns what it holds (sections, sizes).
 
@@ -47,7 +48,8 @@ def write_report(
     whose embeddings to project and search (default: the latest encoder); ``k``: patches per image
     in the projection; ``exports``: where to look for the original images first (default: the
     export roots the store was ingested from); ``notes``: remarks shown at the top (e.g. why a
-    model could not be evaluated).
+    model could not be evaluated); ``ssl_checkpoint``: the ssl-train checkpoint of the encoder,
+    so that the evaluation says whether it saw the test side (inductive or transductive).
     """
     start = time.perf_counter()
     say = progress or (lambda _: None)
@@ -77,7 +79,7 @@ def write_report(
         sections.append(_projection(store, encoder, k))
     if models:
         say("evaluating models")
-        sections.append(_evaluation(collect.model_evaluations(store.path, models)))
+        sections.append(_evaluation(collect.model_evaluations(store.path, models, ssl_checkpoint)))
     if encoder is not None:
         say("neighbour gallery")
         sections.append(_gallery(store, encoder))
@@ -240,6 +242,7 @@ def _evaluation(variants: dict[str, dict[str, Any]]) -> str:
             name,
             v["repeats"],
             ", ".join(str(n) for n in v["test_sequences"]),
+            v["encoder_training"],
             *(percent_mean_std(v["scores"][key]) for key in collect.SCALAR_SCORES),
         )
         for name, v in variants.items()
@@ -248,6 +251,7 @@ def _evaluation(variants: dict[str, dict[str, Any]]) -> str:
         "model",
         "repeats",
         "test sequences",
+        "encoder",
         "sequence accuracy (%)",
         "sequence macro F1 (%)",
         "batch accuracy (%)",
@@ -268,7 +272,12 @@ def _evaluation(variants: dict[str, dict[str, Any]]) -> str:
         "images (paper Fig. 8); mean over repeats.",
     )
     parts = [
-        page.paragraph("Test side of each model's split; mean ± std (population) over repeats."),
+        page.paragraph(
+            "Test side of each model's split; mean ± std (population) over repeats. Encoder: "
+            "inductive when it never saw the test side's images (self-supervised training on "
+            "the split's training side, or weights from elsewhere), transductive when its "
+            "self-supervised training read them, unknown without its checkpoint."
+        ),
         page.table(rows, header),
         page.grid(*confusions),
         curves,

@@ -182,14 +182,17 @@ def latest_qc(store: EmbeddingStore) -> dict[str, Any] | None:
 
 
 def model_evaluations(
-    store_path: str | Path, models: Sequence[str | Path]
+    store_path: str | Path,
+    models: Sequence[str | Path],
+    ssl_checkpoint: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate every model file and group the repeats of one variant (aggregator + TSS + split):
-    per variant the mean +- std of the scores, the confusion matrix summed over repeats and the
-    mean accuracy-by-fraction curves."""
+    per variant the mean +- std of the scores, the confusion matrix summed over repeats, the
+    mean accuracy-by-fraction curves and whether the encoder saw the test side
+    (``ssl_checkpoint`` as in `pipelines.mil.evaluate`)."""
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for path in models:
-        result = evaluate(store_path, path)
+        result = evaluate(store_path, path, ssl_checkpoint)
         name = f"{result['aggregator']}{' + TSS' if result['tss'] else ''}, {result['split']}"
         runs[name].append(result)
     variants = {}
@@ -214,5 +217,6 @@ def model_evaluations(
             "confusion": np.sum([r["confusion"] for r in results], axis=0),
             "accuracy_by_fraction": curves,
             "encoder_model_id": results[0]["encoder_model_id"],
+            "encoder_training": " / ".join(sorted({r["encoder_training"] for r in results})),
         }
     return variants

@@ -5,8 +5,9 @@ A config has a ``[pipeline]`` table (``name``, ``version`` = `CONFIG_VERSION`, `
 and one table per stage of `STAGES`. A stage table may leave keys out (they take the defaults
 below) but may not add unknown ones: a typo is an error naming the file and the key, never a
 silently ignored setting. ``dino`` (ssl_train) takes `DinoConfig` fields, changing those of
-``recipe`` (``finetune`` or ``scratch``; "": by ``init``), and ``mil`` (train)
-takes `MILConfig` fields; both are checked when the stage builds them.
+``recipe`` (``finetune`` or ``scratch``; "": by ``init``), ``mil`` (train) takes `MILConfig`
+fields (``tss_prior`` included), ``mask`` and ``ccs`` (ingest) take `imaging.params.MaskParams` /
+`CCSParams` fields; all are checked when the stage builds them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ STAGES = (
 # Every stage's keys and their defaults; "" means "not set" for paths and names.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "synth": {"lines": 4, "batches": 2, "positions": 2, "timepoints": 4, "seed": 0},
-    "ingest": {"workers": 0, "plate_map": "", "commit_every": 64},
+    "ingest": {"workers": 0, "plate_map": "", "commit_every": 64, "mask": {}, "ccs": {}},
     "ssl_train": {
         "enabled": True,
         "arch": "vit_small_patch8_224",
@@ -48,6 +49,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "recipe": "",
         "workers": 0,
         "dino": {},
+        "protocol": "inductive",
     },
     "encode": {"arch": "", "weights": "", "batch_size": 64, "device": "auto"},
     "index": {},

@@ -23,7 +23,6 @@ from typing import Any
 
 from clanet_store import __version__
 from clanet_store.errors import ClanetError
-from clanet_store.imaging.extract import EXTRACTOR_VERSION
 from clanet_store.runs.config import STAGES, PipelineConfig
 from clanet_store.runs.stages import STAGE_FUNCTIONS, ProgressBar, Run
 from clanet_store.stores.patch_store import PatchStore
@@ -49,13 +48,15 @@ def export_fingerprint(root: Path) -> str:
 
 
 def store_fingerprint(path: Path) -> str:
-    """The store's ingested images by content (id, content hash, extractor); stable under
-    compaction and re-opening, changed by any image added, replaced or removed."""
+    """The store's ingested images by content (id, content hash, extractor key); stable under
+    compaction and re-opening, changed by any image added, replaced, removed or re-extracted
+    with other parameters."""
     if not (path / "store.json").exists():
         return "missing"
-    images = PatchStore(path).images(["image_id", "content_hash", "status"])
+    images = PatchStore(path).images(["image_id", "content_hash", "status", "extractor_version"])
     rows = images.filter(images["status"] == "ok").sort("image_id")
-    return _digest([EXTRACTOR_VERSION, rows["image_id"].to_list(), rows["content_hash"].to_list()])
+    columns = ("image_id", "content_hash", "extractor_version")
+    return _digest([rows[column].to_list() for column in columns])
 
 
 def _inputs(stage: str, run: Run, config: PipelineConfig) -> str | None:
@@ -66,9 +67,17 @@ def _inputs(stage: str, run: Run, config: PipelineConfig) -> str | None:
         exported = export_fingerprint(run.export) if run.export else "none"
         plate = export_fingerprint(Path(plate_map)) if plate_map else "none"
         return _digest([str(run.store.resolve()), exported, plate])
-    if stage in ("ssl_train", "encode"):
+    if stage == "ssl_train":  # per-split encoders depend on the splits too
+        return _digest([store_fingerprint(run.store), run.train_splits])
+    if stage == "encode":
         return store_fingerprint(run.store)
     return None
+
+
+def train_splits(config: PipelineConfig) -> list[tuple[str, int]]:
+    """The (split kind, repeat) pairs of the config's train stage, in training order."""
+    train = config.stages["train"]
+    return [(kind, r) for kind in train["splits"] for r in range(1, train["repeats"] + 1)]
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -121,6 +130,7 @@ def run_pipeline(
         export=Path(export).resolve() if export else None,
         bar=bar or _no_bar,
         say=lambda text: emit({"event": "note", "text": text}),
+        train_splits=train_splits(config),
     )
     if run.export is not None and not run.export.is_dir():
         raise ClanetError(f"{run.export}: the export folder does not exist")

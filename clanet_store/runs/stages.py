@@ -18,18 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from clanet_store.errors import ClanetError
+from clanet_store.imaging.params import CCSParams, MaskParams
 from clanet_store.learn.metrics import SCALAR_SCORES
 from clanet_store.learn.training import MILConfig
-from clanet_store.models.dino import RECIPES, default_recipe
+from clanet_store.models.dino import RECIPES, DinoConfig, default_recipe
 from clanet_store.report.build import write_report
 from clanet_store.report.collect import neighbour_gallery
 
 ProgressBar = Callable[[str, str], AbstractContextManager[Callable[[int, int], None]]]
 
 
+SSL_PROTOCOLS = ("inductive", "transductive")
+
+
 @dataclass
 class Run:
-    """One run of a pipeline: its folders and what the stages before recorded (``summaries``)."""
+    """One run of a pipeline: its folders, the (split, repeat) pairs its train stage will use
+    (``train_splits``: ssl_train needs them for per-split encoders) and what the stages before
+    recorded (``summaries``)."""
 
     out: Path
     store: Path
@@ -37,6 +43,7 @@ class Run:
     bar: ProgressBar
     say: Callable[[str], None]
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train_splits: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def model_id(self) -> str:
@@ -81,8 +88,18 @@ def ingest(run: Run, p: dict[str, Any]) -> Done:
             workers=p["workers"] or None,
             progress=update,
             commit_every=p["commit_every"],
+            mask_params=_params(MaskParams, "ingest.mask", p["mask"]),
+            ccs_params=_params(CCSParams, "ingest.ccs", p["ccs"]),
         )
     return Done(report.as_dict(), [run.store])
+
+
+def _params(kind: type, where: str, values: dict[str, Any]) -> Any:
+    """A method-parameter dataclass from a pipeline table, errors naming the table."""
+    try:
+        return kind(**values)
+    except (TypeError, ValueError) as exc:
+        raise ClanetError(f"{where}: {exc}") from None
 
 
 def _export(run: Run) -> Path:
@@ -96,21 +113,24 @@ def _checkpoint(run: Run) -> Path:
 
 
 def ssl_train(run: Run, p: dict[str, Any]) -> Done:
-    """A DINO run on the store's patches (skipped when ``enabled = false``).
+    """DINO on the store's patches (skipped when ``enabled = false``).
 
-    ``dino`` changes numbers of ``recipe`` (default: by ``init``). A run that collapses does not
-    stop the pipeline: the stage says why, and its summary gives the checkpoint kept (the epoch
-    before the collapse; none when the first epoch collapsed, and ``encode`` then embeds with a
-    random init of the same arch, which says so).
+    ``protocol = "inductive"`` (the default): one encoder per split and repeat of the train stage,
+    trained on that split's training side only (its split file is drawn here, from the patches
+    table, and reused by train); ``"transductive"``: one encoder on every patch, test sides
+    included. ``dino`` changes numbers of ``recipe`` (default: by ``init``). A run that collapses
+    does not stop the pipeline: the stage says why, and its summary gives the checkpoint kept (the
+    epoch before the collapse; none when the first epoch collapsed, and ``encode`` then embeds
+    with a random init of the same arch, which says so).
     """
-    from clanet_store.pipelines.ssl_train import TrainingCollapsed, TrainProgress
-    from clanet_store.pipelines.ssl_train import ssl_train as train
+    from clanet_store.pipelines.inductive import patch_sequences
+    from clanet_store.pipelines.mil import split_for
+    from clanet_store.stores.patch_store import PatchStore
 
     if not p["enabled"]:
         return Done({"enabled": False}, [])
-    out = _checkpoint(run)
-    out.unlink(missing_ok=True)  # made with other parameters or data: start afresh
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if p["protocol"] not in SSL_PROTOCOLS:
+        raise ClanetError(f"ssl_train.protocol must be one of {', '.join(SSL_PROTOCOLS)}")
     recipe = p["recipe"] or default_recipe(p["init"] or None)
     if recipe not in RECIPES:
         raise ClanetError(f"ssl_train.recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
@@ -118,7 +138,48 @@ def ssl_train(run: Run, p: dict[str, Any]) -> Done:
         dino = dataclasses.replace(RECIPES[recipe], **p["dino"])
     except TypeError as exc:
         raise ClanetError(f"ssl_train.dino: {exc}") from None
-    with run.bar("ssl-train", "step") as update:
+    keep = ("arch", "epochs", "patches", "batch_size", "embedding_dim", "recipe", "losses")
+    if p["protocol"] == "transductive":
+        runs = {"": (_checkpoint(run), None)}
+    else:
+        records = patch_sequences(PatchStore(run.store))
+        runs = {
+            f"{kind}-r{repeat}": (
+                run.out / "ssl" / f"checkpoint-{kind}-r{repeat}.pt",
+                split_for(records, kind, repeat, run.out / "models")[0],
+            )
+            for kind, repeat in run.train_splits
+        }
+    results = {name: _dino(run, p, recipe, dino, out, split) for name, (out, split) in runs.items()}
+    # A run that collapsed in its first epoch kept no checkpoint: encode then uses a random init.
+    kept = {name: str(out) if out.exists() else None for name, (out, _) in runs.items()}
+    first = next(iter(results.values()))
+    summary = {
+        "enabled": True,
+        "protocol": p["protocol"],
+        "checkpoint": next(iter(kept.values())),
+        **({"checkpoints": kept} if p["protocol"] == "inductive" else {}),
+        "collapsed": {name: r["collapsed"] for name, r in results.items() if r["collapsed"]},
+        **{k: first[k] for k in keep},
+        "probes": first["probes"],
+        "patches_per_split": [r["patches"] for r in results.values()],
+        "seconds": sum(r["seconds"] for r in results.values()),
+    }
+    return Done(summary, [Path(path) for path in kept.values() if path])
+
+
+def _dino(
+    run: Run, p: dict[str, Any], recipe: str, dino: DinoConfig, out: Path, split: Any
+) -> dict[str, Any]:
+    """One ssl-train run into ``out`` (afresh), on the training side of ``split`` if given; a
+    collapse is said and recorded (``collapsed``: the reason), not raised."""
+    from clanet_store.pipelines.ssl_train import TrainingCollapsed, TrainProgress
+    from clanet_store.pipelines.ssl_train import ssl_train as train
+
+    out.unlink(missing_ok=True)  # made with other parameters or data: start afresh
+    out.parent.mkdir(parents=True, exist_ok=True)
+    name = "ssl-train" if split is None else f"ssl-train {split.kind} r{split.repeat}"
+    with run.bar(name, "step") as update:
 
         def step(event: TrainProgress) -> None:
             update(event.step, event.total_steps)
@@ -137,31 +198,35 @@ def ssl_train(run: Run, p: dict[str, Any]) -> Done:
                 dino=dino,
                 seed=p["seed"],
                 workers=p["workers"],
+                split=split,
             )
-            collapsed = None
         except TrainingCollapsed as exc:
-            r, collapsed = exc.summary, str(exc)
-            run.say(f"WARNING: {collapsed}")
-    keep = ("arch", "epochs", "patches", "batch_size", "embedding_dim", "recipe", "losses")
-    summary = {k: r[k] for k in keep} | {"probes": r["probes"], "seconds": r["seconds"]}
-    checkpoint = str(out) if out.exists() else None
-    return Done(
-        {"enabled": True, "checkpoint": checkpoint, "collapsed": collapsed, **summary},
-        [out] if checkpoint else [],
-    )
+            run.say(f"WARNING: {exc}")
+            return {**exc.summary, "collapsed": str(exc)}
+    return {**r, "collapsed": None}
 
 
 def encode(run: Run, p: dict[str, Any]) -> Done:
-    """Embed every patch: with ``weights``, else the ssl_train checkpoint, else a seeded init."""
+    """Embed every patch: with ``weights``, else the ssl_train checkpoint(s) (one encoder per
+    split with the inductive protocol; the first is the run's encoder for index, search and
+    report), else a seeded init."""
     from clanet_store.pipelines.encode import encode as encode_store
     from clanet_store.pipelines.encode import load_encoder
 
     ssl = run.summaries.get("ssl_train", {})
-    weights = p["weights"] or ssl.get("checkpoint")
-    encoder = load_encoder(weights, p["arch"] or ssl.get("arch"), p["device"])
-    with run.bar("encode", "patch") as update:
-        report = encode_store(run.store, encoder, batch_size=p["batch_size"], progress=update)
-    return Done(report.as_dict(), [run.store])
+    per_split = {} if p["weights"] else ssl.get("checkpoints", {})
+    sources = per_split or {"": p["weights"] or ssl.get("checkpoint")}
+    reports = {}
+    for name, weights in sources.items():
+        encoder = load_encoder(weights, p["arch"] or ssl.get("arch"), p["device"])
+        with run.bar(f"encode {name}".strip(), "patch") as update:
+            reports[name] = encode_store(
+                run.store, encoder, batch_size=p["batch_size"], progress=update
+            )
+    summary = next(iter(reports.values())).as_dict()
+    if per_split:
+        summary["model_ids"] = {name: r.model_id for name, r in reports.items()}
+    return Done(summary, [run.store])
 
 
 def index(run: Run, p: dict[str, Any]) -> Done:
@@ -177,8 +242,12 @@ def model_path(run: Run, name: str, split: str, repeat: int) -> Path:
 
 
 def train(run: Run, p: dict[str, Any]) -> Done:
-    """Every model variant on every split and repeat, on the run's embeddings."""
+    """Every model variant on every split and repeat, on the run's embeddings (with per-split
+    encoders, each split's own); each model file records whether its encoder saw the test side."""
     from clanet_store.pipelines.mil import train as train_model
+
+    model_ids = run.summaries["encode"].get("model_ids", {})
+    ssl = run.summaries.get("ssl_train", {})
 
     runs = [
         (model, split, repeat)
@@ -196,6 +265,7 @@ def train(run: Run, p: dict[str, Any]) -> Done:
             raise ClanetError(f"train: model {model}: {exc}") from None
         out = model_path(run, model["name"], split, repeat)
         out.parent.mkdir(parents=True, exist_ok=True)
+        name = f"{split}-r{repeat}"
         with run.bar(f"train {out.stem}", "epoch") as update:
             r = train_model(
                 run.store,
@@ -203,10 +273,12 @@ def train(run: Run, p: dict[str, Any]) -> Done:
                 split,
                 repeat,
                 config,
-                run.model_id,
+                model_ids.get(name, run.model_id),
                 progress=lambda stats, n=config.epochs: update(stats["epoch"], n),
+                ssl_checkpoint=ssl.get("checkpoints", {}).get(name, ssl.get("checkpoint")),
             )
         keep = ("model", "split", "repeat", "train_sequences", "test_sequences", "train_seconds")
+        keep += ("encoder_model_id", "encoder_training")
         trained.append({"name": model["name"], **{k: r[k] for k in keep}})
         files.append(out)
     return Done({"models": trained}, files)
@@ -235,6 +307,7 @@ def evaluate(run: Run, p: dict[str, Any]) -> Done:
                 "model": model["model"],
                 "split": r["split"],
                 "repeat": r["repeat"],
+                "encoder_training": r["encoder_training"],
                 **{k: r[k] for k in SCALAR_SCORES},
             }
         )
@@ -264,7 +337,14 @@ def report(run: Run, p: dict[str, Any]) -> Done:
     notes = [m["skipped"] for m in evaluated if "skipped" in m]
     exports = [run.export] if run.export else []
     r = write_report(
-        run.store, run.out / "report.html", models, run.model_id, p["k"], run.say, exports, notes
+        run.store,
+        run.out / "report.html",
+        models,
+        run.model_id,
+        p["k"],
+        run.say,
+        exports,
+        notes,
     )
     return Done(r, [Path(r["report"])])
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 from lancedb.expr import Expr, col
 
 from clanet_store.errors import ClanetError
-from clanet_store.learn.bags import Bag
+from clanet_store.learn.bags import Bag, well_of
 from clanet_store.schemas import load_schema
 from clanet_store.stores.embedding_store import KEY_COLUMNS, EmbeddingStore
 
@@ -49,6 +49,11 @@ class SequenceRecord:
     batch: str
     position: str
     n_images: int
+
+    @property
+    def well(self) -> str:
+        """As `Bag.well`."""
+        return well_of(self.position)
 
 
 def filter_schema() -> pa.Schema:
