@@ -70,7 +70,7 @@ BLOCK = 8
 SPECTRUM_BANDS = 8
 GRANULARITY_STEPS = 6
 CLIP = 5.0
-FIT_PATCHES = 4096
+FIT_PATCHES = 2048
 FEATURE_NAMES = (
     *(f"z_p{p}" for p in PERCENTILES),
     "z_mean",
@@ -224,7 +224,7 @@ def _describe_kernel(
 def _quantile(sorted_values: np.ndarray, q: float) -> float:
     """Linear-interpolation quantile of sorted values (numpy's default method)."""
     pos = q * (sorted_values.size - 1)
-    lo = int(math.floor(pos))
+    lo = math.floor(pos)
     hi = min(lo + 1, sorted_values.size - 1)
     return sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo])
 
@@ -267,7 +267,7 @@ def _glcm_features(levels: np.ndarray, d: int, out: np.ndarray) -> None:
 
 @kernel(nogil=True)
 def _bilinear(z: np.ndarray, y: float, x: float) -> float:
-    y0, x0 = int(math.floor(y)), int(math.floor(x))
+    y0, x0 = math.floor(y), math.floor(x)
     fy, fx = y - y0, x - x0
     top = z[y0, x0] * (1 - fx) + (z[y0, x0 + 1] * fx if fx > 0 else 0.0)
     if fy == 0:
@@ -280,7 +280,7 @@ def _bilinear(z: np.ndarray, y: float, x: float) -> float:
 def _lbp_histogram(z: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
     """riu2 LBP code fractions over the pixels whose samples all lie inside the patch."""
     points = offsets.shape[0]
-    border = int(math.ceil(np.abs(offsets).max()))
+    border = math.ceil(np.abs(offsets).max())
     h, w = z.shape
     out[:] = 0.0
     bits = np.empty(points, np.int64)
