@@ -124,17 +124,32 @@ def describe(patches: np.ndarray, threads: int | None = None) -> np.ndarray:
 def _describe_chunk(patches: np.ndarray) -> np.ndarray:
     features = np.empty((len(patches), N_FEATURES), np.float64)
     windowed = np.empty((len(patches), SIDE, SIDE), np.float64)
-    _describe_kernel(patches, _lbp_offsets(), features, windowed)
+    _describe_kernel(patches, _LBP_INDEX, _LBP_WEIGHTS, features, windowed)
     features[:, _N_KERNEL:] = _spectrum(windowed)
     return features
 
 
-def _lbp_offsets() -> np.ndarray:
-    """(radius, point, [dy, dx]) sample offsets of the LBP, point p at angle 2 pi p / P."""
+def _lbp_samples() -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear sampling of the LBP points, point p at angle 2 pi p / P and radius r.
+
+    Returns [radii, P, 4] int (dy0, dx0, dy1, dx1) offsets of the four pixels around each point
+    and [radii, P, 4] float weights of (dy0, dx0), (dy0, dx1), (dy1, dx0), (dy1, dx1); on a
+    grid axis the second pixel is the first, with weight 0.
+    """
     angles = 2 * np.pi * np.arange(LBP_POINTS) / LBP_POINTS
-    return np.array(
+    offsets = np.stack(
         [np.stack([-r * np.sin(angles), r * np.cos(angles)], 1) for r in LBP_RADII]
     ).round(6)
+    low = np.floor(offsets)
+    frac = offsets - low
+    high = low + (frac > 0)
+    index = np.concatenate([low, high], -1).astype(np.int64)
+    fy, fx = frac[..., 0], frac[..., 1]
+    weights = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], -1)
+    return index, weights
+
+
+_LBP_INDEX, _LBP_WEIGHTS = _lbp_samples()
 
 
 def _band_matrix() -> np.ndarray:
@@ -168,7 +183,11 @@ def _spectrum(windowed: np.ndarray) -> np.ndarray:
 
 @kernel(nogil=True)
 def _describe_kernel(
-    patches: np.ndarray, lbp_offsets: np.ndarray, out: np.ndarray, windowed: np.ndarray
+    patches: np.ndarray,
+    lbp_index: np.ndarray,
+    lbp_weights: np.ndarray,
+    out: np.ndarray,
+    windowed: np.ndarray,
 ) -> None:
     n_pix = SIDE * SIDE
     hann = np.empty((SIDE, SIDE))
@@ -209,8 +228,8 @@ def _describe_kernel(
         for d in GLCM_DISTANCES:
             _glcm_features(levels, d, out[n, f : f + 6])
             f += 6
-        for r in range(lbp_offsets.shape[0]):
-            _lbp_histogram(z, lbp_offsets[r], out[n, f : f + LBP_POINTS + 2])
+        for r in range(lbp_index.shape[0]):
+            _lbp_histogram(z, lbp_index[r], lbp_weights[r], out[n, f : f + LBP_POINTS + 2])
             f += LBP_POINTS + 2
         _gradient_features(z, out[n, f : f + 7])
         f += 7
@@ -266,21 +285,11 @@ def _glcm_features(levels: np.ndarray, d: int, out: np.ndarray) -> None:
 
 
 @kernel(nogil=True)
-def _bilinear(z: np.ndarray, y: float, x: float) -> float:
-    y0, x0 = math.floor(y), math.floor(x)
-    fy, fx = y - y0, x - x0
-    top = z[y0, x0] * (1 - fx) + (z[y0, x0 + 1] * fx if fx > 0 else 0.0)
-    if fy == 0:
-        return top
-    bottom = z[y0 + 1, x0] * (1 - fx) + (z[y0 + 1, x0 + 1] * fx if fx > 0 else 0.0)
-    return top * (1 - fy) + bottom * fy
-
-
-@kernel(nogil=True)
-def _lbp_histogram(z: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
-    """riu2 LBP code fractions over the pixels whose samples all lie inside the patch."""
-    points = offsets.shape[0]
-    border = math.ceil(np.abs(offsets).max())
+def _lbp_histogram(z: np.ndarray, index: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
+    """riu2 LBP code fractions over the pixels whose samples all lie inside the patch
+    (`_lbp_samples` gives ``index`` and ``weights``)."""
+    points = index.shape[0]
+    border = np.abs(index).max()
     h, w = z.shape
     out[:] = 0.0
     bits = np.empty(points, np.int64)
@@ -289,7 +298,14 @@ def _lbp_histogram(z: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
             centre = z[i, j]
             ones = 0
             for p in range(points):
-                bits[p] = 1 if _bilinear(z, i + offsets[p, 0], j + offsets[p, 1]) >= centre else 0
+                y0, x0, y1, x1 = i + index[p, 0], j + index[p, 1], i + index[p, 2], j + index[p, 3]
+                sample = (
+                    weights[p, 0] * z[y0, x0]
+                    + weights[p, 1] * z[y0, x1]
+                    + weights[p, 2] * z[y1, x0]
+                    + weights[p, 3] * z[y1, x1]
+                )
+                bits[p] = 1 if sample >= centre else 0
                 ones += bits[p]
             changes = 0
             for p in range(points):
