@@ -4,17 +4,15 @@ train, evaluate and predict like any other; a SIGKILLed classic encode resumes e
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from lancedb.expr import col
+from test_encode import kill_and_resume
 
 from clanet_store.cli import main
 from clanet_store.exports.synth import synth_export
@@ -189,33 +187,5 @@ def test_sigkill_midrun_then_rerun_gives_one_row_per_patch(store_path, tmp_path)
     shutil.copytree(store_path, path)
     cmd = [str(BIN / "clanet-store"), "encode", "--store", str(path), "--encoder", "classic"]
     cmd += ["--batch-size", "2", "--commit-every", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, "encode finished before it could be killed"
-            assert time.monotonic() < deadline, "encode committed nothing in time"
-            try:
-                store = EmbeddingStore(path)
-                model = store.models().filter(pl.col("arch") == "classic")
-                mine = col("model_id") == model["model_id"][0] if model.height else None
-                if mine is not None and store.table("embeddings_89").count_rows(mine.to_sql()):
-                    break
-            except Exception:  # tables not created yet
-                pass
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    model_id = model["model_id"][0]
-    partial = EmbeddingStore(path).embeddings(columns=["patch_id"], model_id=model_id)
-    n = EmbeddingStore(path).patches_table().height
-    assert 0 < partial.height < n
-    res = subprocess.run([*cmd, "--format", "json"], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    report = json.loads(res.stdout)
-    assert report["model_id"] == model_id and report["patches_encoded"] == n - partial.height
-    rows = EmbeddingStore(path).embeddings(columns=["patch_id"], model_id=model_id)
-    assert rows.height == n and rows["patch_id"].n_unique() == n
+    model_id, report = kill_and_resume(cmd, path, "embeddings_89", pl.col("arch") == "classic")
+    assert report["model_id"] == model_id and report["arch"] == "classic"

@@ -23,8 +23,7 @@ from clanet_store.cli.app import (
     "kind",
     type=click.Choice(["vit", "classic"]),
     default="vit",
-    show_default=True,
-    help="vit: the ViT of SPEC 4; classic: the training-free texture descriptor (README)",
+    help="vit (default): the ViT of SPEC 4; classic: the training-free texture descriptor",
 )
 @click.option(
     "--weights",

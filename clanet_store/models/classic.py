@@ -361,23 +361,22 @@ def _coherence(jxx: float, jyy: float, jxy: float) -> float:
 
 @kernel(nogil=True)
 def _filter3(x: np.ndarray, sign: float) -> np.ndarray:
-    """3 x 3 grey erosion (sign 1) or dilation (sign -1), neighbours clamped to the patch."""
+    """3 x 3 grey erosion (sign 1) or dilation (sign -1), neighbours clamped to the patch:
+    separable, along rows then along columns."""
+    return _filter_rows(_filter_rows(x, sign).T, sign).T
+
+
+@kernel(nogil=True)
+def _filter_rows(x: np.ndarray, sign: float) -> np.ndarray:
+    """Minimum (sign 1) or maximum (sign -1) of each pixel and its left and right neighbours."""
     h, w = x.shape
-    rows = np.empty_like(x)
+    out = np.empty((h, w))
     for i in range(h):
         for j in range(w):
             v = x[i, j]
             for jj in (j - 1, j + 1):
                 if 0 <= jj < w and sign * x[i, jj] < sign * v:
                     v = x[i, jj]
-            rows[i, j] = v
-    out = np.empty_like(x)
-    for i in range(h):
-        for j in range(w):
-            v = rows[i, j]
-            for ii in (i - 1, i + 1):
-                if 0 <= ii < h and sign * rows[ii, j] < sign * v:
-                    v = rows[ii, j]
             out[i, j] = v
     return out
 

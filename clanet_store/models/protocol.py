@@ -29,25 +29,12 @@ class Encoder(Protocol):
     only for a seeded random init.
     """
 
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def embedding_dim(self) -> int: ...
-
-    @property
-    def config(self) -> EncoderConfig: ...
-
-    @property
-    def weights_source(self) -> str: ...
-
-    @property
-    def weights_format(self) -> str: ...
-
-    @property
-    def random_init(self) -> bool: ...
-
-    @property
-    def device(self) -> torch.device: ...
+    model_id: str
+    embedding_dim: int
+    config: EncoderConfig
+    weights_source: str
+    weights_format: str
+    random_init: bool
+    device: torch.device
 
     def __call__(self, patches: torch.Tensor) -> torch.Tensor: ...

@@ -57,7 +57,6 @@ from clanet_store.stores.lock import writer_lock
 
 META_COLUMNS = ("patch_id", *IMAGE_KEYS, "rank", "density")
 PREFETCH_BATCHES = 4
-ENCODERS = ("vit", CLASSIC_ARCH)
 FIT_SEED = 0
 
 Progress = Callable[[int, int], None]
