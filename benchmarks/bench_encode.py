@@ -17,7 +17,7 @@ paper's 1.65 M patches. Run: ``.venv/bin/python benchmarks/bench_encode.py [--im
 [--rounds 2] [--encoders vit,classic]``; 24 images give 480 patches, so the fixed costs
 (opening tables, the work list, the final compaction) weigh about as in real use rather than
 dominating a 12-second run. ``--encoders classic`` skips the ViT's end-to-end encode (the bare
-forward, the baseline, always runs).
+forward, the baseline, always runs; ``--bare-batches N`` shortens it).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--arch", default="vit_small_patch8_224")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--encoders", default="vit,classic", help="end-to-end runs to time")
+    parser.add_argument(
+        "--bare-batches", type=int, help="batches of the bare forward (default: as many patches)"
+    )
     args = parser.parse_args()
     encoders = args.encoders.split(",")
     encoder = load_encoder(None, args.arch, args.device)
@@ -72,7 +75,7 @@ def main() -> None:
                 report = encode(store, classic_encoder(store))  # the CLI's default batch
                 rates["classic"].append(report.patches_encoded / (time.perf_counter() - start))
             patches = report.patches_encoded
-            n_batches = max(1, patches // args.batch_size)
+            n_batches = args.bare_batches or max(1, patches // args.batch_size)
             rates["bare forward"].append(bare_forward_rate(encoder, args.batch_size, n_batches))
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__} "
