@@ -64,6 +64,8 @@ def test_vector_depends_only_on_the_pixels(patches, encoder):
     np.testing.assert_array_equal(encoder.embed(patches[shuffled]), together[shuffled])
     one_thread = ClassicEncoder(encoder.config, threads=1).embed(patches)
     np.testing.assert_array_equal(one_thread, together)
+    known = ClassicEncoder(encoder.config, known=(patches[:3], describe(patches[:3])))
+    np.testing.assert_array_equal(known.embed(patches[::-1]), together[::-1])
     assert len({v.tobytes() for v in together}) == len(patches)
 
 

@@ -462,11 +462,20 @@ class ClassicEncoder:
     random_init = False
     device = torch.device("cpu")
 
-    def __init__(self, config: ClassicConfig, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        config: ClassicConfig,
+        threads: int | None = None,
+        known: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """``known``: (patches, their `describe` features), e.g. the sample the statistics were
+        fitted on, so the encode that follows does not compute them twice; a patch is looked up
+        by its pixels, so its vector is the same either way."""
         self.config = config
         self.threads = threads
         self._mean = np.asarray(config.mean)
         self._std = np.asarray(config.std)
+        self._known = {} if known is None else dict(zip(map(_key, known[0]), known[1], strict=True))
 
     @property
     def embedding_dim(self) -> int:
@@ -484,10 +493,23 @@ class ClassicEncoder:
 
     def embed(self, patches: np.ndarray) -> np.ndarray:
         """[N, 112, 112] uint8 -> [N, 89] float32."""
-        z = (describe(patches, self.threads) - self._mean) / self._std
+        raw = np.empty((len(patches), N_FEATURES))
+        keys = [_key(patch) for patch in patches]
+        new = [i for i, key in enumerate(keys) if key not in self._known]
+        for i, key in enumerate(keys):
+            if key in self._known:
+                raw[i] = self._known[key]
+        if new:
+            raw[new] = describe(patches[new], self.threads)
+        z = (raw - self._mean) / self._std
         return np.clip(z, -CLIP, CLIP).astype(np.float32)
 
     def __call__(self, patches: torch.Tensor) -> torch.Tensor:
         if patches.dtype != torch.uint8:
             raise ValueError(f"the classic encoder takes uint8 patches, got {patches.dtype}")
         return torch.from_numpy(self.embed(patches.cpu().numpy()))
+
+
+def _key(patch: np.ndarray) -> bytes:
+    """A patch's pixels as a short digest (the lookup key of known features)."""
+    return hashlib.blake2b(np.ascontiguousarray(patch, np.uint8).tobytes(), digest_size=16).digest()

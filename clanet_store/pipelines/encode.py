@@ -106,7 +106,8 @@ def classic_encoder(store_path: str | Path, threads: int | None = None) -> Class
     statistics), else one fitted on up to FIT_PATCHES patches drawn with a fixed seed.
 
     The draw depends only on the store's patch ids, so a run killed before it recorded the
-    encoder fits the same statistics again.
+    encoder fits the same statistics again. The sample's features are kept in the encoder, so
+    the encode that follows does not compute them twice.
     """
     store = EmbeddingStore(store_path)
     recorded = store.models().filter(pl.col("arch") == CLASSIC_ARCH)
@@ -119,11 +120,9 @@ def classic_encoder(store_path: str | Path, threads: int | None = None) -> Class
         raise ClanetError(f"{store.path}: no patches to fit the classic encoder on (run ingest)")
     rng = np.random.default_rng(FIT_SEED)
     pick = np.sort(rng.choice(patches.height, min(FIT_PATCHES, patches.height), replace=False))
-    rows = patches["row"].to_numpy()[pick]
-    raw = np.concatenate(
-        [describe(store.read_rows(rows[i : i + 512]), threads) for i in range(0, len(rows), 512)]
-    )
-    return ClassicEncoder(fit_statistics(raw), threads)
+    pixels = store.read_rows(patches["row"].to_numpy()[pick])
+    raw = describe(pixels, threads)
+    return ClassicEncoder(fit_statistics(raw), threads, known=(pixels, raw))
 
 
 def encoder_for_model(model: dict, weights: str | Path | None, device: str = "auto") -> Encoder:
