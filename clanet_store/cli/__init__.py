@@ -6,6 +6,7 @@ reporting command takes ``--format table|json``; failures exit non-zero with one
 
 from clanet_store.cli import (  # noqa: F401  (importing a module registers its commands)
     encode,
+    encoders,
     exports,
     imaging,
     mil,

@@ -63,6 +63,8 @@ def encode(
     89-d for classic)."""
     from clanet_store.pipelines.encode import classic_encoder, load_encoder
     from clanet_store.pipelines.encode import encode as run_encode
+    from clanet_store.pipelines.evaluate_encoder import sample_health
+    from clanet_store.stores.embedding_store import EmbeddingStore
 
     if kind == "classic":
         given = [name for name, value in (("--weights", weights), ("--arch", arch)) if value]
@@ -74,6 +76,8 @@ def encode(
     with progress_callback("encoding", "patch") as update:
         report = run_encode(store, encoder, batch_size, wait, update, commit_every)
     r = report.as_dict()
+    health = sample_health(EmbeddingStore(store), r["model_id"])
+    r["health"] = health.as_dict() if health else None
     lines = [
         f"{store}: {r['patches_encoded']} patches encoded, {r['patches_skipped']} already had an "
         f"embedding of this model",
@@ -81,6 +85,10 @@ def encode(
         f"-> table {r['table']}",
         f"{r['seconds']:.1f} s, {r['patches_per_s']:.1f} patches/s on {r['device']}",
     ]
+    if health is not None:
+        lines.append(health.summary())
+    if health is not None and health.collapsed:
+        lines.insert(0, health.warning())
     if r["random_init"]:
         lines.insert(
             0,

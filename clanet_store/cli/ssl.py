@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from clanet_store.cli.app import emit, format_option, main, progress, store_option
 from clanet_store.textout import render_table
+
+if TYPE_CHECKING:
+    from clanet_store.models.dino import CollapseProbe
 
 
 @main.command("ssl-train")
@@ -33,6 +37,12 @@ from clanet_store.textout import render_table
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="start from a local timm / DINO / ssl-train weights file (default: random init)",
 )
+@click.option(
+    "--recipe",
+    type=click.Choice(["finetune", "scratch"]),
+    help="finetune: SPEC 5, for an --init; scratch: DINO's from-scratch settings (default: "
+    "scratch without --init, finetune with; on --resume: as saved)",
+)
 @click.option("--resume", is_flag=True, help="continue the run saved in --out, same schedules")
 @click.option(
     "--where",
@@ -49,13 +59,18 @@ def ssl_train(
     batch_size: int | None,
     arch: str | None,
     init: Path | None,
+    recipe: str | None,
     resume: bool,
     where: tuple[str, ...],
     k: int | None,
     fmt: str,
 ) -> None:
-    """Train a ViT with DINO on the stored patches (all batches, labels unused)."""
-    from clanet_store.pipelines.ssl_train import TrainProgress
+    """Train a ViT with DINO on the stored patches (all batches, labels unused).
+
+    After every epoch the teacher is probed for collapse; a collapsed run stops with the reason
+    and exits non-zero, keeping the checkpoint of the epoch before.
+    """
+    from clanet_store.pipelines.ssl_train import TrainingCollapsed, TrainProgress
     from clanet_store.pipelines.ssl_train import ssl_train as run_ssl_train
 
     with progress("ssl-train", "step") as bar:
@@ -66,14 +81,59 @@ def ssl_train(
                 bar.n = bar.initial
             bar.set_postfix(epoch=event.epoch + 1, loss=f"{event.loss:.4f}", refresh=False)
             bar.update(event.step - bar.n)
-            if event.epoch_loss is not None:
-                bar.write(
-                    f"epoch {event.epoch + 1}: mean loss {event.epoch_loss:.4f}", file=sys.stderr
-                )
+            if event.probe is not None:
+                bar.write(f"{_epoch_line(event.epoch_loss, event.probe)}", file=sys.stderr)
 
-        r = run_ssl_train(
-            store, out, epochs, batch_size, arch, init, resume, where or None, k, update
-        )
+        try:
+            r = run_ssl_train(
+                store,
+                out,
+                epochs,
+                batch_size,
+                arch,
+                init,
+                resume,
+                where or None,
+                k,
+                update,
+                recipe=recipe,
+            )
+        except TrainingCollapsed as exc:
+            collapsed: TrainingCollapsed | None = exc
+            r = exc.summary
+        else:
+            collapsed = None
+    emit(fmt, r, _summary_text(r))
+    if collapsed is not None:
+        raise click.ClickException(str(collapsed))
+    if r["health"] and r["health"]["collapsed"] and fmt == "json":
+        click.echo(_health_line(r["health"]), err=True)
+
+
+def _epoch_line(loss: float | None, probe: CollapseProbe) -> str:
+    """One epoch: mean loss and the probe's values."""
+    return (
+        f"epoch {probe.epoch}: mean loss {loss:.4f}, teacher entropy {probe.teacher_entropy:.3f} "
+        f"per patch / {probe.batch_entropy:.3f} of the mean (ln(out_dim) "
+        f"{probe.max_entropy:.3f}), median cosine distance {probe.cosine_distance_median:.4f}"
+        + (" COLLAPSED" if probe.collapsed else "")
+    )
+
+
+def _health_line(health: dict) -> str:
+    """The final teacher's probe: a health line, loud when collapsed."""
+    values = (
+        f"median cosine distance {health['cosine_distance_median']:.4f} between the teacher's "
+        f"features, teacher entropy {health['teacher_entropy']:.3f} per patch and "
+        f"{health['batch_entropy']:.3f} of the mean (ln(out_dim) {health['max_entropy']:.3f})"
+    )
+    if health["collapsed"]:
+        return f"WARNING: the encoder is COLLAPSED: {'; '.join(health['reasons'])} ({values})"
+    return f"health: not collapsed ({values})"
+
+
+def _summary_text(r: dict) -> str:
+    """The human summary: the run, the per-epoch table, the health line."""
     resumed = f", resumed after epoch {r['start_epoch']}" if r["start_epoch"] else ""
     if r["epochs_run"] == 0:
         resumed = ", already complete: nothing to train"
@@ -82,13 +142,32 @@ def ssl_train(
         f"{r['out']}: {r['epochs']} epochs of DINO on {r['arch']} @ {r['img_size']} px{resumed}",
         f"{r['patches']} patches ({selection}), batch {r['batch_size']}, "
         f"{r['steps_per_epoch']} steps/epoch, init {r['init'] or 'random'}",
-        f"{r['epochs_run']} epochs in {r['seconds']:.1f} s, {r['patches_per_s']:.2f} patches/s on "
-        f"{r['device']} ({r['workers']} loader workers)",
-        f"encode --weights {r['out']} gives {r['embedding_dim']}-d embeddings",
+        f"recipe {r['recipe']}: lr {r['dino']['base_lr']:g} x batch/256 after "
+        f"{r['warmup_steps']} warm-up steps, teacher temperature {r['dino']['teacher_temp']:g}"
+        f" -> {r['dino']['teacher_temp_end']:g}, head of {r['dino']['out_dim']} outputs"
+        f"{' (weight-normalised)' if r['dino']['norm_last_layer'] else ''}, gradient clip "
+        f"{r['dino']['clip_grad'] or 'none'}",
+        f"{r['epochs_run']} epoch{'' if r['epochs_run'] == 1 else 's'} in {r['seconds']:.1f} s, "
+        f"{r['patches_per_s']:.2f} patches/s on {r['device']} ({r['workers']} loader workers)",
+        f"encode --weights {r['out']} gives {r['embedding_dim']}-d embeddings"
+        if Path(r["out"]).exists()
+        else f"no checkpoint in {r['out']}",
         "",
         render_table(
-            [{"epoch": i + 1, "mean_loss": loss} for i, loss in enumerate(r["losses"])],
-            ["epoch", "mean_loss"],
+            [
+                {"epoch": probe["epoch"], "mean_loss": loss, **probe}
+                for loss, probe in zip(r["losses"], r["probes"], strict=False)
+            ],
+            [
+                "epoch",
+                "mean_loss",
+                "teacher_entropy",
+                "batch_entropy",
+                "cosine_distance_median",
+                "collapsed",
+            ],
         ),
     ]
-    emit(fmt, r, "\n".join(lines))
+    if r["health"]:
+        lines.append(_health_line(r["health"]))
+    return "\n".join(lines)

@@ -82,10 +82,13 @@ def ingest(
 @format_option
 def info(store: Path, fmt: str) -> None:
     """Counts per cell line and batch, time range, size on disk, table versions, rejects."""
-    from clanet_store.stores.patch_store import PatchStore
+    from clanet_store.pipelines.evaluate_encoder import encoder_summaries
+    from clanet_store.stores.embedding_store import EmbeddingStore
     from clanet_store.stores.summary import store_info
 
-    r = store_info(PatchStore(store))
+    embedding_store = EmbeddingStore(store)
+    r = store_info(embedding_store)
+    r["encoders"] = [s.as_dict() for s in encoder_summaries(embedding_store)]
     versions = ", ".join(f"{k} v{v}" for k, v in r["table_versions"].items())
     lines = [
         f"{r['store']}: {r['cell_lines']} cell lines, {r['batches']} batches, "
@@ -106,6 +109,32 @@ def info(store: Path, fmt: str) -> None:
             "mean_confluency",
         ]
         lines += ["", render_table(r["per_batch"], cols)]
+    if r["encoders"]:
+        lines += ["", "encoders:", encoders_table(r["encoders"])]
     if r["rejects"]:
         lines += ["", "rejected files:", render_table(r["rejects"], ["path", "reason"])]
     emit(fmt, r, "\n".join(lines))
+
+
+def encoders_table(encoders: list[dict]) -> str:
+    """One line per encoder: weights, patch-level health, latest image-level evaluation."""
+    rows = []
+    for e in encoders:
+        h, image = e["health"] or {}, e["image"] or {}
+        rows.append(
+            {
+                "model_id": e["model_id"],
+                "arch": e["arch"],
+                "weights": e["weights"],
+                "cos_dist_median": h.get("cosine_distance_median"),
+                "eff_rank": h.get("effective_rank"),
+                "health": "COLLAPSED" if h.get("collapsed") else ("ok" if h else "-"),
+                "image_knn": image.get("knn_accuracy_cross_batch"),
+                "knn_chance": image.get("knn_accuracy_cross_batch_chance"),
+                "image_map": image.get("map_cross_batch"),
+                "map_chance": image.get("map_cross_batch_chance"),
+                "batch_effect": image.get("batch_effect_index"),
+                "evaluated_at": e["evaluated_at"][:19] if e["evaluated_at"] else "never",
+            }
+        )
+    return render_table(rows, list(rows[0]))

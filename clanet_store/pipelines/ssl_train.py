@@ -9,8 +9,14 @@ Reproducible from (seed, epoch): the patch order, the augmentations (seeded per 
 the number of workers) and drop path (the global RNG, seeded per epoch inside a forked RNG) depend
 on nothing else. A checkpoint, written atomically after every epoch through `ssl_checkpoint`,
 holds the teacher backbone (what ``encode --weights`` reads), the teacher head, the student,
-AdamW, the loss centre, the schedule position, the epoch, the run config and the per-epoch mean
-losses; ``resume`` continues from it with the same config, so the same schedule values.
+AdamW, the loss centre, the schedule position, the epoch, the run config, the recipe's numbers
+and the per-epoch mean losses and collapse probes; ``resume`` continues from it with the same
+config, so the same schedule values.
+
+After every epoch the teacher is probed on a fixed set of stored patches (`probe_teacher`: its
+output entropy and the spread of its features); from the end of the lr warm-up on, a probe that
+breaks one of the recipe's collapse rules stops the run (`TrainingCollapsed`) and the checkpoint
+of the epoch before is kept.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from clanet_store.errors import ClanetError
 from clanet_store.models.dino import (
+    RECIPES,
+    CollapseProbe,
     DinoConfig,
     DinoLoss,
     DinoNet,
@@ -39,8 +47,12 @@ from clanet_store.models.dino import (
     build_dino,
     build_loss,
     build_optimizer,
+    collapse_reasons,
+    default_recipe,
+    probe_teacher,
     schedule_at,
     train_step,
+    warmup_steps,
 )
 from clanet_store.models.encoder import EncoderConfig, select_device, ssl_checkpoint
 from clanet_store.schemas import load_schema
@@ -54,7 +66,8 @@ class SSLTrainConfig:
 
     arch: timm ViT name, built at img_size px; k: patches per image (rank < k); where: filters
     on the patches table (see `training_rows`); init: the weights file the run started from
-    (None: random init seeded with ``seed``); dino: the numbers of SPEC 5.
+    (None: random init seeded with ``seed``); recipe: the name of the recipe dino started from
+    (`RECIPES`; checkpoints older than recipes trained SPEC 5, ``finetune``); dino: its numbers.
     """
 
     arch: str = "vit_small_patch8_224"
@@ -65,6 +78,7 @@ class SSLTrainConfig:
     where: tuple[str, ...] = ()
     init: str | None = None
     seed: int = 0
+    recipe: str = "finetune"
     dino: DinoConfig = dataclasses.field(default_factory=DinoConfig)
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,8 +94,8 @@ class SSLTrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainProgress:
-    """Sent after every step. ``epoch_loss`` is set on an epoch's last step, once its
-    checkpoint is written: the epoch's mean loss."""
+    """Sent after every step. ``epoch_loss`` and ``probe`` are set on an epoch's last step, once
+    its checkpoint is written: the epoch's mean loss and the teacher's collapse probe."""
 
     epoch: int
     step: int
@@ -89,6 +103,16 @@ class TrainProgress:
     loss: float
     values: ScheduleValues
     epoch_loss: float | None = None
+    probe: CollapseProbe | None = None
+
+
+class TrainingCollapsed(ClanetError):
+    """The teacher collapsed: the one-line message says after which epoch, why, and what
+    checkpoint is kept; ``summary`` is the run's summary up to that epoch."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def training_rows(store: PatchStore, k: int, where: Sequence[str]) -> np.ndarray:
@@ -161,6 +185,12 @@ def patch_loader(
     )
 
 
+def probe_rows(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The fixed probe set: ``n`` of the training rows (all when fewer), drawn with ``seed``."""
+    rng = np.random.default_rng([seed, len(rows)])
+    return np.sort(rng.choice(rows, size=min(n, len(rows)), replace=False))
+
+
 def default_workers() -> int:
     """Loader processes: one core is left to the training step, at most 4 (0: in-process)."""
     return min(4, (os.cpu_count() or 1) - 1)
@@ -175,10 +205,23 @@ class TrainState:
     loss_fn: DinoLoss
     optimizer: torch.optim.Optimizer
 
-    def step(self, views: Sequence[torch.Tensor], values: ScheduleValues, freeze: bool) -> float:
+    def step(
+        self,
+        views: Sequence[torch.Tensor],
+        values: ScheduleValues,
+        freeze: bool,
+        clip_grad: float,
+    ) -> float:
         """One DINO step (`train_step`); returns the loss."""
         return train_step(
-            self.student, self.teacher, self.loss_fn, self.optimizer, views, values, freeze
+            self.student,
+            self.teacher,
+            self.loss_fn,
+            self.optimizer,
+            views,
+            values,
+            freeze,
+            clip_grad,
         )
 
     def state_dicts(self) -> dict[str, Any]:
@@ -215,6 +258,7 @@ def ssl_train(
     k: int | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
     *,
+    recipe: str | None = None,
     dino: DinoConfig | None = None,
     seed: int | None = None,
     workers: int | None = None,
@@ -224,9 +268,13 @@ def ssl_train(
 
     Options left as None take `SSLTrainConfig`'s defaults, or on ``resume`` the values saved in
     ``out``; a value given on resume must equal the saved one (the schedules depend on it).
-    ``resume`` with no file at ``out`` starts afresh; without ``resume`` an existing ``out`` is an
-    error. ``workers``: loader processes (default `default_workers`; 0 loads in this process).
-    Returns the run's summary, with ``losses`` the mean loss of every epoch so far.
+    ``recipe`` names the numbers (`RECIPES`; default `default_recipe`: ``scratch`` without
+    ``init``, ``finetune`` with); ``dino`` gives them explicitly instead (a recipe with some
+    values changed). ``resume`` with no file at ``out`` starts afresh; without ``resume`` an
+    existing ``out`` is an error. ``workers``: loader processes (default `default_workers`; 0
+    loads in this process). Returns the run's summary: ``losses`` the mean loss of every epoch so
+    far, ``probes`` the teacher's collapse probe after each, ``health`` the last. Raises
+    `TrainingCollapsed` when a probe after the lr warm-up breaks a collapse rule.
     """
     start_time = time.perf_counter()
     out = Path(out)
@@ -238,12 +286,12 @@ def ssl_train(
         "where": None if where is None else tuple(where),
         "k": k,
         "seed": seed,
+        "recipe": recipe,
         "dino": dino,
     }
     given = {key: value for key, value in requested.items() if value is not None}
     config, saved = _run_config(out, resume, given)
     torch_device = select_device(device)
-    state = _build_state(config, torch_device, from_init=saved is None)
     store = PatchStore(store_path)
     rows = training_rows(store, config.k, config.where)
     batches = EpochBatches(rows, config.batch_size, config.seed)
@@ -258,55 +306,143 @@ def ssl_train(
             f"{out}: trained on {saved['patches']} patches, the store now selects {len(rows)}; "
             "resuming would change the schedules"
         )
+    numbers = config.dino.sized_for(len(rows))
+    state = _build_state(config, numbers, torch_device, from_init=saved is None)
+    probe_patches = torch.from_numpy(
+        store.read_rows(probe_rows(rows, numbers.probe_patches, config.seed))
+    )
+    warm = warmup_steps(numbers.warmup_epochs, numbers, steps_per_epoch, config.epochs)
 
-    start_epoch, losses = 0, []
+    start_epoch, losses, probes = 0, [], []
     if saved:
         state.load_state_dicts(saved)
         start_epoch, losses = saved["epoch"], list(saved["losses"])
+        probes = [CollapseProbe.from_dict(p) for p in saved.get("probes", [])]
+        init_probe = CollapseProbe.from_dict(saved["init_probe"]) if "init_probe" in saved else None
+    else:
+        first = schedule_at(numbers, config.batch_size, 0, steps_per_epoch, config.epochs)
+        init_probe = _probe(state, numbers, probe_patches, first, 0)
     workers = default_workers() if workers is None else workers
-    loader = patch_loader(store.array, batches, config.dino, workers, torch_device.type == "cuda")
+
+    def summary() -> dict[str, Any]:
+        seconds = time.perf_counter() - start_time
+        steps_run = (len(losses) - start_epoch) * steps_per_epoch
+        return {
+            "store": str(store.path),
+            "out": str(out),
+            "arch": config.arch,
+            "img_size": config.img_size,
+            "embedding_dim": EncoderConfig().n_blocks * state.student.backbone.embed_dim,
+            "init": config.init,
+            "recipe": config.recipe,
+            "dino": numbers.as_dict(),
+            "k": config.k,
+            "where": list(config.where),
+            "patches": len(rows),
+            "probe_patches": len(probe_patches),
+            "batch_size": config.batch_size,
+            "steps_per_epoch": steps_per_epoch,
+            "warmup_steps": warm,
+            "epochs": config.epochs,
+            "start_epoch": start_epoch,
+            "epochs_run": len(losses) - start_epoch,
+            "device": str(torch_device),
+            "workers": workers,
+            "seconds": seconds,
+            "patches_per_s": steps_run * config.batch_size / seconds,
+            "losses": losses,
+            "init_probe": init_probe.as_dict() if init_probe else None,
+            "probes": [probe.as_dict() for probe in probes],
+            "health": probes[-1].as_dict() if probes else None,
+        }
+
+    loader = patch_loader(store.array, batches, numbers, workers, torch_device.type == "cuda")
+    collapsed = False
     with torch.random.fork_rng():
         for epoch in range(start_epoch, config.epochs):
             batches.epoch = epoch
             torch.manual_seed(_epoch_seed(config.seed, epoch))
             state.student.train()
-            freeze = epoch < config.dino.freeze_last_layer_epochs
+            freeze = epoch < numbers.freeze_last_layer_epochs
             epoch_losses = []
             for i, views in enumerate(loader):
                 step = epoch * steps_per_epoch + i
-                values = schedule_at(config.dino, config.batch_size, step, total_steps)
-                epoch_losses.append(state.step(views, values, freeze))
+                values = schedule_at(
+                    numbers, config.batch_size, step, steps_per_epoch, config.epochs
+                )
+                epoch_losses.append(state.step(views, values, freeze, numbers.clip_grad))
                 event = TrainProgress(epoch, step + 1, total_steps, epoch_losses[-1], values)
                 if i == steps_per_epoch - 1:
+                    probe = _probe(state, numbers, probe_patches, values, epoch + 1)
                     losses.append(float(np.mean(epoch_losses)))
-                    _save(out, config, state, epoch + 1, steps_per_epoch, losses, len(rows))
-                    event = dataclasses.replace(event, epoch_loss=losses[-1])
+                    probes.append(probe)
+                    collapsed = probe.collapsed and step + 1 > warm
+                    if collapsed:
+                        break
+                    _save(
+                        out,
+                        config,
+                        numbers,
+                        state,
+                        epoch + 1,
+                        steps_per_epoch,
+                        losses,
+                        probes,
+                        init_probe,
+                        len(rows),
+                    )
+                    event = dataclasses.replace(event, epoch_loss=losses[-1], probe=probe)
                 if progress is not None:
                     progress(event)
+            if collapsed:
+                break
+    if collapsed:
+        del loader  # its worker processes stop now, not when the error is gone
+        raise TrainingCollapsed(_collapse_message(out, probes, init_probe), summary())
+    return summary()
 
-    seconds = time.perf_counter() - start_time
-    steps_run = (config.epochs - start_epoch) * steps_per_epoch
-    return {
-        "store": str(store.path),
-        "out": str(out),
-        "arch": config.arch,
-        "img_size": config.img_size,
-        "embedding_dim": EncoderConfig().n_blocks * state.student.backbone.embed_dim,
-        "init": config.init,
-        "k": config.k,
-        "where": list(config.where),
-        "patches": len(rows),
-        "batch_size": config.batch_size,
-        "steps_per_epoch": steps_per_epoch,
-        "epochs": config.epochs,
-        "start_epoch": start_epoch,
-        "epochs_run": config.epochs - start_epoch,
-        "device": str(torch_device),
-        "workers": workers,
-        "seconds": seconds,
-        "patches_per_s": steps_run * config.batch_size / seconds,
-        "losses": losses,
-    }
+
+def _probe(
+    state: TrainState,
+    numbers: DinoConfig,
+    patches: torch.Tensor,
+    values: ScheduleValues,
+    epoch: int,
+) -> CollapseProbe:
+    """The teacher's probe after ``epoch`` epochs, at the teacher temperature of its last step,
+    with the recipe's verdict."""
+    probe = probe_teacher(
+        state.teacher,
+        state.loss_fn,
+        patches,
+        values.teacher_temp,
+        EncoderConfig().n_blocks,
+        epoch,
+    )
+    return dataclasses.replace(probe, reasons=collapse_reasons(probe, numbers))
+
+
+def _collapse_message(
+    out: Path, probes: list[CollapseProbe], init_probe: CollapseProbe | None
+) -> str:
+    """One line: the epoch of the last probe, every rule it breaks, the same values at the
+    random / given init, and what ``out`` holds."""
+    probe, kept = probes[-1], probes[-1].epoch - 1
+    if kept == 0:
+        where = "no checkpoint written: no epoch before it"
+    elif len(probes) > 1 and probes[-2].collapsed:
+        where = f"{out} keeps epoch {kept}, itself below a threshold during the lr warm-up"
+    else:
+        where = f"{out} keeps epoch {kept}, the last healthy one"
+    before = ""
+    if init_probe is not None:
+        before = (
+            f"; before training: entropy per patch {init_probe.teacher_entropy:.3f}, of the mean "
+            f"{init_probe.batch_entropy:.3f}, median cosine distance "
+            f"{init_probe.cosine_distance_median:.4f}"
+        )
+    reasons = "; ".join(probe.reasons)
+    return f"training collapsed after epoch {probe.epoch}: {reasons}{before} ({where})"
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -319,7 +455,12 @@ def _run_config(
 ) -> tuple[SSLTrainConfig, dict[str, Any] | None]:
     """The run's config, and the checkpoint to resume from (None: a fresh run)."""
     if not out.exists():
-        config = SSLTrainConfig(**requested)
+        recipe = requested.get("recipe") or default_recipe(requested.get("init"))
+        if recipe not in RECIPES:
+            raise ClanetError(f"unknown recipe {recipe!r}: one of {', '.join(RECIPES)}")
+        config = SSLTrainConfig(
+            **{**requested, "recipe": recipe, "dino": requested.get("dino", RECIPES[recipe])}
+        )
         if min(config.epochs, config.batch_size, config.k) < 1:
             raise ClanetError("epochs, batch size and k must be at least 1")
         return config, None
@@ -342,36 +483,42 @@ def _run_config(
     return saved, ckpt
 
 
-def _build_state(config: SSLTrainConfig, device: torch.device, from_init: bool) -> TrainState:
-    """Fresh networks (from ``config.init`` when ``from_init``), loss and AdamW on ``device``."""
+def _build_state(
+    config: SSLTrainConfig, numbers: DinoConfig, device: torch.device, from_init: bool
+) -> TrainState:
+    """Fresh networks (from ``config.init`` when ``from_init``), loss and AdamW on ``device``;
+    ``numbers`` is the recipe with its head sized."""
     init = config.init if from_init else None
     try:
-        student, teacher = build_dino(config.arch, config.img_size, config.dino, init, config.seed)
+        student, teacher = build_dino(config.arch, config.img_size, numbers, init, config.seed)
     except ValueError as exc:  # an unknown arch, or a bad --init file (CheckpointError)
         raise ClanetError(str(exc)) from exc
     student, teacher = student.to(device), teacher.to(device)
-    loss_fn = build_loss(config.dino).to(device)
+    loss_fn = build_loss(numbers).to(device)
     return TrainState(student, teacher, loss_fn, build_optimizer(student))
 
 
 def _save(
     out: Path,
     config: SSLTrainConfig,
+    numbers: DinoConfig,
     state: TrainState,
     epoch: int,
     steps_per_epoch: int,
     losses: list[float],
+    probes: list[CollapseProbe],
+    init_probe: CollapseProbe | None,
     patches: int,
 ) -> None:
     """Write the checkpoint after ``epoch`` epochs (to a temporary file, then renamed: never a
-    half-written file)."""
-    next_step, total_steps = epoch * steps_per_epoch, config.epochs * steps_per_epoch
+    half-written file). ``recipe`` holds the numbers trained with (the head sized)."""
+    next_step = epoch * steps_per_epoch
     schedules = {
         "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
+        "total_steps": config.epochs * steps_per_epoch,
         "next_step": next_step,
         "next": dataclasses.asdict(
-            schedule_at(config.dino, config.batch_size, next_step, total_steps)
+            schedule_at(numbers, config.batch_size, next_step, steps_per_epoch, config.epochs)
         ),
     }
     entries = state.state_dicts()
@@ -384,7 +531,10 @@ def _save(
         schedules=schedules,
         epoch=epoch,
         config=config.as_dict(),
+        recipe={"name": config.recipe, **numbers.as_dict()},
         losses=losses,
+        probes=[probe.as_dict() for probe in probes],
+        **({"init_probe": init_probe.as_dict()} if init_probe else {}),
         patches=patches,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ parameters of every stage, so an experiment is reproducible from one versioned f
 A config has a ``[pipeline]`` table (``name``, ``version`` = `CONFIG_VERSION`, ``description``)
 and one table per stage of `STAGES`. A stage table may leave keys out (they take the defaults
 below) but may not add unknown ones: a typo is an error naming the file and the key, never a
-silently ignored setting. ``dino`` (ssl_train) takes `DinoConfig` fields and ``mil`` (train)
+silently ignored setting. ``dino`` (ssl_train) takes `DinoConfig` fields, changing those of
+``recipe`` (``finetune`` or ``scratch``; "": by ``init``), and ``mil`` (train)
 takes `MILConfig` fields; both are checked when the stage builds them.
 """
 
@@ -44,6 +45,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "k": 10,
         "seed": 0,
         "init": "",
+        "recipe": "",
         "workers": 0,
         "dino": {},
     },

@@ -8,6 +8,7 @@ index) are idempotent, so running one again never duplicates data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 from clanet_store.errors import ClanetError
 from clanet_store.learn.metrics import SCALAR_SCORES
 from clanet_store.learn.training import MILConfig
-from clanet_store.models.dino import DinoConfig
+from clanet_store.models.dino import RECIPES, default_recipe
 from clanet_store.report.build import write_report
 from clanet_store.report.collect import neighbour_gallery
 
@@ -95,8 +96,14 @@ def _checkpoint(run: Run) -> Path:
 
 
 def ssl_train(run: Run, p: dict[str, Any]) -> Done:
-    """A DINO run on the store's patches (skipped when ``enabled = false``)."""
-    from clanet_store.pipelines.ssl_train import TrainProgress
+    """A DINO run on the store's patches (skipped when ``enabled = false``).
+
+    ``dino`` changes numbers of ``recipe`` (default: by ``init``). A run that collapses does not
+    stop the pipeline: the stage says why, and its summary gives the checkpoint kept (the epoch
+    before the collapse; none when the first epoch collapsed, and ``encode`` then embeds with a
+    random init of the same arch, which says so).
+    """
+    from clanet_store.pipelines.ssl_train import TrainingCollapsed, TrainProgress
     from clanet_store.pipelines.ssl_train import ssl_train as train
 
     if not p["enabled"]:
@@ -104,8 +111,11 @@ def ssl_train(run: Run, p: dict[str, Any]) -> Done:
     out = _checkpoint(run)
     out.unlink(missing_ok=True)  # made with other parameters or data: start afresh
     out.parent.mkdir(parents=True, exist_ok=True)
+    recipe = p["recipe"] or default_recipe(p["init"] or None)
+    if recipe not in RECIPES:
+        raise ClanetError(f"ssl_train.recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
     try:
-        dino = DinoConfig(**p["dino"])
+        dino = dataclasses.replace(RECIPES[recipe], **p["dino"])
     except TypeError as exc:
         raise ClanetError(f"ssl_train.dino: {exc}") from None
     with run.bar("ssl-train", "step") as update:
@@ -113,21 +123,32 @@ def ssl_train(run: Run, p: dict[str, Any]) -> Done:
         def step(event: TrainProgress) -> None:
             update(event.step, event.total_steps)
 
-        r = train(
-            run.store,
-            out,
-            epochs=p["epochs"],
-            batch_size=p["batch_size"],
-            arch=p["arch"],
-            init=p["init"] or None,
-            k=p["k"],
-            progress=step,
-            dino=dino,
-            seed=p["seed"],
-            workers=p["workers"],
-        )
-    keep = ("arch", "epochs", "patches", "batch_size", "embedding_dim", "losses", "seconds")
-    return Done({"enabled": True, "checkpoint": str(out), **{k: r[k] for k in keep}}, [out])
+        try:
+            r = train(
+                run.store,
+                out,
+                epochs=p["epochs"],
+                batch_size=p["batch_size"],
+                arch=p["arch"],
+                init=p["init"] or None,
+                k=p["k"],
+                progress=step,
+                recipe=recipe,
+                dino=dino,
+                seed=p["seed"],
+                workers=p["workers"],
+            )
+            collapsed = None
+        except TrainingCollapsed as exc:
+            r, collapsed = exc.summary, str(exc)
+            run.say(f"WARNING: {collapsed}")
+    keep = ("arch", "epochs", "patches", "batch_size", "embedding_dim", "recipe", "losses")
+    summary = {k: r[k] for k in keep} | {"probes": r["probes"], "seconds": r["seconds"]}
+    checkpoint = str(out) if out.exists() else None
+    return Done(
+        {"enabled": True, "checkpoint": checkpoint, "collapsed": collapsed, **summary},
+        [out] if checkpoint else [],
+    )
 
 
 def encode(run: Run, p: dict[str, Any]) -> Done:
@@ -135,9 +156,9 @@ def encode(run: Run, p: dict[str, Any]) -> Done:
     from clanet_store.pipelines.encode import encode as encode_store
     from clanet_store.pipelines.encode import load_encoder
 
-    trained = run.summaries.get("ssl_train", {}).get("checkpoint")
-    weights = p["weights"] or trained
-    encoder = load_encoder(weights, p["arch"] or None, p["device"])
+    ssl = run.summaries.get("ssl_train", {})
+    weights = p["weights"] or ssl.get("checkpoint")
+    encoder = load_encoder(weights, p["arch"] or ssl.get("arch"), p["device"])
     with run.bar("encode", "patch") as update:
         report = encode_store(run.store, encoder, batch_size=p["batch_size"], progress=update)
     return Done(report.as_dict(), [run.store])
