@@ -80,12 +80,14 @@ def test_dino_and_timm_checkpoints_share_model_id_and_rows(store_path, tmp_path)
     ]
 
 
-@pytest.mark.realdata
-def test_sigkill_midrun_then_rerun_gives_one_row_per_patch(store_path, tmp_path):
-    path = tmp_path / "store"
-    shutil.copytree(store_path, path)
-    cmd = [str(BIN / "clanet-store"), "encode", "--store", str(path), "--arch"]
-    cmd += ["vit_small_patch8_224", "--batch-size", "4", "--commit-every", "4", "--seed", "7"]
+SEED7 = "random-init(seed=7)"
+
+
+def kill_and_resume(cmd: list[str], path: Path, table: str, model: pl.Expr) -> tuple[str, dict]:
+    """Start ``encode`` (``cmd``), SIGKILL it once ``table`` holds rows of the model that the
+    models-table filter ``model`` selects, then re-run it to the end: the re-run encodes exactly
+    the rest and leaves one row per patch. Returns the killed run's model_id and the re-run's
+    JSON report."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
@@ -94,28 +96,39 @@ def test_sigkill_midrun_then_rerun_gives_one_row_per_patch(store_path, tmp_path)
             assert time.monotonic() < deadline, "encode committed nothing in time"
             try:
                 store = EmbeddingStore(path)
-                model = store.models().filter(pl.col("weights_source") == "random-init(seed=7)")
-                mine = col("model_id") == model["model_id"][0] if model.height else None
-                if mine is not None and store.table("embeddings").count_rows(mine.to_sql()):
+                found = store.models().filter(model)
+                mine = col("model_id") == found["model_id"][0] if found.height else None
+                if mine is not None and store.table(table).count_rows(mine.to_sql()):
                     break
             except Exception:  # tables not created yet
                 pass
-            time.sleep(0.2)
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    partial = EmbeddingStore(path).embeddings(columns=["patch_id"], model_id=model["model_id"][0])
+    model_id = found["model_id"][0]
+    partial = EmbeddingStore(path).embeddings(columns=["patch_id"], model_id=model_id)
     n = EmbeddingStore(path).patches_table().height
     assert 0 < partial.height < n
     res = subprocess.run([*cmd, "--format", "json"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
-    assert report["random_init"] is True
     assert report["patches_encoded"] == n - partial.height
     rows = EmbeddingStore(path).embeddings(columns=["patch_id"], model_id=report["model_id"])
     assert rows.height == n and rows["patch_id"].n_unique() == n
+    return model_id, report
+
+
+@pytest.mark.realdata
+def test_sigkill_midrun_then_rerun_gives_one_row_per_patch(store_path, tmp_path):
+    path = tmp_path / "store"
+    shutil.copytree(store_path, path)
+    cmd = [str(BIN / "clanet-store"), "encode", "--store", str(path), "--arch"]
+    cmd += ["vit_small_patch8_224", "--batch-size", "4", "--commit-every", "4", "--seed", "7"]
+    model_id, report = kill_and_resume(cmd, path, "embeddings", pl.col("weights_source") == SEED7)
+    assert report["random_init"] is True and report["model_id"] == model_id
 
 
 @pytest.mark.realdata

@@ -19,6 +19,13 @@ from clanet_store.cli.app import (
 @main.command()
 @store_option
 @click.option(
+    "--encoder",
+    "kind",
+    type=click.Choice(["vit", "classic"]),
+    default="vit",
+    help="vit (default): the ViT of SPEC 4; classic: the training-free texture descriptor",
+)
+@click.option(
     "--weights",
     type=click.Path(dir_okay=False, path_type=Path),
     help="local checkpoint: timm, original DINO, or clanet-store ssl-train (default: random init)",
@@ -41,6 +48,7 @@ from clanet_store.cli.app import (
 @format_option
 def encode(
     store: Path,
+    kind: str,
     weights: Path | None,
     arch: str | None,
     device: str,
@@ -51,13 +59,20 @@ def encode(
     commit_every: int,
     fmt: str,
 ) -> None:
-    """Embed every stored patch that has no embedding for this encoder yet (1536-d for ViT-S/8)."""
+    """Embed every stored patch that has no embedding for this encoder yet (1536-d for ViT-S/8,
+    89-d for classic)."""
+    from clanet_store.pipelines.encode import classic_encoder, load_encoder
     from clanet_store.pipelines.encode import encode as run_encode
-    from clanet_store.pipelines.encode import load_encoder
     from clanet_store.pipelines.evaluate_encoder import sample_health
     from clanet_store.stores.embedding_store import EmbeddingStore
 
-    encoder = load_encoder(weights, arch, device, seed, normalize)
+    if kind == "classic":
+        given = [name for name, value in (("--weights", weights), ("--arch", arch)) if value]
+        if given or normalize:
+            raise click.UsageError(f"{', '.join(given or ['--normalize'])}: only for --encoder vit")
+        encoder = classic_encoder(store)
+    else:
+        encoder = load_encoder(weights, arch, device, seed, normalize)
     with progress_callback("encoding", "patch") as update:
         report = run_encode(store, encoder, batch_size, wait, update, commit_every)
     r = report.as_dict()

@@ -10,6 +10,7 @@ ahead, so the model never waits on I/O.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -27,6 +28,14 @@ import torch
 from lancedb.expr import col
 
 from clanet_store.errors import ClanetError
+from clanet_store.models.classic import (
+    CLASSIC_ARCH,
+    FIT_PATCHES,
+    ClassicConfig,
+    ClassicEncoder,
+    describe,
+    fit_statistics,
+)
 from clanet_store.models.encoder import (
     CheckpointError,
     EncoderConfig,
@@ -36,6 +45,7 @@ from clanet_store.models.encoder import (
     inference_context,
     select_device,
 )
+from clanet_store.models.protocol import Encoder
 from clanet_store.pipelines.ingest import IMAGE_KEYS
 from clanet_store.stores import lance
 from clanet_store.stores.embedding_store import (
@@ -47,6 +57,7 @@ from clanet_store.stores.lock import writer_lock
 
 META_COLUMNS = ("patch_id", *IMAGE_KEYS, "rank", "density")
 PREFETCH_BATCHES = 4
+FIT_SEED = 0
 
 Progress = Callable[[int, int], None]
 
@@ -90,21 +101,51 @@ def load_encoder(
         raise ClanetError(str(exc)) from None
 
 
-def encoder_for_model(
-    model: dict, weights: str | Path | None, device: str = "auto"
-) -> PatchEncoder:
-    """Rebuild the encoder that wrote a model's embeddings (a models-table row): from ``weights``
-    for trained encoders, from the recorded seed for a random init; refuse any other encoder."""
+def classic_encoder(store_path: str | Path, threads: int | None = None) -> ClassicEncoder:
+    """The store's classic encoder: the one recorded by an earlier classic encode (its frozen
+    statistics), else one fitted on up to FIT_PATCHES patches drawn with a fixed seed.
+
+    The draw depends only on the store's patch ids, so a run killed before it recorded the
+    encoder fits the same statistics again. The sample's features are kept in the encoder, so
+    the encode that follows does not compute them twice.
+    """
+    store = EmbeddingStore(store_path)
+    recorded = store.models().filter(pl.col("arch") == CLASSIC_ARCH)
+    for row in recorded.iter_rows(named=True):
+        config = json.loads(row["config"])
+        with contextlib.suppress(ValueError):  # another version of the descriptor
+            return ClassicEncoder(ClassicConfig.from_dict(config), threads)
+    patches = store.patches_table(["patch_id", "row"]).sort("patch_id")
+    if patches.height == 0:
+        raise ClanetError(f"{store.path}: no patches to fit the classic encoder on (run ingest)")
+    rng = np.random.default_rng(FIT_SEED)
+    pick = np.sort(rng.choice(patches.height, min(FIT_PATCHES, patches.height), replace=False))
+    pixels = store.read_rows(patches["row"].to_numpy()[pick])
+    raw = describe(pixels, threads)
+    return ClassicEncoder(fit_statistics(raw), threads, known=(pixels, raw))
+
+
+def encoder_for_model(model: dict, weights: str | Path | None, device: str = "auto") -> Encoder:
+    """Rebuild the encoder that wrote a model's embeddings (a models-table row): a classic one
+    from its recorded statistics, from ``weights`` for trained encoders, from the recorded seed
+    for a random init; refuse any other encoder."""
     config = json.loads(model["config"])
-    seed = 0
-    if model["random_init"]:
-        weights, seed = None, int(model["weights_source"].split("seed=")[1].rstrip(")"))
-    elif weights is None:
-        raise ClanetError(
-            f"model {model['model_id']} was made from weights {model['weights_source']}: "
-            "pass that file with --weights"
-        )
-    encoder = load_encoder(weights, config["arch"], device, seed, config["normalize"])
+    if config["arch"] == CLASSIC_ARCH:
+        try:
+            encoder: Encoder = ClassicEncoder(ClassicConfig.from_dict(config))
+        except ValueError as exc:
+            raise ClanetError(f"model {model['model_id']}: {exc}") from None
+        weights = model["weights_source"]
+    else:
+        seed = 0
+        if model["random_init"]:
+            weights, seed = None, int(model["weights_source"].split("seed=")[1].rstrip(")"))
+        elif weights is None:
+            raise ClanetError(
+                f"model {model['model_id']} was made from weights {model['weights_source']}: "
+                "pass that file with --weights"
+            )
+        encoder = load_encoder(weights, config["arch"], device, seed, config["normalize"])
     if encoder.model_id != model["model_id"]:
         raise ClanetError(
             f"{weights}: gives model {encoder.model_id}, not {model['model_id']} (other weights?)"
@@ -143,7 +184,7 @@ def _batches(store: EmbeddingStore, rows: np.ndarray, batch_size: int) -> Iterat
                 thread.join(0.05)
 
 
-def _register_model(store: EmbeddingStore, encoder: PatchEncoder, table: str) -> None:
+def _register_model(store: EmbeddingStore, encoder: Encoder, table: str) -> None:
     if not store.models().filter(pl.col("model_id") == encoder.model_id).is_empty():
         return
     row = {
@@ -165,7 +206,7 @@ def _register_model(store: EmbeddingStore, encoder: PatchEncoder, table: str) ->
 
 def encode(
     store_path: str | Path,
-    encoder: PatchEncoder,
+    encoder: Encoder,
     batch_size: int = 64,
     wait: bool = False,
     progress: Progress | None = None,

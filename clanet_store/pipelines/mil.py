@@ -56,7 +56,7 @@ from clanet_store.stores.sequences import filter_schema, list_sequences, load_ba
 from clanet_store.textout import percent_mean_std
 
 if TYPE_CHECKING:
-    from clanet_store.models.encoder import PatchEncoder
+    from clanet_store.models.protocol import Encoder
 
 SPLIT_SEED = 0
 LOW_PROBABILITY = 0.5
@@ -282,11 +282,13 @@ def _ranked(proba: np.ndarray, classes: Sequence[str], threshold: float) -> list
 
 def _export_encoder(
     store_path: Path, mil: MILModel, model_path: Path, weights: Path | None, seed: int
-) -> PatchEncoder:
+) -> Encoder:
     """The encoder of ``mil``'s embeddings, rebuilt from ``weights`` / ``seed``; refused unless
     its model_id is the model's. The arch comes from the store's record of that encoder when it
-    has one, else from the checkpoint or the default, as in ``encode``."""
-    from clanet_store.pipelines.encode import load_encoder
+    has one, else from the checkpoint or the default, as in ``encode``; a recorded classic
+    encoder is rebuilt from its recorded statistics."""
+    from clanet_store.models.classic import CLASSIC_ARCH
+    from clanet_store.pipelines.encode import encoder_for_model, load_encoder
 
     recorded = None
     if (store_path / "store.json").exists():
@@ -294,6 +296,8 @@ def _export_encoder(
         found = models.filter(pl.col("model_id") == mil.encoder_model_id)
         recorded = found.row(0, named=True) if found.height else None
     config = json.loads(recorded["config"]) if recorded else {}
+    if recorded and config["arch"] == CLASSIC_ARCH:
+        return encoder_for_model(recorded, None)
     encoder = load_encoder(
         weights, config.get("arch"), "auto", seed, config.get("normalize", False)
     )
@@ -310,7 +314,7 @@ def _export_encoder(
 def _add_export(
     store_path: Path,
     export: Path,
-    encoder: PatchEncoder,
+    encoder: Encoder,
     plate_map: Path | None,
     workers: int | None,
     progress: StageProgress | None,

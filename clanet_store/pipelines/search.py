@@ -24,7 +24,8 @@ from lancedb.index import Bitmap, BTree, IvfRq
 from clanet_store.errors import ClanetError
 from clanet_store.imaging.ccs import PATCH_SIZE
 from clanet_store.imaging.extract import extract
-from clanet_store.models.encoder import PatchEncoder, inference_context
+from clanet_store.models.encoder import inference_context
+from clanet_store.models.protocol import Encoder
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.lock import writer_lock
 
@@ -107,7 +108,7 @@ def build_index(
 
 def neighbours_of_image(
     store: EmbeddingStore,
-    encoder: PatchEncoder,
+    encoder: Encoder,
     grey: np.ndarray,
     k: int = 10,
     box: tuple[int, int] | None = None,
