@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from browser import chromium, render
 from click.testing import CliRunner
 from PIL import Image
 
 from clanet_store.cli import main
 from clanet_store.errors import ClanetError
+from clanet_store.pipelines.evaluate_encoder import latest_evaluations
 from clanet_store.runs.config import DEFAULTS, STAGES, load_config, parse_override
 from clanet_store.runs.runner import PIPELINE_DIR, export_fingerprint, store_fingerprint
 from clanet_store.stores.embedding_store import EmbeddingStore
@@ -159,15 +159,24 @@ def test_demo_stage_outputs(demo):
     # 4 steps from a random init cannot spread its features: the probe stops the run, the stage
     # says why, no checkpoint is kept, and encode embeds with a random init of the same arch.
     assert ssl["recipe"] == "scratch" and ssl["checkpoint"] is None
-    assert ssl["collapsed"].startswith("training collapsed after epoch 1: ")
+    assert ssl["collapsed"]["batch-separated-r1"].startswith("training collapsed after epoch 1: ")
     encode = _stage(first, "encode")["summary"]
     store = EmbeddingStore(out / "store")
     patches = store.table("patches").count_rows()
     assert encode["patches_encoded"] == patches > 0
     assert encode["random_init"] is True and encode["arch"] == ssl["arch"]
-    assert store.model_row()["model_id"] == encode["model_id"]
+    classic = encode["extra_model_ids"]["classic"]
+    assert store.model_row(classic)["arch"] == "classic"
+    assert store.embeddings(columns=["patch_id"], model_id=classic).height == patches
+    # the random init is set aside: the models are trained on classic, and the reason says why
+    choice = _stage(first, "choose_encoder")["summary"]
+    assert choice["model_id"] == choice["model_ids"]["batch-separated-r1"] == classic
+    (only,) = choice["choices"]
+    assert "the only healthy candidate" in only["reason"] and "random init" in only["reason"]
+    assert [c["usable"] for c in only["candidates"]] == [False, True]
+    assert set(latest_evaluations(store)["model_id"]) == {encode["model_id"], classic}
     index = _stage(first, "index")["summary"]
-    assert index["rows"] == patches and index["model_id"] == encode["model_id"]
+    assert index["rows"] == patches and index["model_id"] == classic
 
 
 def test_demo_models_and_evaluations(demo):
@@ -188,12 +197,16 @@ def test_demo_models_and_evaluations(demo):
     # inductive by default: the encoder trained on the split's training side only (issue 19)
     ssl = _stage(first, "ssl_train")["summary"]
     assert ssl["protocol"] == "inductive" and list(ssl["checkpoints"]) == ["batch-separated-r1"]
-    saved = torch.load(ssl["checkpoint"], map_location="cpu", weights_only=True)["split"]
+    # the 4-step run collapsed and kept no checkpoint (test_demo_stage_outputs), but it trained
+    # on the training side only: the patches of one batch of each line's two (k = 1)
     split = json.loads((out / "models" / "split-batch-separated-r1.json").read_text())
-    assert saved == split  # drawn before encoding, reused by train
-    assert all(item["encoder_training"] == "inductive" for item in evaluations)
+    assert ssl["checkpoints"] == {"batch-separated-r1": None}
+    assert ssl["patches_per_split"] == [ssl["patches"]] and 0 < ssl["patches"] <= 36 // 2
+    assert split["kind"] == "batch-separated"  # drawn before encoding, reused by train
+    # trained on classic, whose feature standardisation saw every stored patch (no labels)
+    assert all(item["encoder_training"] == "transductive" for item in evaluations)
     assert {m["encoder_model_id"] for m in models} == {
-        _stage(first, "encode")["summary"]["model_id"]
+        _stage(first, "choose_encoder")["summary"]["model_id"]
     }
 
 
@@ -215,7 +228,8 @@ def test_rerun_skips_up_to_date_stages_and_reruns_changed_ones(demo):
     assert all(s["status"] == "up to date" for s in again["stages"])
     changed = _demo(out, "--set", "search.k=4")
     status = {s["stage"]: s["status"] for s in changed["stages"]}
-    assert status == {**dict.fromkeys(STAGES[:7], "up to date"), "search": "ran", "report": "ran"}
+    before = STAGES[: STAGES.index("search")]
+    assert status == {**dict.fromkeys(before, "up to date"), "search": "ran", "report": "ran"}
     search = json.loads((out / "search.json").read_text())
     assert all(len(q["results"]) <= 4 for q in search["queries"])
     # a deleted output makes its stage run again

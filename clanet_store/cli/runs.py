@@ -55,6 +55,9 @@ def _run(
     click.echo(f"pipeline {config.name} ({config.path}) -> {out.resolve()}", err=True)
     r = run_pipeline(config, out, store, export, start_from, until, progress_callback, _event)
     lines = [_stage_line(s) for s in r["stages"]]
+    chosen = next((s for s in r["stages"] if s["stage"] == "choose_encoder"), None)
+    for choice in chosen["summary"]["choices"] if chosen else []:
+        lines.append(f"models of {choice['split']} trained on {choice['reason']}")
     lines.append(f"total {_duration(r['seconds'])}; store {r['store']}")
     if r["report"]:
         lines.append(f"report: {r['report']}")
@@ -68,7 +71,7 @@ def _duration(seconds: float) -> str:
 
 def _stage_line(item: dict[str, Any]) -> str:
     status = "up to date, skipped" if item["status"] == "up to date" else _duration(item["seconds"])
-    return f"[{item['number']}/{item['of']}] {item['stage']:<9} {status}"
+    return f"[{item['number']}/{item['of']}] {item['stage']:<14} {status}"
 
 
 def _event(event: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from lancedb.expr import col
+from lancedb.expr import Expr, col
 
 from clanet_store.errors import ClanetError
 from clanet_store.exports.scan import short_hash
@@ -98,13 +98,14 @@ def evaluate_model(
     top_k: int = 10,
     seed: int = 0,
     max_queries: int = MAX_QUERIES,
+    where: Expr | None = None,
 ) -> EncoderEvaluation:
-    """Evaluate one model's stored embeddings (default: the only or latest model); writes
-    nothing."""
+    """Evaluate one model's stored embeddings (default: the only or latest model), or those of
+    the rows ``where`` selects (e.g. the training side of a split); writes nothing."""
     start = datetime.now(UTC).replace(tzinfo=None)
     t0 = time.perf_counter()
     model = store.model_row(model_id)
-    table = store.embeddings_arrow(columns=[*LEVEL_KEYS, "rank", "embedding"], model_id=model_id)
+    table = store.embeddings_arrow(where, [*LEVEL_KEYS, "rank", "embedding"], model_id)
     if table.num_rows < 2:
         raise ClanetError(
             f"{store.path}: model {model['model_id']} has {table.num_rows} embedding(s); "

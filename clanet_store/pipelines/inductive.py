@@ -9,7 +9,8 @@ encoder is:
 - ``inductive``: a random init, weights from elsewhere (not a clanet-ssl checkpoint), or an
   ssl-train checkpoint whose split trained on none of the MIL split's test sequences;
 - ``transductive``: an ssl-train checkpoint trained on all patches (no split), or on a split
-  whose training side holds test sequences of the MIL split;
+  whose training side holds test sequences of the MIL split; the classic descriptor (its feature
+  standardisation is fitted, label-free, on a sample of all stored patches);
 - ``unknown``: a clanet-ssl checkpoint that was not given (the store records its file name
   only) or cannot be read.
 """
@@ -24,6 +25,7 @@ import torch
 from lancedb.expr import col
 
 from clanet_store.learn.splits import Split
+from clanet_store.models.classic import CLASSIC_ARCH
 from clanet_store.models.encoder import SSL_FORMAT
 from clanet_store.stores.patch_store import PatchStore
 from clanet_store.stores.sequences import SequenceRecord, sequence_filter
@@ -82,6 +84,12 @@ def encoder_training(
     file name only; without it, that name is looked up in the working directory). Returns
     ``{"encoder_training": inductive | transductive | unknown, "encoder_training_why": ...}``.
     """
+    if model_row["arch"] == CLASSIC_ARCH:
+        return _said(
+            "transductive",
+            "training-free descriptor, but its feature standardisation (one mean and standard "
+            "deviation per feature) was fitted without labels on a sample of all stored patches",
+        )
     if model_row["random_init"] or model_row["weights_format"] != SSL_FORMAT:
         origin = "a random init" if model_row["random_init"] else "weights from elsewhere"
         return _said("inductive", f"{origin}: not trained on this store's patches")

@@ -28,6 +28,7 @@ STAGES = (
     "ingest",
     "ssl_train",
     "encode",
+    "choose_encoder",
     "index",
     "train",
     "evaluate",
@@ -51,7 +52,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dino": {},
         "protocol": "inductive",
     },
-    "encode": {"arch": "", "weights": "", "batch_size": 64, "device": "auto"},
+    "encode": {"arch": "", "weights": "", "batch_size": 64, "device": "auto", "extra": []},
+    "choose_encoder": {"k": 10},
     "index": {},
     "train": {
         "splits": ["batch-separated"],

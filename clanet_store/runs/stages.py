@@ -47,8 +47,10 @@ class Run:
 
     @property
     def model_id(self) -> str:
-        """The encoder the embeddings of this run came from (recorded by ``encode``)."""
-        return self.summaries["encode"]["model_id"]
+        """The encoder of this run's index, search and report: the one ``choose_encoder``
+        picked for the first split, else the one ``encode`` wrote."""
+        chosen = self.summaries.get("choose_encoder", {}).get("model_id")
+        return chosen or self.summaries["encode"]["model_id"]
 
 
 @dataclass
@@ -206,13 +208,19 @@ def _dino(
     return {**r, "collapsed": None}
 
 
+EXTRA_ENCODERS = ("classic",)
+
+
 def encode(run: Run, p: dict[str, Any]) -> Done:
     """Embed every patch: with ``weights``, else the ssl_train checkpoint(s) (one encoder per
-    split with the inductive protocol; the first is the run's encoder for index, search and
-    report), else a seeded init."""
+    split with the inductive protocol), else a seeded init; then with each training-free
+    encoder of ``extra`` (``classic``). ``choose_encoder`` picks among them."""
+    from clanet_store.pipelines.encode import classic_encoder, load_encoder
     from clanet_store.pipelines.encode import encode as encode_store
-    from clanet_store.pipelines.encode import load_encoder
 
+    unknown = sorted(set(p["extra"]) - set(EXTRA_ENCODERS))
+    if unknown:
+        raise ClanetError(f"encode.extra: {unknown[0]!r} is not one of {', '.join(EXTRA_ENCODERS)}")
     ssl = run.summaries.get("ssl_train", {})
     per_split = {} if p["weights"] else ssl.get("checkpoints", {})
     sources = per_split or {"": p["weights"] or ssl.get("checkpoint")}
@@ -223,10 +231,53 @@ def encode(run: Run, p: dict[str, Any]) -> Done:
             reports[name] = encode_store(
                 run.store, encoder, batch_size=p["batch_size"], progress=update
             )
+    extra = {}
+    for name in p["extra"]:
+        with run.bar(f"encode {name}", "patch") as update:
+            extra[name] = encode_store(
+                run.store, classic_encoder(run.store), batch_size=p["batch_size"], progress=update
+            ).model_id
     summary = next(iter(reports.values())).as_dict()
     if per_split:
         summary["model_ids"] = {name: r.model_id for name, r in reports.items()}
+    summary["extra_model_ids"] = extra
     return Done(summary, [run.store])
+
+
+def choose_encoder(run: Run, p: dict[str, Any]) -> Done:
+    """For each split of the train stage, the encoder its models are trained on: the SSL
+    encoder of that split or an ``encode.extra`` one, judged on the split's training side only
+    (`pipelines.choose_encoder`); then every encoder of the run is evaluated on the whole store
+    for ``info`` and the report's Encoders section."""
+    from clanet_store.pipelines.choose_encoder import choose_encoder as choose
+    from clanet_store.pipelines.evaluate_encoder import evaluate_encoders
+    from clanet_store.pipelines.inductive import patch_sequences
+    from clanet_store.pipelines.mil import split_for
+    from clanet_store.stores.patch_store import PatchStore
+
+    encoded = run.summaries["encode"]
+    extra = list(encoded.get("extra_model_ids", {}).values())
+    records = patch_sequences(PatchStore(run.store))
+    choices = []
+    for kind, repeat in run.train_splits:
+        own = encoded.get("model_ids", {}).get(f"{kind}-r{repeat}", encoded["model_id"])
+        split = split_for(records, kind, repeat, run.out / "models")[0]
+        choice = choose(run.store, [own, *extra], split, top_k=p["k"])
+        run.say(f"encoder for {choice.split}: {choice.reason}")
+        choices.append(choice)
+    ids = list(dict.fromkeys([*encoded.get("model_ids", {}).values(), encoded["model_id"], *extra]))
+    evaluate_encoders(run.store, ids, top_k=p["k"])
+    return Done(
+        {
+            "model_id": choices[0].model_id if choices else encoded["model_id"],
+            "model_ids": {
+                f"{kind}-r{repeat}": c.model_id
+                for (kind, repeat), c in zip(run.train_splits, choices, strict=True)
+            },
+            "choices": [c.as_dict() for c in choices],
+        },
+        [run.store],
+    )
 
 
 def index(run: Run, p: dict[str, Any]) -> Done:
@@ -246,7 +297,7 @@ def train(run: Run, p: dict[str, Any]) -> Done:
     encoders, each split's own); each model file records whether its encoder saw the test side."""
     from clanet_store.pipelines.mil import train as train_model
 
-    model_ids = run.summaries["encode"].get("model_ids", {})
+    model_ids = run.summaries["choose_encoder"]["model_ids"]
     ssl = run.summaries.get("ssl_train", {})
 
     runs = [
@@ -354,6 +405,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[Run, dict[str, Any]], Done]] = {
     "ingest": ingest,
     "ssl_train": ssl_train,
     "encode": encode,
+    "choose_encoder": choose_encoder,
     "index": index,
     "train": train,
     "evaluate": evaluate,
