@@ -94,11 +94,12 @@ def encoder_for_model(
     model: dict, weights: str | Path | None, device: str = "auto"
 ) -> PatchEncoder:
     """Rebuild the encoder that wrote a model's embeddings (a models-table row): from ``weights``
-    for trained encoders, from the recorded seed for a random init; refuse any other encoder."""
+    for trained encoders, from the recorded seed for a random init; refuse any other encoder
+    (``weights`` given for a random init are loaded and checked too, never ignored)."""
     config = json.loads(model["config"])
     seed = 0
-    if model["random_init"]:
-        weights, seed = None, int(model["weights_source"].split("seed=")[1].rstrip(")"))
+    if model["random_init"] and weights is None:
+        seed = int(model["weights_source"].split("seed=")[1].rstrip(")"))
     elif weights is None:
         raise ClanetError(
             f"model {model['model_id']} was made from weights {model['weights_source']}: "
