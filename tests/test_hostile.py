@@ -401,27 +401,32 @@ def test_bad_filter_values_are_errors_naming_the_value(where, value, clean_store
     assert value in res.output and res.output.startswith("Error: filter on")
 
 
+def _listening(procs) -> set:
+    return {
+        s.laddr
+        for p in procs
+        for s in p.net_connections(kind="inet")
+        if s.status == psutil.CONN_LISTEN
+    }
+
+
 def test_local_cluster_has_no_dashboard_and_listens_on_localhost_only():
     from clanet_store.pipelines.ingest import dask_client
 
+    me = psutil.Process()
     blocker = socket.socket()
     with contextlib.suppress(OSError):  # else in use already
         blocker.bind(("127.0.0.1", 8787))  # port 8787 in use, as with a second cluster
         blocker.listen()
     try:
+        before = _listening([me])  # the blocker
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with dask_client(2, None) as client:
-                me = psutil.Process()
-                listening = [
-                    s.laddr
-                    for p in (me, *me.children(recursive=True))
-                    for s in p.net_connections(kind="inet")
-                    if s.status == psutil.CONN_LISTEN
-                ]
                 assert client.run(lambda: 1)  # the workers are up
-        assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+                cluster = _listening([me, *me.children(recursive=True)]) - before
+        assert cluster and all(addr.ip == "127.0.0.1" for addr in cluster)
         assert not [w for w in caught if "8787" in str(w.message)]
-        assert not any(addr.port == 8787 for addr in listening)
+        assert not any(addr.port == 8787 for addr in cluster)
     finally:
         blocker.close()
