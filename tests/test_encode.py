@@ -145,8 +145,12 @@ def test_embeddings_of_replaced_patches_are_removed(tmp_path, shared_data):
         (shared_data / "azgcb_sample" / "A431" / "A431_C6_1_04d00h00m.jpg").read_bytes()
     )
     assert ingest(root.parent, store, workers=1).images_replaced == 1
+    # ingest removed the replaced patches' embeddings before committing the new images row
+    assert (
+        EmbeddingStore(store).embeddings(columns=["patch_id"]).height == 0 < first.patches_encoded
+    )
     second = encode(store, encoder, batch_size=32)
-    assert second.stale_removed == first.patches_encoded
+    assert second.stale_removed == 0 and second.patches_encoded > 0
     es = EmbeddingStore(store)
     rows = es.embeddings(columns=["patch_id"])
     assert sorted(rows["patch_id"]) == sorted(es.patches_table()["patch_id"])

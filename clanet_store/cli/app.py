@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,9 @@ from tqdm import tqdm
 
 from clanet_store import __version__
 from clanet_store.errors import ClanetError
-from clanet_store.textout import to_json
+from clanet_store.textout import escape_controls, to_json
+
+INTERRUPTED = "interrupted; the store is consistent; run the same command to continue"
 
 
 class _Group(click.Group):
@@ -23,7 +26,33 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ClanetError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(escape_controls(str(exc))) from None
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """For a store writer: Ctrl-C (SIGINT) and SIGTERM end the command with one line and exit
+    code 130 / 143 (128 + the signal), after the writer's cleanup ran (cluster stopped, lock
+    released). The writer commits in an order that leaves the store consistent at any moment."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(INTERRUPTED, err=True)
+        sys.exit(128 + signal.SIGINT)
+    except _Terminated:
+        click.echo(INTERRUPTED, err=True)
+        sys.exit(128 + signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 format_option = click.option(
@@ -61,8 +90,8 @@ def progress_callback(desc: str, unit: str) -> Iterator[Callable[[int, int], Non
 
 
 def emit(fmt: str, payload: dict, human: str) -> None:
-    """Print the JSON payload or the human text."""
-    click.echo(to_json(payload) if fmt == "json" else human)
+    """Print the JSON payload or the human text (control characters in it escaped)."""
+    click.echo(to_json(payload) if fmt == "json" else escape_controls(human))
 
 
 @click.group(cls=_Group)

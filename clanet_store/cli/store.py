@@ -1,4 +1,4 @@
-"""Commands that write or describe a store: ``ingest`` and ``info``."""
+"""Commands that write, describe or repair a store: ``ingest``, ``info`` and ``repair``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from clanet_store.cli.app import (
     emit,
     format_option,
     human_size,
+    interruptible,
     main,
     progress_callback,
     store_option,
@@ -35,6 +36,9 @@ from clanet_store.textout import render_table
     show_default=True,
     help="images per table commit (fewer = less rework after a crash, more table versions)",
 )
+@click.option(
+    "--dashboard", is_flag=True, help="serve Dask's dashboard (127.0.0.1:8787 or a free port)"
+)
 @format_option
 def ingest(
     export_root: Path,
@@ -45,14 +49,23 @@ def ingest(
     wait: bool,
     strict: bool,
     commit_every: int,
+    dashboard: bool,
     fmt: str,
 ) -> None:
     """Scan an export, extract mask + CCS patches on Dask, write them into the store."""
     from clanet_store.pipelines.ingest import ingest as run_ingest
 
-    with progress_callback("ingesting", "image") as update:
+    with interruptible(), progress_callback("ingesting", "image") as update:
         report = run_ingest(
-            export_root, store, plate_map, workers, scheduler, wait, update, commit_every
+            export_root,
+            store,
+            plate_map,
+            workers,
+            scheduler,
+            wait,
+            update,
+            commit_every,
+            dashboard=dashboard,
         )
     r = report.as_dict()
     lines = [
@@ -138,3 +151,23 @@ def encoders_table(encoders: list[dict]) -> str:
             }
         )
     return render_table(rows, list(rows[0]))
+
+
+@main.command()
+@store_option
+@format_option
+def repair(store: Path, fmt: str) -> None:
+    """Rebuild a lost or corrupt store.json from the patch array and the tables (after checking
+    that they agree; refused when they do not)."""
+    from clanet_store.stores.repair import repair_store
+
+    r = repair_store(store).as_dict()
+    tables = ", ".join(f"{k} v{v}" for k, v in r["tables"].items())
+    lines = [
+        f"{r['store']}: store.json rebuilt: {r['images']} images, {r['patches']} patches; "
+        f"tables {tables}",
+        "export roots: " + (", ".join(r["exports"]) or "unknown (pass them where asked)"),
+    ]
+    if r["replaced"]:
+        lines.append(f"the corrupt store.json was kept as {r['replaced']}")
+    emit(fmt, r, "\n".join(lines))

@@ -11,8 +11,9 @@ Three layouts are accepted, per file, so they may even be mixed under one root:
 The folder name is the truth for the cell line (real exports have folder ``HT 1080`` with files
 ``HT1080_...``). A file that does not parse, whose header cannot be read, that has no plate-map
 or that repeats the time point of another file of its sequence is
-rejected with the reason; it never stops the scan. Hidden files and files without an image
-extension are ignored and counted.
+rejected with the reason; it never stops the scan. So is a folder that cannot be read, or that
+was seen before (a symlink loop): each folder is visited once, by device and inode. Hidden files
+and files without an image extension are ignored and counted.
 """
 
 from __future__ import annotations
@@ -80,25 +81,51 @@ def read_plate_map(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
     return out
 
 
-def _walk(root: str) -> tuple[list[tuple[str, tuple[str, ...]]], int]:
-    """Image files under ``root`` as (relative path, folder parts); also the ignored count."""
+def _walk(root: str) -> tuple[list[tuple[str, tuple[str, ...]]], int, list[tuple[str, str]]]:
+    """Image files under ``root`` as (relative path, folder parts); also the ignored count and
+    the folders that could not be scanned, as (relative path + "/", reason) rejects.
+
+    Each folder is visited once, by device and inode, so a symlink loop (or a second link to a
+    folder) is a reject and never an endless walk; an unreadable folder is a reject too.
+    """
     found: list[tuple[str, tuple[str, ...]]] = []
+    rejects: list[tuple[str, str]] = []
     ignored = 0
+    seen: dict[tuple[int, int], str] = {}
     stack: list[tuple[str, tuple[str, ...]]] = [(root, ())]
     while stack:
         folder, parts = stack.pop()
-        with os.scandir(folder) as it:
-            for entry in it:
-                if entry.name.startswith("."):
-                    ignored += 1
-                elif entry.is_dir():
-                    stack.append((entry.path, (*parts, entry.name)))
-                elif entry.name.lower().endswith(_IMAGE_SUFFIXES):
-                    found.append(("/".join((*parts, entry.name)), parts))
-                else:
-                    ignored += 1
+        rel = "/".join(parts) + "/" if parts else "./"
+        try:
+            info = os.stat(folder)
+            key = (info.st_dev, info.st_ino)
+            if key in seen:
+                rejects.append((rel, f"same folder as {seen[key]} (symlink loop?); not scanned"))
+                continue
+            seen[key] = rel
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            rejects.append((rel, f"cannot read folder: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                ignored += 1
+                continue
+            try:
+                is_dir = entry.is_dir()
+            except OSError as exc:
+                rejects.append(("/".join((*parts, entry.name)), _reason(exc)))
+                continue
+            if is_dir:
+                stack.append((entry.path, (*parts, entry.name)))
+            elif entry.name.lower().endswith(_IMAGE_SUFFIXES):
+                found.append(("/".join((*parts, entry.name)), parts))
+            else:
+                ignored += 1
     found.sort()
-    return found, ignored
+    rejects.sort()
+    return found, ignored, rejects
 
 
 def scan_export(
@@ -111,12 +138,11 @@ def scan_export(
     if not root.is_dir():
         raise ClanetError(f"{root}: export root does not exist or is not a folder")
     plates = read_plate_map(Path(plate_map)) if plate_map is not None else {}
-    files, ignored = _walk(str(root))
+    files, ignored, rejects = _walk(str(root))
     if not files:
         raise ClanetError(f"{root}: no image files ({', '.join(EXTENSIONS)}) found")
 
     rows: dict[str, list] = {f.name: [] for f in load_schema("manifest")}
-    rejects: list[tuple[str, str]] = []
     seen: dict[tuple[str, float], str] = {}
     from_prefix = 0
     for rel, parts in files:

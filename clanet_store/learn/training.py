@@ -10,7 +10,6 @@ benchmark. SGD as in the reference code; inference runs on full sequences.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from clanet_store.learn.tss import (
     never_subsampled,
     tss_sample,
 )
+from clanet_store.torchfile import load_torch_file
 
 MODEL_FORMAT = "clanet-mil"
 MODEL_VERSION = 1
@@ -365,23 +365,18 @@ def save_model(
 
 def load_model(path: str | Path) -> MILModel:
     """Read a file written by `save_model`; raises ValueError naming the file if it is not one."""
+    data = load_torch_file(path, f"a {MODEL_FORMAT} v{MODEL_VERSION} model file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if data.get("format") != MODEL_FORMAT or data.get("version") != MODEL_VERSION:
+        if not isinstance(data, dict) or (data.get("format"), data.get("version")) != (
+            MODEL_FORMAT,
+            MODEL_VERSION,
+        ):
             raise ValueError(f"not a {MODEL_FORMAT} v{MODEL_VERSION} model file")
         config = MILConfig.from_dict(data["config"])
         model = build_aggregator(config.aggregator, data["dim"], len(data["classes"]))
         model.load_state_dict(data["state_dict"])
         split = None if data["split"] is None else Split.from_dict(data["split"])
-    except (
-        OSError,
-        RuntimeError,
-        pickle.UnpicklingError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-    ) as error:
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path}: cannot load the MIL model ({error})") from error
     return MILModel(
         model.eval(),

@@ -27,6 +27,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
+from clanet_store.torchfile import TorchFileError, load_torch_file
+
 SSL_FORMAT = "clanet-ssl"
 # Part of every model_id: bump it when the computation of the feature changes.
 FEATURE_VERSION = 1
@@ -288,15 +290,10 @@ def _read_checkpoint(path: Path) -> Any:
 
     argparse.Namespace is allowed: DINO and timm training checkpoints keep their ``args`` in one.
     """
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types (pickle, zip, EOF, key errors)
-        raise CheckpointError(
-            f"{path}: not a readable torch checkpoint ({type(exc).__name__})"
-        ) from exc
+        return load_torch_file(path, "a readable torch checkpoint", [argparse.Namespace])
+    except TorchFileError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _strip_wrappers(key: str) -> str:

@@ -128,9 +128,15 @@ def classic_encoder(store_path: str | Path, threads: int | None = None) -> Class
 def encoder_for_model(model: dict, weights: str | Path | None, device: str = "auto") -> Encoder:
     """Rebuild the encoder that wrote a model's embeddings (a models-table row): a classic one
     from its recorded statistics, from ``weights`` for trained encoders, from the recorded seed
-    for a random init; refuse any other encoder."""
+    for a random init (``weights`` given for a random init are loaded and checked too, never
+    ignored); refuse any other encoder."""
     config = json.loads(model["config"])
     if config["arch"] == CLASSIC_ARCH:
+        if weights is not None:
+            raise ClanetError(
+                f"{weights}: model {model['model_id']} is the classic descriptor, which takes no "
+                "weights file"
+            )
         try:
             encoder: Encoder = ClassicEncoder(ClassicConfig.from_dict(config))
         except ValueError as exc:
@@ -138,8 +144,8 @@ def encoder_for_model(model: dict, weights: str | Path | None, device: str = "au
         weights = model["weights_source"]
     else:
         seed = 0
-        if model["random_init"]:
-            weights, seed = None, int(model["weights_source"].split("seed=")[1].rstrip(")"))
+        if model["random_init"] and weights is None:
+            seed = int(model["weights_source"].split("seed=")[1].rstrip(")"))
         elif weights is None:
             raise ClanetError(
                 f"model {model['model_id']} was made from weights {model['weights_source']}: "

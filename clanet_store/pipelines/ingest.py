@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,7 +42,7 @@ from clanet_store.imaging.extract import extract_files, extractor_params
 from clanet_store.imaging.params import CCSParams, MaskParams, parse_params
 from clanet_store.stores import lance
 from clanet_store.stores.lock import writer_lock
-from clanet_store.stores.patch_store import SLOT_SIZE, PatchStore
+from clanet_store.stores.patch_store import SLOT_SIZE, PatchStore, check_creatable
 
 FLUSH_IMAGES = 64
 # Images per Dask task: each task costs the scheduler, the client and the worker's event loop a
@@ -79,6 +81,10 @@ _LOCAL_CONFIG = {
 }
 
 Progress = Callable[[int, int], None]
+# Crash tests: ``CLANET_STORE_FAULT=<point>:<SIGNAL>`` signals the process at a named point of the
+# writer (see `_fault_point`), so a test kills or interrupts it exactly there, never by timing.
+FAULT_ENV = "CLANET_STORE_FAULT"
+LOCALHOST = "127.0.0.1"
 
 
 @dataclass
@@ -118,39 +124,72 @@ def _main_script_hidden() -> Iterator[None]:
 
 
 @contextmanager
-def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Client]:
-    """A client on an existing scheduler, or on a LocalCluster of single-threaded processes."""
+def dask_client(
+    workers: int | None, scheduler: str | None, dashboard: bool = False
+) -> Iterator[Client]:
+    """A client on an existing scheduler, or on a LocalCluster of single-threaded processes.
+
+    The local cluster listens on 127.0.0.1 only and serves Dask's dashboard only when asked
+    (``dashboard``; port 8787 or a free one): its scheduler's HTTP server otherwise takes a free
+    port, so two ingests never warn about port 8787. Its processes start with SIGINT ignored:
+    Ctrl-C reaches the driver alone, which stops the cluster (no worker tracebacks).
+    """
     if scheduler:
         with Client(scheduler, timeout="30s") as client:
             yield client
         return
     n = workers or os.cpu_count() or 1
+    http = {"dashboard": dashboard, "dashboard_address": f"{LOCALHOST}:{8787 if dashboard else 0}"}
     with dask.config.set(_LOCAL_CONFIG):
-        with _main_script_hidden():
+        with _main_script_hidden(), _sigint_ignored():
             cluster = LocalCluster(
                 n_workers=n,
                 threads_per_worker=1,
                 processes=True,
+                host=LOCALHOST,
                 dashboard_address=None,
+                scheduler_kwargs=http,
                 silence_logs=logging.ERROR,
             )
         with cluster, Client(cluster) as client:
             yield client
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while child processes start (they inherit it); the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _fault_point(name: str) -> None:
+    """Crash-test hook: with ``CLANET_STORE_FAULT=<name>:<SIGNAL>`` (e.g.
+    ``after_patches_commit:SIGKILL``) the process sends itself SIGNAL here; SIGINT goes to its
+    whole process group, as Ctrl-C in a terminal does. Unset, this does nothing."""
+    point, _, signame = os.environ.get(FAULT_ENV, "").partition(":")
+    if point != name:
+        return
+    signum = signal.Signals[signame]
+    if signum == signal.SIGINT:
+        os.killpg(os.getpgrp(), signum)
+    else:
+        os.kill(os.getpid(), signum)
+    time.sleep(10)  # a handled signal raises in this thread before the sleep ends
+
+
 def recover(store: PatchStore) -> int:
-    """Delete patch rows that no ``images`` row vouches for (same content hash and slot: an image
-    re-extracted with other parameters has the same hash, a new slot); return how many."""
-    patches = store.patches_table(["patch_id", "image_id", "content_hash", "row"])
-    if patches.height == 0:
-        return 0
-    patches = patches.with_columns(slot=(pl.col("row") // SLOT_SIZE).cast(pl.Int64)).drop("row")
-    good = store.images(["image_id", "content_hash", "slot", "status"]).filter(
-        pl.col("status") == "ok"
-    )
-    good = good.with_columns(pl.col("slot").cast(pl.Int64)).drop("status")
-    stale = patches.join(good, on=["image_id", "content_hash", "slot"], how="anti")
-    return lance.delete_where_in(store.table("patches"), "patch_id", stale["patch_id"].to_list())
+    """Delete patch rows (and any embeddings of them) that no ``images`` row vouches for (same
+    content hash and slot: an image re-extracted with other parameters has the same hash, a new
+    slot); return how many patch rows were deleted."""
+    stale = store.uncommitted_patches()["patch_id"].to_list()
+    store.delete_embeddings("patch_id", stale)
+    return lance.delete_where_in(store.table("patches"), "patch_id", stale)
 
 
 def _patch_rows(image: dict, result: dict, rows: np.ndarray, key: str) -> list[dict]:
@@ -222,8 +261,10 @@ def ingest(
     *,
     mask_params: MaskParams | dict | None = None,
     ccs_params: CCSParams | dict | None = None,
+    dashboard: bool = False,
 ) -> IngestReport:
-    """Ingest an export into a store (created if missing); see the module docstring.
+    """Ingest an export into a store (created, under the writer lock, if the folder is new or
+    empty); see the module docstring.
 
     ``mask_params`` / ``ccs_params``: the method's numbers (dataclasses or their dicts, e.g. a
     pipeline TOML's ``[ingest.mask]``); their record is kept in the Zarr array's attributes
@@ -233,8 +274,12 @@ def ingest(
     scan = scan_export(export_root, plate_map)
     params = parse_params(mask_params, ccs_params)
     record = extractor_params(SLOT_SIZE, mask_params=params[0], ccs_params=params[1])
-    store = PatchStore(store_path, create=True, extractor=record)
-    with writer_lock(store.path, wait=wait):
+    store_path = Path(store_path)
+    if not (store_path / "store.json").exists():
+        check_creatable(store_path)  # before the lock file is added to the folder
+        store_path.mkdir(parents=True, exist_ok=True)
+    with writer_lock(store_path, wait=wait):
+        store = PatchStore(store_path, create=True, extractor=record)
         store.record_export(export_root)
         known = dict(store.array.attrs.get("extractors", {}))
         if record["version"] not in known:
@@ -244,7 +289,7 @@ def ingest(
         todo, writer.report.images_skipped = _plan(scan.manifest, writer.existing, writer.key)
         writer.report.images_skipped += writer.scan_rejects_skipped
         if todo.height:
-            writer.run(Path(export_root), todo, workers, scheduler, progress)
+            writer.run(Path(export_root), todo, workers, scheduler, progress, dashboard)
         writer.finish()
     report = writer.report
     report.seconds = time.perf_counter() - start
@@ -285,6 +330,8 @@ class _Writer:
         self.stored_ok = set(self.existing.filter(pl.col("status") == "ok")["image_id"])
         self.images: list[dict] = []
         self.patches: list[dict] = []
+        # Stored ok images whose old patches the pending images rows stop vouching for.
+        self.unvouched: list[str] = []
         self.scan_rejects_skipped = 0
 
     def record_scan_rejects(self, rejects: pl.DataFrame) -> None:
@@ -306,13 +353,14 @@ class _Writer:
         workers: int | None,
         scheduler: str | None,
         progress: Progress | None,
+        dashboard: bool = False,
     ) -> None:
         """Map ``extract_file`` over ``todo`` on Dask, a bounded window of tasks in flight."""
         self.store.ensure_slots(self.next_slot + todo.height)
         images = todo.to_dicts()
         last_flush = time.monotonic()
         done = 0
-        with dask_client(workers, scheduler) as client:
+        with dask_client(workers, scheduler, dashboard) as client:
             self.report.workers = len(client.scheduler_info()["workers"])
             queue = _task_batches(len(images), max(self.report.workers, 1))
             running = as_completed()
@@ -372,6 +420,7 @@ class _Writer:
             )
         )
         if image["image_id"] in self.stored_ok:
+            self.unvouched.append(image["image_id"])
             self.report.images_replaced += 1
         else:
             self.report.images_added += 1
@@ -385,6 +434,8 @@ class _Writer:
         return {k: old[k] for k in keep}
 
     def _reject(self, image: dict, reason: str, content_hash: str | None) -> None:
+        if image["image_id"] in self.stored_ok:
+            self.unvouched.append(image["image_id"])
         self.images.append(
             _image_row(image, "rejected", self.key, error=reason, content_hash=content_hash)
         )
@@ -392,9 +443,16 @@ class _Writer:
         self.report.rejects.append({"path": image["path"], "reason": reason})
 
     def flush(self) -> None:
-        """Commit pending rows: ``patches`` first, then the ``images`` rows that vouch for them."""
+        """Commit pending rows: ``patches`` first, then the ``images`` rows that vouch for them.
+
+        The embeddings of replaced or now-rejected images go before their images rows change:
+        readers then never find an embedding whose patch is not committed.
+        """
         if self.patches:
             self.store.table("patches").add(lance.to_arrow(self.patches, "patches"))
+            _fault_point("after_patches_commit")
+        self.store.delete_embeddings("image_id", self.unvouched)
+        self.unvouched = []
         if self.images:
             lance.upsert(
                 self.store.table("images"), lance.to_arrow(self.images, "images"), "image_id"

@@ -7,9 +7,11 @@ literally and can never change the query. Several filters combine with AND.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 
+import numpy as np
 import pyarrow as pa
 from lancedb.expr import Expr, col, lit
 
@@ -29,9 +31,12 @@ _OPS = {
 def _value(text: str, kind: pa.DataType, column: str) -> object:
     try:
         if pa.types.is_integer(kind):
-            return int(text)
+            return _in_range(int(text), kind, column, text)
         if pa.types.is_floating(kind):
-            return float(text)
+            value = float(text)
+            if math.isnan(value):
+                raise ClanetError(f"filter on {column}: {text!r} is not a number (NaN)")
+            return value
         if pa.types.is_boolean(kind):
             if text.lower() not in ("true", "false"):
                 raise ValueError(text)
@@ -41,6 +46,17 @@ def _value(text: str, kind: pa.DataType, column: str) -> object:
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return text
     raise ClanetError(f"filter on {column}: columns of type {kind} cannot be filtered")
+
+
+def _in_range(value: int, kind: pa.DataType, column: str, text: str) -> int:
+    """``value`` if the integer column can hold it: a literal out of range would match nothing
+    (or fail inside LanceDB) instead of telling the user."""
+    info = np.iinfo(kind.to_pandas_dtype())
+    if not info.min <= value <= info.max:
+        raise ClanetError(
+            f"filter on {column}: {text!r} is out of range for {kind} ({info.min} to {info.max})"
+        )
+    return value
 
 
 def parse_filter(text: str, schema: pa.Schema) -> Expr:

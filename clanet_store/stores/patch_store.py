@@ -40,8 +40,14 @@ PATCH_SIZE = 112
 SLOT_SIZE = 20
 PIXEL_SIZE_UM = 1.24
 TABLES = ("images", "patches")
+ARRAY_SOURCE = "clanet-store ingest"
+# What a writer may find in a folder it is asked to create a store in: its own lock file.
+_CREATABLE = {".write.lock"}
 # How stale a table object may read: never (a long-lived store object sees every commit at once).
 CONSISTENCY = timedelta(0)
+# A patch row is committed when an ok images row has its image, content hash and slot.
+_PATCH_KEYS = ("image_id", "content_hash", "row")
+_VOUCHED = ["image_id", "content_hash", "slot"]
 
 
 class StoreVersionError(ClanetError):
@@ -54,11 +60,54 @@ def table_layout(table: str) -> str:
     return base if base == "embeddings" and dim.isdigit() else table
 
 
-def _write_meta(path: Path, meta: dict) -> None:
+def write_meta(path: Path, meta: dict) -> None:
     """Replace store.json atomically (write, then rename)."""
     tmp = path / "store.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(path / "store.json")
+
+
+def read_meta(path: Path) -> dict:
+    """``store.json`` of a store, checked: one-line errors naming the file and pointing at
+    ``repair`` when it is not a JSON object of the expected shape (empty, garbage, ``[]``, ...)."""
+    meta_path = path / "store.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        problem = _meta_problem(meta)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problem = f"not valid JSON ({_short(exc)})"
+    if problem:
+        raise ClanetError(
+            f"{meta_path}: {problem}; run clanet-store repair --store {path} to rebuild it "
+            "from the patch array and the tables"
+        )
+    _check_meta(path, meta)
+    return meta
+
+
+def _short(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0][:80] or type(exc).__name__
+
+
+def _meta_problem(meta: Any) -> str | None:
+    """What is wrong with a parsed store.json, or None."""
+    if not isinstance(meta, dict):
+        return f"holds a JSON {type(meta).__name__}, not an object"
+    for key, kind in (("store_version", int), ("patch_size", int), ("slot_size", int)):
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{key} is {value!r}, not an integer"
+    tables = meta.get("tables")
+    if not isinstance(tables, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in tables.values()
+    ):
+        return "tables is not an object of integer layout versions"
+    if not isinstance(meta.get("exports", []), list):
+        return "exports is not a list"
+    if (meta["patch_size"], meta["slot_size"]) != (PATCH_SIZE, SLOT_SIZE):
+        geometry = f"{meta['patch_size']} px / {meta['slot_size']} rows"
+        return f"patch geometry {geometry} is not {PATCH_SIZE} px / {SLOT_SIZE} rows"
+    return None
 
 
 def _check_meta(path: Path, meta: dict) -> None:
@@ -80,24 +129,62 @@ def _check_meta(path: Path, meta: dict) -> None:
             )
 
 
+def missing_meta_message(path: Path) -> str:
+    """Why a folder without store.json is not a store, and what to do."""
+    if not path.is_dir():
+        return f"{path}: no clanet-store store here (no such folder)"
+    found = _store_parts(path)
+    if found:
+        return (
+            f"{path}: store.json is missing but the folder holds {', '.join(found)}; "
+            f"run clanet-store repair --store {path} to rebuild it"
+        )
+    return f"{path}: no clanet-store store here (store.json missing)"
+
+
+def _store_parts(path: Path) -> list[str]:
+    return [name for name in ("patches.zarr", "lance/") if (path / name.rstrip("/")).exists()]
+
+
+def check_creatable(path: Path) -> None:
+    """Refuse to create a store in anything but a new or empty folder (one line: what was found,
+    what to do); a store that lost its store.json is repaired, never overwritten."""
+    if path.exists() and not path.is_dir():
+        raise ClanetError(f"{path}: exists and is not a folder; choose a new or empty folder")
+    if not path.exists():
+        return
+    if _store_parts(path):
+        raise ClanetError(missing_meta_message(path))
+    others = sorted(e.name for e in os.scandir(path) if e.name not in _CREATABLE)
+    if others:
+        shown = ", ".join(repr(n) for n in others[:3]) + (" ..." if len(others) > 3 else "")
+        raise ClanetError(
+            f"{path}: not a clanet-store store and not empty (holds {shown}); "
+            "choose a new or empty folder for a new store"
+        )
+
+
 class PatchStore:
     """A store directory: tables as polars DataFrames, patch pixels as NumPy arrays."""
 
     def __init__(self, path: str | Path, create: bool = False, extractor: dict | None = None):
+        """Open the store at ``path``; with ``create`` (writer only: hold the writer lock) make
+        one when the folder is new or empty. A folder with anything else in it is never
+        overwritten (see `check_creatable`)."""
         self.path = Path(path)
-        meta_path = self.path / "store.json"
-        if not meta_path.exists():
+        if not (self.path / "store.json").exists():
             if not create:
-                raise ClanetError(f"{self.path}: no clanet-store store here (store.json missing)")
+                raise ClanetError(missing_meta_message(self.path))
+            check_creatable(self.path)
             self._create(extractor or {})
-        self.meta = json.loads(meta_path.read_text())
-        _check_meta(self.path, self.meta)
+        self.meta = read_meta(self.path)
         self.db = lancedb.connect(self.path / "lance", read_consistency_interval=CONSISTENCY)
         self._tables: dict[str, Any] = {}
         self._array: zarr.Array | None = None
 
     def _create(self, extractor: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+        created_at = datetime.now(UTC).isoformat()
         zarr.create_array(
             store=str(self.path / "patches.zarr"),
             shape=(0, PATCH_SIZE, PATCH_SIZE),
@@ -113,10 +200,12 @@ class PatchStore:
                 "pixel_size_um": PIXEL_SIZE_UM,
                 "patch_size": PATCH_SIZE,
                 "rows_per_image_slot": SLOT_SIZE,
-                "source": "clanet-store ingest",
+                "source": ARRAY_SOURCE,
                 "extractor": extractor,
+                # Copies of store.json's created_at and exports, for `repair`.
+                "created_at": created_at,
+                "exports": [],
             },
-            overwrite=True,
         )
         db = lancedb.connect(self.path / "lance")
         for name in TABLES:
@@ -127,9 +216,9 @@ class PatchStore:
             "tables": {name: schema_version(name) for name in TABLES},
             "patch_size": PATCH_SIZE,
             "slot_size": SLOT_SIZE,
-            "created_at": datetime.now(UTC).isoformat(),
+            "created_at": created_at,
         }
-        _write_meta(self.path, meta)  # the store exists once this file does
+        write_meta(self.path, meta)  # the store exists once this file does
 
     # --- tables -------------------------------------------------------------------------------
 
@@ -149,8 +238,28 @@ class PatchStore:
     def patches_table(
         self, columns: Sequence[str] | None = None, where: Expr | None = None
     ) -> pl.DataFrame:
-        """The ``patches`` table as a polars DataFrame (``where`` e.g. ``col("rank") < 10``)."""
-        return lance.read(self.table("patches"), columns, where)
+        """The committed rows of the ``patches`` table as a polars DataFrame (``where`` e.g.
+        ``col("rank") < 10``): rows whose ``(image_id, content_hash, slot)`` an ``images`` row
+        with status ok vouches for. Rows of an ingest still running, or killed between its
+        patches and images commits, are invisible here (`uncommitted_patches` lists them)."""
+        wanted = list(columns) if columns else None
+        read_cols = None if wanted is None else list(dict.fromkeys([*wanted, *_PATCH_KEYS]))
+        rows = _with_slot(lance.read(self.table("patches"), read_cols, where))
+        committed = rows.join(self._committed(), on=_VOUCHED, how="semi").drop("slot")
+        return committed.select(wanted) if wanted is not None else committed
+
+    def uncommitted_patches(self, columns: Sequence[str] = ("patch_id",)) -> pl.DataFrame:
+        """Rows of the ``patches`` table that no ``images`` row with status ok vouches for (an
+        image re-extracted with other parameters keeps its content hash but gets a new slot)."""
+        rows = lance.read(self.table("patches"), list(dict.fromkeys([*columns, *_PATCH_KEYS])))
+        stale = _with_slot(rows).join(self._committed(), on=_VOUCHED, how="anti")
+        return stale.select(list(columns))
+
+    def _committed(self) -> pl.DataFrame:
+        """``(image_id, content_hash, slot)`` of the images with status ok: the commit markers."""
+        images = self.images(["image_id", "content_hash", "slot", "status"])
+        ok = images.filter(pl.col("status") == "ok")
+        return ok.select("image_id", "content_hash", pl.col("slot").cast(pl.Int64))
 
     # --- pixels -------------------------------------------------------------------------------
 
@@ -199,6 +308,13 @@ class PatchStore:
         self.array[start : start + SLOT_SIZE] = block
         return np.arange(start, start + len(patches), dtype=np.int64)
 
+    def delete_embeddings(self, column: str, values: Sequence[str]) -> None:
+        """Delete the rows of every embeddings table whose ``column`` is one of ``values`` (writer
+        only): embeddings exist only for committed patches, so no read ever returns others."""
+        for name in self.meta.get("tables", {}):
+            if table_layout(name) == "embeddings" and values:
+                lance.delete_where_in(self.table(name), column, values)
+
     def register_table(self, name: str) -> None:
         """Record a new table and the version of its layout in store.json (writer only)."""
         tables = self.meta.setdefault("tables", {})
@@ -206,7 +322,7 @@ class PatchStore:
         if tables.get(name) == version:
             return
         tables[name] = version
-        _write_meta(self.path, self.meta)
+        write_meta(self.path, self.meta)
 
     def record_export(self, root: str | Path) -> None:
         """Remember an export root ingested into this store (writer only): image paths are
@@ -215,7 +331,8 @@ class PatchStore:
         resolved = str(Path(root).resolve())
         if resolved not in roots:
             roots.append(resolved)
-            _write_meta(self.path, self.meta)
+            self.array.attrs["exports"] = roots  # a copy, for `repair`
+            write_meta(self.path, self.meta)
 
     def source_file(self, path: str, roots: Sequence[str | Path] = ()) -> Path | None:
         """The original file of an image (its ``path`` column): under ``roots``, then under the
@@ -233,3 +350,8 @@ class PatchStore:
             for root, _, files in os.walk(self.path)
             for f in files
         )
+
+
+def _with_slot(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` with the image slot of each patch row (``row // SLOT_SIZE``)."""
+    return rows.with_columns(slot=(pl.col("row") // SLOT_SIZE).cast(pl.Int64))

@@ -46,7 +46,7 @@ def store_info(store: PatchStore) -> dict[str, Any]:
         "batches": ok.select("cell_line", "batch").n_unique() if ok.height else 0,
         "sequences": ok["sequence_id"].n_unique(),
         "images": ok.height,
-        "patches": store.table("patches").count_rows(),
+        "patches": store.patches_table(["patch_id"]).height,  # committed rows only
         "rejected": rejects.height,
         "t_min_h": ok["timepoint_h"].min(),
         "t_max_h": ok["timepoint_h"].max(),
