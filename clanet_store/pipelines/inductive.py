@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from lancedb.expr import col
 
 from clanet_store.learn.splits import Split
@@ -29,6 +28,7 @@ from clanet_store.models.classic import CLASSIC_ARCH
 from clanet_store.models.encoder import SSL_FORMAT
 from clanet_store.stores.patch_store import PatchStore
 from clanet_store.stores.sequences import SequenceRecord, sequence_filter
+from clanet_store.torchfile import load_torch_file
 
 ENCODER_TRAINING = ("inductive", "transductive", "unknown")
 
@@ -68,10 +68,10 @@ def patch_sequences(store: PatchStore) -> list[SequenceRecord]:
 def checkpoint_split(path: str | Path) -> tuple[bool, Split | None]:
     """(found, split) of an ssl-train checkpoint: the split it trained on, None for all patches."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_torch_file(path, "an ssl-train checkpoint")
         record = ckpt.get("split")
         return True, None if record is None else Split.from_dict(record)
-    except Exception:  # torch.load raises many types (pickle, zip, EOF); a foreign dict too
+    except Exception:  # not a torch file (TorchFileError), a foreign dict, a bad split record
         return False, None
 
 

@@ -60,6 +60,7 @@ from clanet_store.pipelines.inductive import split_patch_rows
 from clanet_store.schemas import load_schema
 from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.patch_store import PatchStore
+from clanet_store.torchfile import TorchFileError, load_torch_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,9 +480,9 @@ def _run_config(
     if not resume:
         raise ClanetError(f"{out} exists: pass --resume to continue it, or choose another --out")
     try:
-        ckpt = torch.load(out, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types (pickle, zip, EOF, key errors)
-        raise ClanetError(f"{out}: not a readable checkpoint ({type(exc).__name__})") from exc
+        ckpt = load_torch_file(out, "an ssl-train checkpoint")
+    except TorchFileError as exc:
+        raise ClanetError(str(exc)) from None
     if not isinstance(ckpt, dict) or not {"config", "schedules", "optimizer"} <= ckpt.keys():
         raise ClanetError(f"{out}: not an ssl-train checkpoint, cannot resume from it")
     saved = SSLTrainConfig.from_dict(ckpt["config"])
