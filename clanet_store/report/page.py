@@ -21,6 +21,8 @@ figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #d8dde
 figcaption { color: #5a6475; font-size: 0.9em; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 1em; }
 .note { background: #fff6e0; border-left: 4px solid #e0a800; padding: 0.5em 1em; }
+.banner { background: #fde8e8; border-left: 6px solid #c62828; color: #6d0f0f; font-weight: 600;
+          padding: 0.6em 1em; }
 .cards { display: flex; gap: 1em; flex-wrap: wrap; }
 .card { background: #eef1f6; border-radius: 6px; padding: 0.6em 1.1em; }
 .card b { display: block; font-size: 1.5em; }
@@ -59,6 +61,11 @@ def cards(items: Iterable[tuple[str, Any]]) -> str:
 def note(message: str) -> str:
     """A highlighted remark (a missing section, a random-init encoder)."""
     return f'<p class="note">{escape(message)}</p>'
+
+
+def banner(message: str) -> str:
+    """A loud warning: what follows was built on embeddings that carry no information."""
+    return f'<p class="banner" role="alert">{escape(message)}</p>'
 
 
 def paragraph(message: str) -> str:
