@@ -8,9 +8,9 @@ cell line and, for one line, by batch (Fig. 1 / 7); the evaluation of the given 
 confusion matrices, accuracy against the part of the sequence used, Fig. 8); a cross-batch
 nearest-neighbour gallery; the newest QC run's plate heatmap and flagged images, if
 ``clanet-store qc`` was run. Sections whose inputs are missing (no embeddings yet, no model) say
-so instead of failing. The t-SNE, the gallery and the models
-open with a banner when their encoder is a random init or collapsed (``models.health``): a
-number from such an encoder is not evidence of anything.
+so instead of failing. The t-SNE, the gallery and the models open with a banner when their
+encoder is a random init or collapsed (``models.health``): a number from such an encoder is not
+evidence of anything.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def write_report(
     for v in variants.values():
         if "MIL models" not in uses.setdefault(v["encoder_model_id"], []):
             uses[v["encoder_model_id"]].append("MIL models")
-    sections.append(_encoders(store, summaries, sequence_evals, uses, encoder_notes))
+    sections.append(_encoders(store.path, summaries, sequence_evals, uses, encoder_notes))
     warnings: list[str] = []
     if encoder is None:
         sections.append(
@@ -218,7 +218,7 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 
 def _encoders(
-    store: EmbeddingStore,
+    store_path: Path,
     summaries: dict[str, EncoderSummary],
     sequence_evals: dict[str, dict[str, Any]],
     uses: dict[str, list[str]],
@@ -238,22 +238,26 @@ def _encoders(
                 model_id,
                 e.arch,
                 e.weights,
+                ", ".join(uses.get(model_id, [])) or "-",
                 "yes" if e.random_init else "no",
                 e.embedding_dim,
-                ", ".join(uses.get(model_id, [])) or "-",
                 *(
-                    (h.rows, h.cosine_distance_median, h.cosine_distance_p01)
+                    (
+                        h.rows,
+                        _number(h.cosine_distance_median, 4),
+                        _number(h.cosine_distance_p01, 4),
+                        _number(h.effective_rank, 1),
+                        "COLLAPSED" if h.collapsed else "no",
+                    )
                     if h
-                    else ("-", "-", "-")
+                    else ("-",) * 5
                 ),
-                _number(h.effective_rank, 1) if h else "-",
-                "-" if h is None else "COLLAPSED" if h.collapsed else "no",
             )
         )
         levels = [("image", s.image), ("sequence", sequence_evals.get(model_id))]
         if s.image is None:
             never.append(model_id)
-            signal_rows.append((model_id, "never evaluated", *["-"] * 8))
+            signal_rows.append((model_id, "-", "-", "never evaluated", *["-"] * 6))
             continue
         for level, row in levels:
             if row is None:
@@ -262,14 +266,14 @@ def _encoders(
                 (
                     model_id,
                     level,
-                    row["rows"],
                     row["group_by"],
+                    f"{row['evaluated_at']:%Y-%m-%d %H:%M}",
+                    row["rows"],
                     _percent(row["knn_accuracy_cross_batch"]),
                     _percent(row["knn_accuracy_cross_batch_chance"]),
                     _number(row["map_cross_batch"]),
                     _number(row["map_cross_batch_chance"]),
                     _number(row["batch_effect_index"], 2),
-                    f"{row['evaluated_at']:%Y-%m-%d %H:%M}",
                 )
             )
     parts += [
@@ -286,15 +290,16 @@ def _encoders(
                 "encoder",
                 "arch",
                 "weights",
+                "used here by",
                 "random init",
                 "dim",
-                "used in this report by",
                 "patches sampled",
                 "median cosine distance",
                 "1st percentile",
                 "effective rank",
                 "collapsed",
             ],
+            left=4,
         ),
         page.paragraph(
             "Signal across batches, from each encoder's latest `clanet-store evaluate-encoder` "
@@ -310,21 +315,22 @@ def _encoders(
             [
                 "encoder",
                 "level",
-                "rows",
                 "grouped by",
+                "evaluated (UTC)",
+                "rows",
                 "k-NN accuracy (%)",
                 "chance (%)",
                 "mAP",
                 "chance",
                 "batch-effect index",
-                "evaluated (UTC)",
             ],
+            left=4,
         ),
     ]
     parts += [
         page.note(
             f"Encoder {model_id} was never evaluated: run `clanet-store evaluate-encoder "
-            f"--store {store.path} --model-id {model_id}` for its cross-batch numbers."
+            f"--store {store_path} --model-id {model_id}` for its cross-batch numbers."
         )
         for model_id in never
     ]
@@ -369,10 +375,9 @@ def _model_banners(
 
 
 def _encoder_note(encoder: dict[str, Any]) -> str:
-    init = "a random init" if encoder["random_init"] else "weights"
     return (
         f"Embeddings of encoder {encoder['model_id']} ({encoder['arch']}, "
-        f"{encoder['embedding_dim']}-d), {init} {encoder['weights_source']}; its health and "
+        f"{encoder['embedding_dim']}-d, weights {encoder['weights_source']}); its health and "
         "cross-batch numbers are under Encoders."
     )
 
