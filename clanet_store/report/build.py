@@ -8,7 +8,7 @@ cell line and, for one line, by batch (Fig. 1 / 7); the evaluation of the given 
 confusion matrices, accuracy against the part of the sequence used, Fig. 8); a cross-batch
 nearest-neighbour gallery; the newest QC run's plate heatmap and flagged images, if
 ``clanet-store qc`` was run. Sections whose inputs are missing (no embeddings yet, no model) say
-so instead of failing. The t-SNE, the gallery and the models open with a banner when their
+so instead of failing. The t-SNE, the gallery, the models and QC open with a banner when their
 encoder is a random init or collapsed (``models.health``): a number from such an encoder is not
 evidence of anything.
 """
@@ -80,12 +80,8 @@ def write_report(
     if models:
         say("evaluating models")
         variants = collect.model_evaluations(store.path, models, ssl_checkpoint)
-    uses: dict[str, list[str]] = {}
-    if encoder is not None:
-        uses[encoder["model_id"]] = ["t-SNE", "neighbours"]
-    for v in variants.values():
-        if "MIL models" not in uses.setdefault(v["encoder_model_id"], []):
-            uses[v["encoder_model_id"]].append("MIL models")
+    qc = collect.latest_qc(store)
+    uses = _uses(encoder, variants, qc)
     sections.append(_encoders(store.path, summaries, sequence_evals, uses, encoder_notes))
     warnings: list[str] = []
     if encoder is None:
@@ -110,10 +106,11 @@ def write_report(
         banner = _banner(summaries.get(encoder["model_id"]), "These neighbours come from")
         warnings += [banner] if banner else []
         sections.append(_gallery(store, encoder, banner))
-    qc = collect.latest_qc(store)
     if qc is not None:
         say("quality control")
-        sections.append(_qc(qc))
+        banner = _banner(summaries.get(qc["model_id"]), "This QC run scored the embeddings of")
+        warnings += [banner] if banner else []
+        sections.append(_qc(qc, banner))
     subtitle = (
         f"Store {store.path} · {info['images']} images · generated "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC} by clanet-store {__version__}"
@@ -337,6 +334,22 @@ def _encoders(
     return page.section("Encoders", *parts, anchor="encoders")
 
 
+def _uses(
+    encoder: dict[str, Any] | None,
+    variants: dict[str, dict[str, Any]],
+    qc: dict[str, Any] | None,
+) -> dict[str, list[str]]:
+    """Which sections of the report each encoder's embeddings feed."""
+    uses: dict[str, list[str]] = {}
+    pairs = [(v["encoder_model_id"], "MIL models") for v in variants.values()]
+    if encoder is not None:
+        pairs = [(encoder["model_id"], "t-SNE"), (encoder["model_id"], "neighbours"), *pairs]
+    for model_id, use in [*pairs, *([(qc["model_id"], "QC")] if qc else [])]:
+        if use not in uses.setdefault(model_id, []):
+            uses[model_id].append(use)
+    return uses
+
+
 def _banner(summary: EncoderSummary | None, what: str) -> str | None:
     """The warning for what was built on a random-init or collapsed encoder; None otherwise."""
     if summary is None:
@@ -509,12 +522,13 @@ def _gallery(store: EmbeddingStore, encoder: dict[str, Any], banner: str | None)
     )
 
 
-def _qc(qc: dict[str, Any]) -> str:
+def _qc(qc: dict[str, Any], banner: str | None) -> str:
     buffer = io.BytesIO()
     title = "maximum image anomaly score per well"
     plate_heatmap(qc["wells"], title=title).save(buffer, format="PNG")
     flagged = qc["flagged"]
     parts = [
+        *([page.banner(banner)] if banner else []),
         page.paragraph(
             f"Newest QC run {qc['run_id']} ({qc['created_at']:%Y-%m-%d %H:%M} UTC): new images "
             f"[{qc['new']}] scored against the reference [{qc['reference']}] with an isolation "
