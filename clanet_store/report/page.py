@@ -50,7 +50,8 @@ def table(rows: Iterable[Sequence[Any]], header: Sequence[str], left: int = 1) -
     are aligned left, the others (numbers) right."""
 
     def cell(tag: str, i: int, value: str) -> str:
-        return f'<{tag} class="l">{value}</{tag}>' if i < left else f"<{tag}>{value}</{tag}>"
+        aligned = 0 < i < left  # the first column is left-aligned by the style sheet
+        return f'<{tag} class="l">{value}</{tag}>' if aligned else f"<{tag}>{value}</{tag}>"
 
     head = "".join(cell("th", i, escape(h)) for i, h in enumerate(header))
     body = "".join(
