@@ -341,7 +341,7 @@ def _uses(
 ) -> dict[str, list[str]]:
     """Which sections of the report each encoder's embeddings feed."""
     uses: dict[str, list[str]] = {}
-    pairs = [(v["encoder_model_id"], "MIL models") for v in variants.values()]
+    pairs = [(m, "MIL models") for v in variants.values() for m in v["encoder_model_ids"]]
     if encoder is not None:
         pairs = [(encoder["model_id"], "t-SNE"), (encoder["model_id"], "neighbours"), *pairs]
     for model_id, use in [*pairs, *([(qc["model_id"], "QC")] if qc else [])]:
@@ -378,7 +378,8 @@ def _model_banners(
     """One banner per random-init or collapsed encoder that models were trained on."""
     by_encoder: dict[str, list[str]] = {}
     for name, v in variants.items():
-        by_encoder.setdefault(v["encoder_model_id"], []).append(name)
+        for model_id in v["encoder_model_ids"]:
+            by_encoder.setdefault(model_id, []).append(name)
     banners = []
     for model_id, names in by_encoder.items():
         what = f"The models {'; '.join(names)} were trained on the embeddings of"
@@ -474,7 +475,7 @@ def _evaluation(variants: dict[str, dict[str, Any]], banners: Sequence[str]) -> 
         "Each test sequence cut to its first (solid) or last (dashed) 1, 25, 50, 75 and 100 % of "
         "images (paper Fig. 8); mean over repeats.",
     )
-    encoders = sorted({v["encoder_model_id"] for v in variants.values()})
+    encoders = sorted({m for v in variants.values() for m in v["encoder_model_ids"]})
     parts = [
         *(page.banner(b) for b in banners),
         page.paragraph(

@@ -206,8 +206,8 @@ def model_evaluations(
 ) -> dict[str, dict[str, Any]]:
     """Evaluate every model file and group the repeats of one variant (aggregator + TSS + split):
     per variant the mean +- std of the scores, the confusion matrix summed over repeats, the
-    mean accuracy-by-fraction curves and whether the encoder saw the test side
-    (``ssl_checkpoint`` as in `pipelines.mil.evaluate`)."""
+    mean accuracy-by-fraction curves, the encoders the repeats were trained on and whether they
+    saw the test side (``ssl_checkpoint`` as in `pipelines.mil.evaluate`)."""
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for path in models:
         result = evaluate(store_path, path, ssl_checkpoint)
@@ -234,7 +234,7 @@ def model_evaluations(
             "scores": mean_std(results, SCALAR_SCORES),
             "confusion": np.sum([r["confusion"] for r in results], axis=0),
             "accuracy_by_fraction": curves,
-            "encoder_model_id": results[0]["encoder_model_id"],
+            "encoder_model_ids": sorted({r["encoder_model_id"] for r in results}),
             "encoder_training": " / ".join(sorted({r["encoder_training"] for r in results})),
         }
     return variants
