@@ -100,7 +100,9 @@ def render(path: Path, width: int = 1280, height: int = 900) -> Rendered:
     binary = chromium()
     if binary is None:
         raise FileNotFoundError("chromium is not installed (apt-get install chromium)")
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes can still write into the profile for a moment after the
+    # browser exits: a leftover temporary folder is no test failure.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [
                 binary,

@@ -2,11 +2,15 @@
 
 Sections: the dataset (lines x batches x sequences x images, time ranges, rejects); confluency
 over time and imaging intervals per batch (paper Fig. 4); example images with mask and patches
-(Fig. 5 / 9); a t-SNE of patch embeddings by cell line and, for one line, by batch (Fig. 1 / 7);
-the evaluation of the given models (scores, confusion matrices, accuracy against the part of the
-sequence used, Fig. 8); a cross-batch nearest-neighbour gallery; the newest QC run's plate
-heatmap and flagged images, if ``clanet-store qc`` was run. Sections whose inputs are missing
-(no embeddings yet, no model) say so instead of failing.
+(Fig. 5 / 9); every encoder of the store side by side (health, and the cross-batch k-NN, mAP and
+batch-effect index of its latest ``evaluate-encoder`` run); a t-SNE of patch embeddings by
+cell line and, for one line, by batch (Fig. 1 / 7); the evaluation of the given models (scores,
+confusion matrices, accuracy against the part of the sequence used, Fig. 8); a cross-batch
+nearest-neighbour gallery; the newest QC run's plate heatmap and flagged images, if
+``clanet-store qc`` was run. Sections whose inputs are missing (no embeddings yet, no model) say
+so instead of failing. The t-SNE, the gallery, the models and QC open with a banner when their
+encoder is a random init or collapsed (``models.health``): a number from such an encoder is not
+evidence of anything.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import polars as pl
 
 from clanet_store import __version__
 from clanet_store.errors import ClanetError
+from clanet_store.models.health import MIN_EFFECTIVE_RANK, MIN_MEDIAN_DISTANCE
+from clanet_store.pipelines.evaluate_encoder import HEALTH_ROWS, EncoderSummary
 from clanet_store.qc.heatmap import plate_heatmap
 from clanet_store.report import collect, figures, page
 from clanet_store.stores.embedding_store import EmbeddingStore
@@ -41,6 +47,7 @@ def write_report(
     exports: Sequence[str | Path] = (),
     notes: Sequence[str] = (),
     ssl_checkpoint: str | Path | None = None,
+    encoder_notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write the report of ``store_path`` to ``out``; returns what it holds (sections, sizes).
 
@@ -49,7 +56,9 @@ def write_report(
     in the projection; ``exports``: where to look for the original images first (default: the
     export roots the store was ingested from); ``notes``: remarks shown at the top (e.g. why a
     model could not be evaluated); ``ssl_checkpoint``: the ssl-train checkpoint of the encoder,
-    so that the evaluation says whether it saw the test side (inductive or transductive).
+    so that the evaluation says whether it saw the test side (inductive or transductive);
+    ``encoder_notes``: remarks shown at the top of the Encoders section (e.g. which encoder the
+    models were trained on and why). ``warnings`` in the result: the banners shown.
     """
     start = time.perf_counter()
     say = progress or (lambda _: None)
@@ -64,8 +73,17 @@ def write_report(
     sections.append(_time_courses(images))
     say("example images")
     sections.append(_examples(collect.example_images(store, images, roots=exports)))
-    encoders = store.models() if "models" in store.meta["tables"] else pl.DataFrame()
-    encoder = store.model_row(model_id) if not encoders.is_empty() else None
+    say("encoder health")
+    summaries, sequence_evals = collect.encoders(store)
+    encoder = store.model_row(model_id) if summaries else None
+    variants = {}
+    if models:
+        say("evaluating models")
+        variants = collect.model_evaluations(store.path, models, ssl_checkpoint)
+    qc = collect.latest_qc(store)
+    uses = _uses(encoder, variants, qc)
+    sections.append(_encoders(store.path, summaries, sequence_evals, uses, encoder_notes))
+    warnings: list[str] = []
     if encoder is None:
         sections.append(
             page.section(
@@ -76,17 +94,23 @@ def write_report(
         )
     else:
         say("t-SNE of the embeddings")
-        sections.append(_projection(store, encoder, k))
-    if models:
-        say("evaluating models")
-        sections.append(_evaluation(collect.model_evaluations(store.path, models, ssl_checkpoint)))
+        banner = _banner(summaries.get(encoder["model_id"]), "This t-SNE comes from")
+        warnings += [banner] if banner else []
+        sections.append(_projection(store, encoder, k, banner))
+    if variants:
+        banners = _model_banners(variants, summaries)
+        warnings += banners
+        sections.append(_evaluation(variants, banners))
     if encoder is not None:
         say("neighbour gallery")
-        sections.append(_gallery(store, encoder))
-    qc = collect.latest_qc(store)
+        banner = _banner(summaries.get(encoder["model_id"]), "These neighbours come from")
+        warnings += [banner] if banner else []
+        sections.append(_gallery(store, encoder, banner))
     if qc is not None:
         say("quality control")
-        sections.append(_qc(qc))
+        banner = _banner(summaries.get(qc["model_id"]), "This QC run scored the embeddings of")
+        warnings += [banner] if banner else []
+        sections.append(_qc(qc, banner))
     subtitle = (
         f"Store {store.path} · {info['images']} images · generated "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC} by clanet-store {__version__}"
@@ -102,6 +126,8 @@ def write_report(
         "images": html.count("<img "),
         "models": [str(m) for m in models],
         "encoder_model_id": None if encoder is None else encoder["model_id"],
+        "encoders": list(summaries),
+        "warnings": warnings,
         "seconds": time.perf_counter() - start,
     }
 
@@ -180,20 +206,197 @@ def _examples(examples: list[dict[str, Any]]) -> str:
     )
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _encoders(
+    store_path: Path,
+    summaries: dict[str, EncoderSummary],
+    sequence_evals: dict[str, dict[str, Any]],
+    uses: dict[str, list[str]],
+    notes: Sequence[str],
+) -> str:
+    """Every encoder of the store side by side: what it is, its patch-level health, and its
+    latest evaluate-encoder numbers at the image and sequence levels."""
+    parts = [page.note(text) for text in notes]
+    if not summaries:
+        parts.append(page.note("No embeddings yet: run `clanet-store encode` for this section."))
+        return page.section("Encoders", *parts, anchor="encoders")
+    health_rows, signal_rows, never = [], [], []
+    for model_id, s in summaries.items():
+        e, h = s.encoder, s.health
+        health_rows.append(
+            (
+                model_id,
+                e.arch,
+                e.weights,
+                ", ".join(uses.get(model_id, [])) or "-",
+                "yes" if e.random_init else "no",
+                e.embedding_dim,
+                *(
+                    (
+                        h.rows,
+                        _number(h.cosine_distance_median, 4),
+                        _number(h.cosine_distance_p01, 4),
+                        _number(h.effective_rank, 1),
+                        "COLLAPSED" if h.collapsed else "no",
+                    )
+                    if h
+                    else ("-",) * 5
+                ),
+            )
+        )
+        levels = [("image", s.image), ("sequence", sequence_evals.get(model_id))]
+        if s.image is None:
+            never.append(model_id)
+            signal_rows.append((model_id, "-", "-", "never evaluated", *["-"] * 6))
+            continue
+        for level, row in levels:
+            if row is None:
+                continue
+            signal_rows.append(
+                (
+                    model_id,
+                    level,
+                    row["group_by"],
+                    f"{row['evaluated_at']:%Y-%m-%d %H:%M}",
+                    row["rows"],
+                    _percent(row["knn_accuracy_cross_batch"]),
+                    _percent(row["knn_accuracy_cross_batch_chance"]),
+                    _number(row["map_cross_batch"]),
+                    _number(row["map_cross_batch_chance"]),
+                    _number(row["batch_effect_index"], 2),
+                )
+            )
+    parts += [
+        page.paragraph(
+            f"Health: cosine distance of random pairs of patch embeddings (median and 1st "
+            f"percentile) and the effective rank of the centred embeddings, from up to "
+            f"{HEALTH_ROWS:,} patches per encoder. Collapsed when the median distance is below "
+            f"{MIN_MEDIAN_DISTANCE} or the effective rank below {MIN_EFFECTIVE_RANK:g}: every "
+            "patch then gets nearly the same vector and neighbours are ranked by noise."
+        ),
+        page.table(
+            health_rows,
+            [
+                "encoder",
+                "arch",
+                "weights",
+                "used here by",
+                "random init",
+                "dim",
+                "patches sampled",
+                "median cosine distance",
+                "1st percentile",
+                "effective rank",
+                "collapsed",
+            ],
+            left=4,
+        ),
+        page.paragraph(
+            "Signal across batches, from each encoder's latest `clanet-store evaluate-encoder` "
+            "run: weighted 20-NN accuracy of the cell line and mean average precision of the "
+            "same line, neighbours taken only from other batches (other wells for a line imaged "
+            "in one batch: see grouped by), each next to what a random ranking scores; "
+            "batch-effect index: how much more often than chance a query's nearest same-line "
+            "neighbours come from its own batch (0: no batch effect, 1: its own batch always "
+            "first). Image: mean of the image's top patches; sequence: mean of its images."
+        ),
+        page.table(
+            signal_rows,
+            [
+                "encoder",
+                "level",
+                "grouped by",
+                "evaluated (UTC)",
+                "rows",
+                "k-NN accuracy (%)",
+                "chance (%)",
+                "mAP",
+                "chance",
+                "batch-effect index",
+            ],
+            left=4,
+        ),
+    ]
+    parts += [
+        page.note(
+            f"Encoder {model_id} was never evaluated: run `clanet-store evaluate-encoder "
+            f"--store {store_path} --model-id {model_id}` for its cross-batch numbers."
+        )
+        for model_id in never
+    ]
+    return page.section("Encoders", *parts, anchor="encoders")
+
+
+def _uses(
+    encoder: dict[str, Any] | None,
+    variants: dict[str, dict[str, Any]],
+    qc: dict[str, Any] | None,
+) -> dict[str, list[str]]:
+    """Which sections of the report each encoder's embeddings feed."""
+    uses: dict[str, list[str]] = {}
+    pairs = [(m, "MIL models") for v in variants.values() for m in v["encoder_model_ids"]]
+    if encoder is not None:
+        pairs = [(encoder["model_id"], "t-SNE"), (encoder["model_id"], "neighbours"), *pairs]
+    for model_id, use in [*pairs, *([(qc["model_id"], "QC")] if qc else [])]:
+        if use not in uses.setdefault(model_id, []):
+            uses[model_id].append(use)
+    return uses
+
+
+def _banner(summary: EncoderSummary | None, what: str) -> str | None:
+    """The warning for what was built on a random-init or collapsed encoder; None otherwise."""
+    if summary is None:
+        return None
+    e, h = summary.encoder, summary.health
+    reasons = ["a random init (seeded, no trained weights)"] if e.random_init else []
+    if h is not None and h.collapsed:
+        reasons.append(
+            f"COLLAPSED (median cosine distance {h.cosine_distance_median:.4f}, effective rank "
+            f"{h.effective_rank:.1f})"
+        )
+        outcome = "its embeddings carry no information about the cells"
+    else:
+        outcome = (
+            "its embeddings carry no learned information about the cells (compare its k-NN "
+            "with chance under Encoders)"
+        )
+    if not reasons:
+        return None
+    return f"{what} encoder {e.model_id} ({e.arch}), {' and '.join(reasons)}: {outcome}."
+
+
+def _model_banners(
+    variants: dict[str, dict[str, Any]], summaries: dict[str, EncoderSummary]
+) -> list[str]:
+    """One banner per random-init or collapsed encoder that models were trained on."""
+    by_encoder: dict[str, list[str]] = {}
+    for name, v in variants.items():
+        for model_id in v["encoder_model_ids"]:
+            by_encoder.setdefault(model_id, []).append(name)
+    banners = []
+    for model_id, names in by_encoder.items():
+        what = f"The models {'; '.join(names)} were trained on the embeddings of"
+        banner = _banner(summaries.get(model_id), what)
+        banners += [banner] if banner else []
+    return banners
+
+
 def _encoder_note(encoder: dict[str, Any]) -> str:
-    source = (
-        "a RANDOMLY INITIALISED encoder (seeded; no trained weights): neighbours and clusters "
-        "reflect simple image statistics, not learned cell morphology"
-        if encoder["random_init"]
-        else f"weights {encoder['weights_source']}"
-    )
     return (
         f"Embeddings of encoder {encoder['model_id']} ({encoder['arch']}, "
-        f"{encoder['embedding_dim']}-d) from {source}."
+        f"{encoder['embedding_dim']}-d, weights {encoder['weights_source']}); its health and "
+        "cross-batch numbers are under Encoders."
     )
 
 
-def _projection(store: EmbeddingStore, encoder: dict[str, Any], k: int) -> str:
+def _projection(store: EmbeddingStore, encoder: dict[str, Any], k: int, banner: str | None) -> str:
     keys, x = collect.projection_sample(store, encoder["model_id"], k)
     if len(keys) < 5:
         return page.section(
@@ -205,6 +408,7 @@ def _projection(store: EmbeddingStore, encoder: dict[str, Any], k: int) -> str:
     line = collect.busiest_line(keys)
     mine = (keys["cell_line"] == line).to_numpy()
     parts = [
+        *([page.banner(banner)] if banner else []),
         page.paragraph(_encoder_note(encoder)),
         page.grid(
             page.image(
@@ -236,7 +440,7 @@ def _projection(store: EmbeddingStore, encoder: dict[str, Any], k: int) -> str:
     return page.section("Patch embeddings", *parts, anchor="embeddings")
 
 
-def _evaluation(variants: dict[str, dict[str, Any]]) -> str:
+def _evaluation(variants: dict[str, dict[str, Any]], banners: Sequence[str]) -> str:
     rows = [
         (
             name,
@@ -271,8 +475,11 @@ def _evaluation(variants: dict[str, dict[str, Any]]) -> str:
         "Each test sequence cut to its first (solid) or last (dashed) 1, 25, 50, 75 and 100 % of "
         "images (paper Fig. 8); mean over repeats.",
     )
+    encoders = sorted({m for v in variants.values() for m in v["encoder_model_ids"]})
     parts = [
+        *(page.banner(b) for b in banners),
         page.paragraph(
+            f"Trained on the embeddings of encoder {', '.join(encoders)}. "
             "Test side of each model's split; mean ± std (population) over repeats. Encoder: "
             "inductive when it never saw the test side's images (self-supervised training on "
             "the split's training side, or weights from elsewhere), transductive when its "
@@ -285,7 +492,7 @@ def _evaluation(variants: dict[str, dict[str, Any]]) -> str:
     return page.section("Authentication models", *parts, anchor="evaluation")
 
 
-def _gallery(store: EmbeddingStore, encoder: dict[str, Any]) -> str:
+def _gallery(store: EmbeddingStore, encoder: dict[str, Any], banner: str | None) -> str:
     png, summary = collect.neighbour_gallery(store, encoder["model_id"])
     if png is None:
         return page.section(
@@ -308,6 +515,7 @@ def _gallery(store: EmbeddingStore, encoder: dict[str, Any]) -> str:
     )
     return page.section(
         "Nearest neighbours across batches",
+        *([page.banner(banner)] if banner else []),
         page.paragraph(_encoder_note(encoder)),
         table,
         figure,
@@ -315,12 +523,13 @@ def _gallery(store: EmbeddingStore, encoder: dict[str, Any]) -> str:
     )
 
 
-def _qc(qc: dict[str, Any]) -> str:
+def _qc(qc: dict[str, Any], banner: str | None) -> str:
     buffer = io.BytesIO()
     title = "maximum image anomaly score per well"
     plate_heatmap(qc["wells"], title=title).save(buffer, format="PNG")
     flagged = qc["flagged"]
     parts = [
+        *([page.banner(banner)] if banner else []),
         page.paragraph(
             f"Newest QC run {qc['run_id']} ({qc['created_at']:%Y-%m-%d %H:%M} UTC): new images "
             f"[{qc['new']}] scored against the reference [{qc['reference']}] with an isolation "

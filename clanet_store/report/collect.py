@@ -17,6 +17,11 @@ from clanet_store.imaging.decode import ImageDecodeError, read_grey
 from clanet_store.imaging.draw import draw_gallery, render_extraction
 from clanet_store.imaging.extract import extract
 from clanet_store.learn.metrics import SCALAR_SCORES, mean_std
+from clanet_store.pipelines.evaluate_encoder import (
+    EncoderSummary,
+    encoder_summaries,
+    latest_evaluations,
+)
 from clanet_store.pipelines.mil import evaluate
 from clanet_store.pipelines.search import gallery_row
 from clanet_store.stores.embedding_store import EmbeddingStore, vectors
@@ -99,6 +104,19 @@ def example_images(
             }
         )
     return examples
+
+
+def encoders(
+    store: EmbeddingStore,
+) -> tuple[dict[str, EncoderSummary], dict[str, dict[str, Any]]]:
+    """Every encoder of the store, oldest first, by model id: its patch-level health (from a
+    sample, computed here once per report) and latest image-level evaluation
+    (`encoder_summaries`); and the latest sequence-level evaluation rows by model id."""
+    if "models" not in store.meta["tables"]:
+        return {}, {}
+    summaries = {s.encoder.model_id: s for s in encoder_summaries(store)}
+    latest = latest_evaluations(store).filter(pl.col("level") == "sequence")
+    return summaries, {r["model_id"]: r for r in latest.iter_rows(named=True)}
 
 
 def projection_sample(
@@ -188,8 +206,8 @@ def model_evaluations(
 ) -> dict[str, dict[str, Any]]:
     """Evaluate every model file and group the repeats of one variant (aggregator + TSS + split):
     per variant the mean +- std of the scores, the confusion matrix summed over repeats, the
-    mean accuracy-by-fraction curves and whether the encoder saw the test side
-    (``ssl_checkpoint`` as in `pipelines.mil.evaluate`)."""
+    mean accuracy-by-fraction curves, the encoders the repeats were trained on and whether they
+    saw the test side (``ssl_checkpoint`` as in `pipelines.mil.evaluate`)."""
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for path in models:
         result = evaluate(store_path, path, ssl_checkpoint)
@@ -216,7 +234,7 @@ def model_evaluations(
             "scores": mean_std(results, SCALAR_SCORES),
             "confusion": np.sum([r["confusion"] for r in results], axis=0),
             "accuracy_by_fraction": curves,
-            "encoder_model_id": results[0]["encoder_model_id"],
+            "encoder_model_ids": sorted({r["encoder_model_id"] for r in results}),
             "encoder_training": " / ".join(sorted({r["encoder_training"] for r in results})),
         }
     return variants

@@ -16,11 +16,13 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #d8dde6; padding-bott
 .meta { color: #5a6475; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
 th, td { border: 1px solid #d8dde6; padding: 0.3em 0.7em; text-align: right; }
-th { background: #eef1f6; } td:first-child, th:first-child { text-align: left; }
+th { background: #eef1f6; } td:first-child, th:first-child, .l { text-align: left; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #d8dde6; }
 figcaption { color: #5a6475; font-size: 0.9em; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 1em; }
 .note { background: #fff6e0; border-left: 4px solid #e0a800; padding: 0.5em 1em; }
+.banner { background: #fde8e8; border-left: 6px solid #c62828; color: #6d0f0f; font-weight: 600;
+          padding: 0.6em 1em; }
 .cards { display: flex; gap: 1em; flex-wrap: wrap; }
 .card { background: #eef1f6; border-radius: 6px; padding: 0.6em 1.1em; }
 .card b { display: block; font-size: 1.5em; }
@@ -43,10 +45,19 @@ def image(data: bytes, alt: str, caption: str, mime: str = "image/png") -> str:
     )
 
 
-def table(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
-    """An HTML table of already-formatted or plain values."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{text(v)}</td>" for v in row) + "</tr>" for row in rows)
+def table(rows: Iterable[Sequence[Any]], header: Sequence[str], left: int = 1) -> str:
+    """An HTML table of already-formatted or plain values; the first ``left`` columns (text)
+    are aligned left, the others (numbers) right."""
+
+    def cell(tag: str, i: int, value: str) -> str:
+        aligned = 0 < i < left  # the first column is left-aligned by the style sheet
+        return f'<{tag} class="l">{value}</{tag}>' if aligned else f"<{tag}>{value}</{tag}>"
+
+    head = "".join(cell("th", i, escape(h)) for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(cell("td", i, text(v)) for i, v in enumerate(row)) + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -59,6 +70,11 @@ def cards(items: Iterable[tuple[str, Any]]) -> str:
 def note(message: str) -> str:
     """A highlighted remark (a missing section, a random-init encoder)."""
     return f'<p class="note">{escape(message)}</p>'
+
+
+def banner(message: str) -> str:
+    """A loud warning: what follows was built on embeddings that carry no information."""
+    return f'<p class="banner" role="alert">{escape(message)}</p>'
 
 
 def paragraph(message: str) -> str:
