@@ -293,8 +293,14 @@ def test_report_sections_and_figures(demo):
         "Patch embeddings",
         "Authentication models",
         "Nearest neighbours",
+        "Encoders",
     ):
         assert f">{title}" in html
+    # every encoder of the store is listed, with the choice the demo made and its reason
+    encode = _stage(demo["first"], "encode")["summary"]
+    classic = encode["extra_model_ids"]["classic"]
+    assert encode["model_id"] in html and classic in html
+    assert f"Models of batch-separated repeat 1 trained on classic ({classic})" in html
     # 2 time courses, 3 example images, 2 projections, 2 confusion matrices, 1 curve, 1 gallery
     assert html.count("<img ") == 11
     assert "http://" not in html and "https://" not in html  # self-contained

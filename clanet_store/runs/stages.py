@@ -387,6 +387,7 @@ def report(run: Run, p: dict[str, Any]) -> Done:
     models = [m["model"] for m in evaluated if "skipped" not in m]
     notes = [m["skipped"] for m in evaluated if "skipped" in m]
     exports = [run.export] if run.export else []
+    choices = run.summaries.get("choose_encoder", {}).get("choices", [])
     r = write_report(
         run.store,
         run.out / "report.html",
@@ -396,6 +397,7 @@ def report(run: Run, p: dict[str, Any]) -> Done:
         run.say,
         exports,
         notes,
+        encoder_notes=[f"Models of {c['split']} trained on {c['reason']}" for c in choices],
     )
     return Done(r, [Path(r["report"])])
 
