@@ -41,8 +41,10 @@ SLOT_SIZE = 20
 PIXEL_SIZE_UM = 1.24
 TABLES = ("images", "patches")
 ARRAY_SOURCE = "clanet-store ingest"
-# What a writer may find in a folder it is asked to create a store in: its own lock file.
-_CREATABLE = {".write.lock"}
+# What a writer may find in a folder it is asked to create a store in: its own lock file, and
+# ``runs/`` (``clanet-store run --store DIR`` keeps its run state in DIR/runs/NAME by default and
+# makes that folder before its ingest stage creates the store).
+_CREATABLE = {".write.lock", "runs"}
 # How stale a table object may read: never (a long-lived store object sees every commit at once).
 CONSISTENCY = timedelta(0)
 # A patch row is committed when an ok images row has its image, content hash and slot.
