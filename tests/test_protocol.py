@@ -164,7 +164,10 @@ def test_inductive_ssl_reads_no_patch_of_the_test_side(crops_store, tmp_path, mo
 
     monkeypatch.setattr(ssl_module.PatchViews, "__getitem__", spy)
     out = tmp_path / "ssl.pt"
-    dino = DinoConfig(out_dim=256, hidden_dim=256, bottleneck_dim=64, n_local=2)
+    # which patches are read is the point here, not what DINO learns in 4 steps: the collapse
+    # rules are switched off (tests/test_ssl.py checks them)
+    off = {"collapse_uniform": 2.0, "collapse_one_hot": 0.0, "collapse_spread": -1.0}
+    dino = DinoConfig(out_dim=256, hidden_dim=256, bottleneck_dim=64, n_local=2, **off)
     summary = ssl_module.ssl_train(
         crops_store, out, 1, 4, TINY, k=2, dino=dino, workers=0, split=read_split(split_file)
     )
@@ -183,14 +186,17 @@ def test_inductive_ssl_reads_no_patch_of_the_test_side(crops_store, tmp_path, mo
     allowed = split_patch_rows(PatchStore(crops_store), split, 2)
     assert set(read) == set(allowed.tolist())  # the whole training side, nothing else
 
-    row = {"random_init": False, "weights_format": "clanet-ssl", "weights_source": out.name}
+    row = {"arch": TINY, "random_init": False, "weights_format": "clanet-ssl"}
+    row["weights_source"] = out.name
     assert encoder_training(row, split, out)["encoder_training"] == "inductive"
     other = make_split(records, "batch-stratified", 2)
     if set(split.train) & set(other.test):
         assert encoder_training(row, other, out)["encoder_training"] == "transductive"
     assert encoder_training(row, split)["encoder_training"] == "unknown"  # checkpoint not given
-    random = {"random_init": True, "weights_format": "random-init", "weights_source": "x"}
+    random = {**row, "random_init": True, "weights_format": "random-init", "weights_source": "x"}
     assert encoder_training(random, split)["encoder_training"] == "inductive"
+    classic = {**row, "arch": "classic", "weights_format": "classic"}  # stats from every patch
+    assert encoder_training(classic, split)["encoder_training"] == "transductive"
 
 
 # --- QC between fields of one well ---------------------------------------------------------------
