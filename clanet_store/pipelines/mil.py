@@ -297,7 +297,7 @@ def _export_encoder(
         recorded = found.row(0, named=True) if found.height else None
     config = json.loads(recorded["config"]) if recorded else {}
     if recorded and config["arch"] == CLASSIC_ARCH:
-        return encoder_for_model(recorded, None)
+        return encoder_for_model(recorded, weights)  # refuses a weights file
     encoder = load_encoder(
         weights, config.get("arch"), "auto", seed, config.get("normalize", False)
     )

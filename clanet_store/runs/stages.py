@@ -125,10 +125,6 @@ def ssl_train(run: Run, p: dict[str, Any]) -> Done:
     epoch before the collapse; none when the first epoch collapsed, and ``encode`` then embeds
     with a random init of the same arch, which says so).
     """
-    from clanet_store.pipelines.inductive import patch_sequences
-    from clanet_store.pipelines.mil import split_for
-    from clanet_store.stores.patch_store import PatchStore
-
     if not p["enabled"]:
         return Done({"enabled": False}, [])
     if p["protocol"] not in SSL_PROTOCOLS:
@@ -144,13 +140,9 @@ def ssl_train(run: Run, p: dict[str, Any]) -> Done:
     if p["protocol"] == "transductive":
         runs = {"": (_checkpoint(run), None)}
     else:
-        records = patch_sequences(PatchStore(run.store))
         runs = {
-            f"{kind}-r{repeat}": (
-                run.out / "ssl" / f"checkpoint-{kind}-r{repeat}.pt",
-                split_for(records, kind, repeat, run.out / "models")[0],
-            )
-            for kind, repeat in run.train_splits
+            name: (run.out / "ssl" / f"checkpoint-{name}.pt", split)
+            for name, split in _run_splits(run).items()
         }
     results = {name: _dino(run, p, recipe, dino, out, split) for name, (out, split) in runs.items()}
     # A run that collapsed in its first epoch kept no checkpoint: encode then uses a random init.
@@ -168,6 +160,20 @@ def ssl_train(run: Run, p: dict[str, Any]) -> Done:
         "seconds": sum(r["seconds"] for r in results.values()),
     }
     return Done(summary, [Path(path) for path in kept.values() if path])
+
+
+def _run_splits(run: Run) -> dict[str, Any]:
+    """The train stage's splits by name (``KIND-rR``), drawn from the patches table into
+    OUT/models or read from there: ssl_train, choose_encoder and train use the same ones."""
+    from clanet_store.pipelines.inductive import patch_sequences
+    from clanet_store.pipelines.mil import split_for
+    from clanet_store.stores.patch_store import PatchStore
+
+    records = patch_sequences(PatchStore(run.store))
+    return {
+        f"{kind}-r{repeat}": split_for(records, kind, repeat, run.out / "models")[0]
+        for kind, repeat in run.train_splits
+    }
 
 
 def _dino(
@@ -251,30 +257,23 @@ def choose_encoder(run: Run, p: dict[str, Any]) -> Done:
     for ``info`` and the report's Encoders section."""
     from clanet_store.pipelines.choose_encoder import choose_encoder as choose
     from clanet_store.pipelines.evaluate_encoder import evaluate_encoders
-    from clanet_store.pipelines.inductive import patch_sequences
-    from clanet_store.pipelines.mil import split_for
-    from clanet_store.stores.patch_store import PatchStore
 
     encoded = run.summaries["encode"]
     extra = list(encoded.get("extra_model_ids", {}).values())
-    records = patch_sequences(PatchStore(run.store))
-    choices = []
-    for kind, repeat in run.train_splits:
-        own = encoded.get("model_ids", {}).get(f"{kind}-r{repeat}", encoded["model_id"])
-        split = split_for(records, kind, repeat, run.out / "models")[0]
+    choices = {}
+    for name, split in _run_splits(run).items():
+        own = encoded.get("model_ids", {}).get(name, encoded["model_id"])
         choice = choose(run.store, [own, *extra], split, top_k=p["k"])
         run.say(f"encoder for {choice.split}: {choice.reason}")
-        choices.append(choice)
+        choices[name] = choice
     ids = list(dict.fromkeys([*encoded.get("model_ids", {}).values(), encoded["model_id"], *extra]))
     evaluate_encoders(run.store, ids, top_k=p["k"])
+    first = next(iter(choices.values()), None)
     return Done(
         {
-            "model_id": choices[0].model_id if choices else encoded["model_id"],
-            "model_ids": {
-                f"{kind}-r{repeat}": c.model_id
-                for (kind, repeat), c in zip(run.train_splits, choices, strict=True)
-            },
-            "choices": [c.as_dict() for c in choices],
+            "model_id": first.model_id if first else encoded["model_id"],
+            "model_ids": {name: c.model_id for name, c in choices.items()},
+            "choices": [c.as_dict() for c in choices.values()],
         },
         [run.store],
     )
