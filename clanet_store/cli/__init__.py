@@ -10,6 +10,7 @@ from clanet_store.cli import (  # noqa: F401  (importing a module registers its 
     exports,
     imaging,
     mil,
+    profiles,
     qc,
     report,
     runs,

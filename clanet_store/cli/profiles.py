@@ -1,0 +1,69 @@
+"""``export-profiles``: a model's embeddings as profiles for pycytominer or scanpy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from clanet_store.cli.app import emit, main, progress_callback, store_option
+from clanet_store.cli.encoders import encoder_banner
+
+
+@main.command("export-profiles")
+@store_option
+@click.option("--model-id", help="encoder whose embeddings to export (default: the latest)")
+@click.option(
+    "--level",
+    type=click.Choice(["patch", "image", "sequence"]),
+    default="patch",
+    show_default=True,
+    help="one row per patch, per image (mean of its top-k patches) or per sequence",
+)
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["parquet", "anndata"]),
+    default="parquet",
+    show_default=True,
+    help="Parquet with Metadata_ columns (pycytominer) or AnnData .h5ad (scanpy)",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="file to write"
+)
+@click.option(
+    "--k",
+    "top_k",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="patches per image (CCS rank < k) averaged into the image vector",
+)
+@click.option(
+    "--print",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="what to print: human-readable text or JSON (--format names the file's format)",
+)
+def export_profiles(
+    store: Path,
+    model_id: str | None,
+    level: str,
+    file_format: str,
+    out: Path,
+    top_k: int,
+    fmt: str,
+) -> None:
+    """Write one row per patch, image or sequence: keys as metadata, the embedding as features."""
+    from clanet_store.pipelines.export_profiles import export_profiles as run
+
+    with progress_callback("exporting", "patch") as update:
+        r = run(store, out, level, file_format, model_id, top_k, progress=update).as_dict()
+    lines = [
+        f"{r['rows']} {level} rows x {r['features']} features of model {r['model_id']} -> "
+        f"{r['path']} ({file_format}), {r['seconds']:.1f} s ({r['rows_per_s']:.0f} rows/s)",
+        *encoder_banner(r, collapsed=False),
+    ]
+    emit(fmt, r, "\n".join(lines))
