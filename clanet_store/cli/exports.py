@@ -40,6 +40,7 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
         "rejected": len(rejects),
         "ignored": result.ignored,
         "cell_line_from_prefix": result.cell_line_from_prefix,
+        "fluorescence_ignored": result.fluorescence_ignored,
         "manifest": None if out is None else str(out),
         "batch_summary": batches,
         "rejects": rejects,
@@ -66,6 +67,8 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
             ],
         ),
     ]
+    if result.fluorescence_ignored:
+        lines += ["", f"{result.fluorescence_ignored} fluorescence images ignored (archive)"]
     if result.cell_line_from_prefix:
         lines += [
             "",

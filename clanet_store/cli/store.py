@@ -74,6 +74,8 @@ def ingest(
         f"{r['patches_added']} patches added",
         f"{r['seconds']:.1f} s, {r['images_per_s']:.2f} images/s on {r['workers']} workers",
     ]
+    if r["fluorescence_ignored"]:
+        lines.append(f"{r['fluorescence_ignored']} fluorescence images ignored (archive)")
     if r["recovered_rows"]:
         lines.append(
             f"recovered from an interrupted run: {r['recovered_rows']} orphan rows removed"

@@ -67,7 +67,8 @@ class ImageName:
         return None if self.elapsed_minutes is None else self.elapsed_minutes / 60.0
 
 
-def _parse_well(well: str) -> str:
+def parse_well(well: str) -> str:
+    """A well name (row A-P, column 1-24, no leading zero); ``NameParseError`` otherwise."""
     m = _WELL.match(well)
     if m is None:
         raise NameParseError(
@@ -121,7 +122,7 @@ def parse_name(name: str) -> ImageName:
     return ImageName(
         prefix=prefix,
         channel=m.group("channel"),
-        well=_parse_well(m.group("well")),
+        well=parse_well(m.group("well")),
         location=int(location),
         elapsed_minutes=elapsed,
         acquired_at=acquired,

@@ -6,7 +6,12 @@ Three layouts are accepted, per file, so they may even be mixed under one root:
 * ``<root>/<cell_line>/<files>``: batch from the plate map, else from the experiment prefix;
 * ``<root>/<files>`` plus a plate map CSV ``(experiment, well, cell_line, batch)``; a flat file
   without a plate-map entry takes both cell line and batch from its prefix (LIVECell and
-  single-line exports name files after the cell line) and is counted in ``cell_line_from_prefix``.
+  single-line exports name files after the cell line) and is counted in ``cell_line_from_prefix``;
+* a raw Incucyte archive, ``.../ScanData/YYMM/DD/HHMM/<vessel>/<well>-<field>-<channel>.tif``
+  (``exports.archive``; the root may be the archive, its ``ScanData`` folder or a folder above):
+  time from the folders (hours since the vessel's first scan), cell line and batch from the plate
+  map by vessel (its ``experiment`` column) and well; fluorescence channels are ignored and
+  counted in ``fluorescence_ignored``.
 
 The folder name is the truth for the cell line (real exports have folder ``HT 1080`` with files
 ``HT1080_...``). A file that does not parse, whose header cannot be read, that has no plate-map
@@ -28,6 +33,7 @@ import polars as pl
 import pyarrow as pa
 
 from clanet_store.errors import ClanetError
+from clanet_store.exports.archive import is_archive_path, parse_archive_path
 from clanet_store.exports.headers import HeaderError, read_header
 from clanet_store.exports.names import EXTENSIONS, NameParseError, parse_name
 from clanet_store.schemas import load_schema
@@ -55,6 +61,7 @@ class ScanResult:
     ignored: int = 0
     root: str = ""
     cell_line_from_prefix: int = 0
+    fluorescence_ignored: int = 0
 
 
 def read_plate_map(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
@@ -144,12 +151,16 @@ def scan_export(
 
     rows: dict[str, list] = {f.name: [] for f in load_schema("manifest")}
     seen: dict[tuple[str, float], str] = {}
-    from_prefix = 0
+    from_prefix = fluorescence = 0
+    archive: list[bool] = []
     for rel, parts in files:
         if on_file is not None:
             on_file()
         try:
             row = _image_row(str(root), rel, parts, plates)
+        except _Fluorescence:
+            fluorescence += 1
+            continue
         except (NameParseError, HeaderError, OSError, _Reject) as exc:
             rejects.append((rel, _reason(exc)))
             continue
@@ -159,11 +170,12 @@ def scan_export(
             continue
         seen[key] = rel
         from_prefix += not parts and (row["experiment"], row["well"]) not in plates
+        archive.append(is_archive_path(parts, root.name))
         for name, value in row.items():
             rows[name].append(value)
 
     table = pa.Table.from_pydict(rows, schema=load_schema("manifest"))
-    manifest = _relative_absolute_times(pl.from_arrow(table))
+    manifest = _relative_absolute_times(pl.from_arrow(table), archive)
     reject_frame = pl.DataFrame(
         rejects, schema={"path": pl.String, "reason": pl.String}, orient="row"
     )
@@ -173,11 +185,16 @@ def scan_export(
         ignored=ignored,
         root=str(root),
         cell_line_from_prefix=from_prefix,
+        fluorescence_ignored=fluorescence,
     )
 
 
 class _Reject(Exception):
     """A file that parses but cannot be placed (layout or plate map)."""
+
+
+class _Fluorescence(Exception):
+    """An archive image of a fluorescence channel: ignored and counted."""
 
 
 def _reason(exc: Exception) -> str:
@@ -192,33 +209,20 @@ def _reason(exc: Exception) -> str:
 def _image_row(
     root: str, rel: str, parts: tuple[str, ...], plates: dict[tuple[str, str], tuple[str, str]]
 ) -> dict:
-    name = parse_name(rel.rsplit("/", 1)[-1])
-    plate = plates.get((name.prefix, name.well))
-    if len(parts) > 2:
-        raise _Reject("nested deeper than <root>/<cell_line>/<batch>/")
-    if len(parts) == 0:
-        # Flat file: the plate map places it; without an entry the prefix names both cell line
-        # and batch (LIVECell and many single-line exports name files after the cell line).
-        cell_line, batch = plate if plate is not None else (name.prefix, name.prefix)
+    name = rel.rsplit("/", 1)[-1]
+    if is_archive_path(parts, os.path.basename(root)):
+        keys = _archive_keys(os.path.basename(root), name, parts, plates)
     else:
-        cell_line = parts[0]
-        batch = parts[1] if len(parts) == 2 else (plate[1] if plate else name.prefix)
+        keys = _export_keys(name, parts, plates)
     full = os.path.join(root, rel)
     header = read_header(full)
     stat = os.stat(full)
+    sequence = (keys["cell_line"], keys["batch"], keys["well"], keys["location"], keys["crop"])
     return {
         "image_id": short_hash(rel),
         "path": rel,
-        "cell_line": cell_line,
-        "batch": batch,
-        "experiment": name.prefix,
-        "channel": name.channel,
-        "well": name.well,
-        "location": name.location,
-        "crop": name.crop,
-        "sequence_id": sequence_key(cell_line, batch, name.well, name.location, name.crop),
-        "timepoint_h": name.timepoint_h if name.timepoint_h is not None else 0.0,
-        "acquired_at": name.acquired_at,
+        **keys,
+        "sequence_id": sequence_key(*sequence),
         "format": header.format,
         "width": header.width,
         "height": header.height,
@@ -229,9 +233,72 @@ def _image_row(
     }
 
 
-def _relative_absolute_times(manifest: pl.DataFrame) -> pl.DataFrame:
-    """Absolute stamps become hours since the first absolute stamp of the same batch."""
-    first = pl.col("acquired_at").min().over(["cell_line", "batch"])
+def _export_keys(
+    file_name: str, parts: tuple[str, ...], plates: dict[tuple[str, str], tuple[str, str]]
+) -> dict:
+    """An export file's keys: its name, its folders and the plate map (module docstring)."""
+    name = parse_name(file_name)
+    plate = plates.get((name.prefix, name.well))
+    if len(parts) > 2:
+        raise _Reject("nested deeper than <root>/<cell_line>/<batch>/")
+    if len(parts) == 0:
+        # Flat file: the plate map places it; without an entry the prefix names both cell line
+        # and batch (LIVECell and many single-line exports name files after the cell line).
+        cell_line, batch = plate if plate is not None else (name.prefix, name.prefix)
+    else:
+        cell_line = parts[0]
+        batch = parts[1] if len(parts) == 2 else (plate[1] if plate else name.prefix)
+    return {
+        "cell_line": cell_line,
+        "batch": batch,
+        "experiment": name.prefix,
+        "channel": name.channel,
+        "well": name.well,
+        "location": name.location,
+        "crop": name.crop,
+        "timepoint_h": name.timepoint_h if name.timepoint_h is not None else 0.0,
+        "acquired_at": name.acquired_at,
+    }
+
+
+def _archive_keys(
+    root_name: str,
+    file_name: str,
+    parts: tuple[str, ...],
+    plates: dict[tuple[str, str], tuple[str, str]],
+) -> dict:
+    """An archive image's keys: time and vessel from its folders, cell line and batch from the
+    plate map by vessel and well (hours since the vessel's first scan are set per manifest)."""
+    image = parse_archive_path(parts, file_name, root_name)
+    if image.fluorescence:
+        raise _Fluorescence
+    plate = plates.get((image.vessel, image.well))
+    if plate is None:
+        raise _Reject(f"no plate-map entry for vessel {image.vessel} well {image.well}")
+    return {
+        "cell_line": plate[0],
+        "batch": plate[1],
+        "experiment": image.vessel,
+        "channel": image.channel,
+        "well": image.well,
+        "location": image.location,
+        "crop": None,
+        "timepoint_h": 0.0,
+        "acquired_at": image.acquired_at,
+    }
+
+
+def _relative_absolute_times(manifest: pl.DataFrame, archive: list[bool]) -> pl.DataFrame:
+    """Absolute stamps become hours since the first absolute stamp of the same batch, or for
+    archive images (``archive``, per row) since the first scan of the same vessel."""
+    group = (
+        pl.when(pl.Series(archive, dtype=pl.Boolean))
+        .then(pl.concat_str(pl.lit("vessel"), pl.col("experiment"), separator="\x1f"))
+        .otherwise(
+            pl.concat_str(pl.lit("batch"), pl.col("cell_line"), pl.col("batch"), separator="\x1f")
+        )
+    )
+    first = pl.col("acquired_at").min().over(group)
     hours = (pl.col("acquired_at") - first).dt.total_seconds() / 3600.0
     return manifest.with_columns(
         pl.when(pl.col("acquired_at").is_not_null())

@@ -100,6 +100,7 @@ class IngestReport:
     images_per_s: float = 0.0
     workers: int = 0
     recovered_rows: int = 0
+    fluorescence_ignored: int = 0  # raw-archive fluorescence images, not ingested
     rejects: list[dict] = field(default_factory=list)
     extractor_version: str = ""
 
@@ -286,6 +287,7 @@ def ingest(
             store.array.attrs["extractors"] = {**known, record["version"]: record}
         writer = _Writer(store, commit_every, params, record["version"])
         writer.record_scan_rejects(scan.rejects)
+        writer.report.fluorescence_ignored = scan.fluorescence_ignored
         todo, writer.report.images_skipped = _plan(scan.manifest, writer.existing, writer.key)
         writer.report.images_skipped += writer.scan_rejects_skipped
         if todo.height:
