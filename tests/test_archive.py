@@ -5,10 +5,12 @@ ingested as an export and as an archive giving the same patches."""
 from datetime import datetime
 from pathlib import Path
 
+import lancedb
 import numpy as np
 import polars as pl
 import pytest
 import tifffile
+import zarr
 
 from clanet_store.exports.archive import parse_archive_path
 from clanet_store.exports.names import NameParseError
@@ -105,31 +107,37 @@ def test_scan_reads_times_keys_and_rejects(tmp_path):
     )
 
 
-@pytest.mark.realdata
-def test_export_and_archive_of_the_same_images_give_the_same_patches(tmp_path, shared_data):
-    """Two real images as 16-bit TIFFs, once named as an export, once in an archive (with a bad
-    time folder that is rejected while the rest ingests): the same patches, pixel for pixel."""
+@pytest.fixture(scope="module")
+def two_stores(tmp_path_factory, shared_data) -> dict:
+    """Two real images as 16-bit TIFFs ingested twice: once named as an export, once in an
+    archive (with a bad time folder that is rejected while the rest ingests)."""
+    tmp = tmp_path_factory.mktemp("archive")
     source = sorted((shared_data / "azgcb_sample" / "A431").glob("A431_B1_1_*.jpg"))[:2]
-    export, archive = tmp_path / "export", tmp_path / "archive" / "EssenFiles"
+    export, archive = tmp / "export", tmp / "archive" / "EssenFiles"
     for i, path in enumerate(source):
         pixels = read_grey(path).astype(np.uint16) * 257
         _tif(export / f"VID7_Ph_B1_1_00d0{2 * i}h00m.tif", pixels)
-        _tif(
-            archive / "ScanData" / "2401" / "15" / f"{8 + 2 * i:02d}00" / "VID7" / "B1-1-Ph.tif",
-            pixels,
-        )
+        scan = archive / "ScanData" / "2401" / "15" / f"{8 + 2 * i:02d}00" / "VID7"
+        _tif(scan / "B1-1-Ph.tif", pixels)
     _tif(archive / "ScanData" / "2401" / "15" / "2500" / "VID7" / "B1-1-Ph.tif", pixels)
-    plate = _plate_map(tmp_path / "plate.csv", [("VID7", "B1", "A431", "b1")])
-    stores = {}
+    plate = _plate_map(tmp / "plate.csv", [("VID7", "B1", "A431", "b1")])
+    out = {}
     for name, root in (("export", export), ("archive", archive)):
-        report = ingest(root, tmp_path / f"{name}.store", plate, workers=1)
+        report = ingest(root, tmp / f"{name}.store", plate, workers=1)
         assert report.images_added == 2 and report.patches_added > 0, report.rejects
-        stores[name] = PatchStore(tmp_path / f"{name}.store")
-    assert [r["reason"] for r in report.rejects] == [
+        out[name] = (tmp / f"{name}.store", report)
+    return out
+
+
+@pytest.mark.realdata
+def test_export_and_archive_of_the_same_images_give_the_same_patches(two_stores):
+    """The same patches, pixel for pixel, and the archive's bad time folder is a reject."""
+    assert [r["reason"] for r in two_stores["archive"][1].rejects] == [
         "bad file name: time path 2401/15/2500 is not a valid date: hour must be in 0..23"
     ]
     snapshots = []
-    for store in stores.values():
+    for path, _ in two_stores.values():
+        store = PatchStore(path)
         images = store.images().filter(pl.col("status") == "ok").select("image_id", "timepoint_h")
         patches = store.patches_table().join(images, on="image_id").sort("timepoint_h", "rank")
         keys = patches.select("cell_line", "batch", "well", "location", "timepoint_h", "x", "y")
@@ -137,3 +145,20 @@ def test_export_and_archive_of_the_same_images_give_the_same_patches(tmp_path, s
     (keys_a, pixels_a), (keys_b, pixels_b) = snapshots
     assert keys_a.equals(keys_b) and set(keys_a["timepoint_h"]) == {0.0, 2.0}
     np.testing.assert_array_equal(pixels_a, pixels_b)
+
+
+@pytest.mark.realdata
+def test_patches_open_with_plain_zarr_as_in_the_readme(two_stores):
+    """The README's napari recipe: the patch array and one image's patches with plain zarr (the
+    image's slot and patch count from its LanceDB row)."""
+    path = two_stores["archive"][0]
+    patches = zarr.open_array(path / "patches.zarr", mode="r")
+    assert patches.shape[1:] == (112, 112) and patches.dtype == np.uint8
+    images = lancedb.connect(path / "lance").open_table("images").to_polars().collect()
+    image = images.filter(pl.col("status") == "ok").sort("path").row(0, named=True)
+    start = image["slot"] * 20
+    mine = patches[start : start + image["patch_count"]]
+    store = PatchStore(path)
+    rows = store.patches_table().filter(pl.col("image_id") == image["image_id"]).sort("row")
+    np.testing.assert_array_equal(mine, store.read_rows(rows["row"].to_numpy()))
+    assert mine.shape[0] == image["patch_count"] > 0
