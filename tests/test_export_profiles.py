@@ -184,3 +184,8 @@ def test_cli_writes_and_reports(tmp_path):
     )
     assert bad.exit_code == 1 and "no embeddings of model nope" in bad.output
     assert not (tmp_path / "x.parquet").exists()
+    for fmt in ("parquet", "anndata"):
+        missing = tmp_path / "no" / "such" / "folder.out"
+        bad = CliRunner().invoke(main, [*args, fmt, "--out", str(missing)])
+        assert bad.exit_code == 1 and "cannot write" in bad.output, bad.output
+        assert len(bad.output.strip().splitlines()) == 1

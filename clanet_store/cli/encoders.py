@@ -25,6 +25,16 @@ EVAL_COLUMNS = [
 ]
 
 
+top_k_option = click.option(
+    "--k",
+    "top_k",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="patches per image (CCS rank < k) averaged into the image vector",
+)
+
+
 def evaluation_table_row(level: str, r: dict[str, Any]) -> dict[str, Any]:
     """One level's numbers under the short column names of ``EVAL_COLUMNS``."""
     return {
@@ -66,14 +76,7 @@ def encoder_banner(model: dict[str, Any], collapsed: bool) -> list[str]:
     multiple=True,
     help="encoder to evaluate (repeatable; default: every encoder of the store)",
 )
-@click.option(
-    "--k",
-    "top_k",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="patches per image (CCS rank < k) averaged into the image vector",
-)
+@top_k_option
 @click.option("--seed", type=int, default=0, show_default=True, help="query sample and pairs")
 @wait_option
 @format_option

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from clanet_store.cli.app import emit, main, progress_callback, store_option
-from clanet_store.cli.encoders import encoder_banner
+from clanet_store.cli.encoders import encoder_banner, top_k_option
 
 
 @main.command("export-profiles")
@@ -31,14 +31,7 @@ from clanet_store.cli.encoders import encoder_banner
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="file to write"
 )
-@click.option(
-    "--k",
-    "top_k",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="patches per image (CCS rank < k) averaged into the image vector",
-)
+@top_k_option
 @click.option(
     "--print",
     "fmt",
