@@ -98,7 +98,15 @@ def _patch_chunks(store: EmbeddingStore, model_id: str, chunk_rows: int) -> Chun
     for batch in query.to_batches(chunk_rows):
         if batch.num_rows:
             chunk = pa.Table.from_batches([batch])
-            yield vectors(chunk), pl.from_arrow(chunk.select(list(META_COLUMNS))), batch.num_rows
+            keys = _owned(chunk.select(list(META_COLUMNS)))
+            yield vectors(chunk), pl.from_arrow(keys), batch.num_rows
+
+
+def _owned(table: pa.Table) -> pa.Table:
+    """A copy of ``table`` in buffers of its own. LanceDB returns a batch's columns as views of
+    one allocation that also holds the vectors, so keeping a chunk's keys (AnnData's ``obs`` is
+    written at the end) kept its vectors alive: peak RSS 7.7 GB for 1 M x 1536 (measured)."""
+    return table.take(np.arange(table.num_rows))
 
 
 def _sequence_groups(keys: pl.DataFrame, chunk_rows: int) -> list[list[str]]:
