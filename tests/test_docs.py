@@ -1,6 +1,7 @@
 """The documentation holds together: README.md is a short front door whose command table covers
 every command of the CLI, each row linking a docs page that describes it, and every relative
-link (and anchor) in README.md, BENCHMARKS.md and docs/*.md resolves. Fast, no data."""
+link (and anchor) in README.md, BENCHMARKS.md, docs/*.md and the pipelines/ and schemas/ READMEs
+resolves. Fast, no data."""
 
 import re
 from pathlib import Path
@@ -11,7 +12,13 @@ from clanet_store.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-MARKDOWN = [README, ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
+MARKDOWN = [
+    README,
+    ROOT / "BENCHMARKS.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "pipelines" / "README.md",
+    ROOT / "schemas" / "README.md",
+]
 README_MAX_LINES = 250
 
 FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.MULTILINE | re.DOTALL)
