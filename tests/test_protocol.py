@@ -24,11 +24,11 @@ from clanet_store.learn.training import MILConfig, train_mil
 from clanet_store.learn.tss import REFERENCE_CANDIDATES, REFERENCE_SIGMA, TSSPrior
 from clanet_store.models.dino import DinoConfig
 from clanet_store.pipelines import ssl_train as ssl_module
+from clanet_store.pipelines.corrupt import corrupt_export
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.inductive import encoder_training, split_patch_rows
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.pipelines.qc import MIN_SEQUENCES, QCParams, _drift_unit, run_qc
-from clanet_store.qc.corrupt import corrupt_export
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.patch_store import PatchStore
 from clanet_store.stores.sequences import list_sequences

@@ -23,6 +23,7 @@ from scipy.stats import kstest
 from clanet_store.cli import main
 from clanet_store.errors import ClanetError
 from clanet_store.imaging.decode import read_grey
+from clanet_store.pipelines.corrupt import corrupt_export
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.pipelines.qc import QCParams, run_qc
@@ -38,7 +39,6 @@ from clanet_store.qc.corrupt import (
     brightness,
     contrast,
     corrupt,
-    corrupt_export,
     corruption_parameter,
     defocus,
     disk_kernel,

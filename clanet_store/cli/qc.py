@@ -218,17 +218,17 @@ def corrupt(
     export_root: Path, out: Path, kind: str, severity: int, direction: str, fmt: str
 ) -> None:
     """Write a corrupted copy of an export (same names and layout) for robustness checks."""
-    from clanet_store.qc.corrupt import corrupt_export
+    from clanet_store.pipelines.corrupt import corrupt_export
 
     with progress_callback("corrupting", "image") as update:
-        r = corrupt_export(export_root, out, kind, severity, direction, update)
+        report = corrupt_export(export_root, out, kind, severity, direction, update)
     lines = [
-        f"{out}: {r['images_written']} images written, {kind} severity {severity} "
-        f"(parameter {r['parameter']:g})"
+        f"{out}: {report.images_written} images written, {kind} severity {severity} "
+        f"(parameter {report.parameter:g})"
     ]
-    if r["skipped"]:
+    if report.skipped:
         lines += [
             "files the scan rejected (not copied):",
-            render_table(r["skipped"], ["path", "reason"]),
+            render_table(report.skipped, ["path", "reason"]),
         ]
-    emit(fmt, r, "\n".join(lines))
+    emit(fmt, report.as_dict(), "\n".join(lines))
