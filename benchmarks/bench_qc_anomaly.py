@@ -90,7 +90,7 @@ def main() -> None:
                 ["batch=clean,well=C10"],
                 ["well=B10"],
                 params=QCParams(quality=quality),
-            )
+            ).as_dict()
             for name, quality in (("both forests", True), ("embeddings only", False))
         }
         seconds = time.perf_counter() - start

@@ -226,20 +226,20 @@ def fields_store(tmp_path_factory, shared_data):
 def test_two_fields_of_one_well_cannot_tell_but_a_defocused_copy_is_flagged(fields_store):
     params = QCParams(n_permutations=200, contamination=0.1)
     field1, field2 = "batch=clean,location=1", "batch=clean,location=2"
-    same_well = run_qc(fields_store, [field1], [field2], params=params)
+    same_well = run_qc(fields_store, [field1], [field2], params=params).as_dict()
     print(f"\nB10/1 vs B10/2: MMD^2 = {same_well['mmd']:.4g}, image-permutation p = "
           f"{same_well['p_value']:.3g}")  # fmt: skip
     assert same_well["unit"] == "image" and same_well["drift"] is None
     assert (same_well["n_reference_sequences"], same_well["n_new_sequences"]) == (1, 1)
     assert "cannot tell drift from field-to-field variation" in same_well["note"]
 
-    defocused = run_qc(fields_store, [field1], ["batch=defocus3"], params=params)
+    defocused = run_qc(fields_store, [field1], ["batch=defocus3"], params=params).as_dict()
     assert defocused["drift"] is None  # one field a side: the drift test still cannot tell ...
     flagged = [image["path"] for image in defocused["flagged_images"]]
     assert flagged and all("/defocus3/" in p for p in flagged)  # ... but the images are flagged
 
     # both clean fields as the reference: their own field-to-field MMD^2 is the yardstick
-    both = run_qc(fields_store, ["batch=clean"], ["batch=defocus3"], params=params)
+    both = run_qc(fields_store, ["batch=clean"], ["batch=defocus3"], params=params).as_dict()
     yardstick = both["field_to_field_mmd"]
     print(f"reference field-to-field MMD^2 {yardstick}; defocused copy {both['mmd']:.4g}")
     assert yardstick["pairs"] == 1 and np.isfinite(yardstick["max"])
