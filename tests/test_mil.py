@@ -144,6 +144,27 @@ def test_gated_attention_matches_numpy_on_padded_batches(pack_path: None) -> Non
         np.testing.assert_allclose(logits[b], expected, rtol=0, atol=1e-12)
 
 
+def test_fused_gated_attention_equals_the_reference(pack_path: None) -> None:
+    """`pool` (fused V/U, packed or in place) gives `reference_pool`'s logits, attention and
+    gradients: the fast path is only a faster way to write the formula."""
+    rng = np.random.default_rng(3)
+    bags = random_bags(rng, 7, dim=10)
+    model = GatedAttention(dim=10, n_classes=4).double()
+    x, mask = collate(bags, dtype=torch.float64)
+    outputs = []
+    for pool in (model.reference_pool, model.pool):
+        model.zero_grad()
+        logits, attention = pool(x, mask)
+        logits.square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        outputs.append((logits.detach(), attention.detach(), grads))
+    (l1, a1, g1), (l2, a2, g2) = outputs
+    torch.testing.assert_close(l2, l1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a2, a1, rtol=0, atol=1e-12)
+    for ref, fused in zip(g1, g2, strict=True):
+        torch.testing.assert_close(fused, ref, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("name", AGGREGATORS)
 def test_masked_instances_have_no_effect(name: str, pack_path: None) -> None:
     """Padding and missing patches: zero attention; any finite values there change nothing."""

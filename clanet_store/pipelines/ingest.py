@@ -73,7 +73,7 @@ FLUSH_SECONDS = 5.0
 # Dask settings of the LocalCluster. distributed starts worker processes with
 # MALLOC_TRIM_THRESHOLD_=65536, so glibc hands memory back to the OS after every large temporary:
 # mask + CCS then ran 0.78 s instead of 0.49 s per image in a worker (measured); local workers
-# start without it (see the README for remote ones). The rest quiets background work none of which
+# start without it (remote ones: docs/ingest.md). The rest quiets background work none of which
 # serves ingest: event-loop health ticks every 20 ms, the statistical profiler, system and memory
 # monitors, work stealing (the driver feeds a short queue itself). An idle 2-worker cluster burnt
 # 14 % of a core on them, 2 % with these settings (measured), CPU the workers need on a small
