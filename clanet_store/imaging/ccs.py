@@ -33,14 +33,11 @@ from collections.abc import Iterable
 import numpy as np
 
 from clanet_store.imaging.jit import kernel
-from clanet_store.imaging.params import CCSParams
+from clanet_store.imaging.params import FIXED, CCSParams
 from clanet_store.imaging.runlength import components
 
 PATCH_SIZE = 112
 K_STORED = 20
-GREY_BINS = 25
-LBP_BINS = 10
-LBP_POINTS, LBP_RADIUS = 8, 1
 MEAN_TOLERANCE = 1e-9
 
 BOX_DTYPE = np.dtype(
@@ -75,8 +72,9 @@ def _bin_starts(bins: int) -> np.ndarray:
     return np.searchsorted(bin_of_value, np.arange(bins))
 
 
-_GREY_STARTS = _bin_starts(GREY_BINS)
-_LBP_STARTS = _bin_starts(LBP_BINS)
+# The histograms' bins and the LBP's P / R are compiled in (`params.FixedParams`).
+_GREY_STARTS = _bin_starts(FIXED.grey_bins)
+_LBP_STARTS = _bin_starts(FIXED.lbp_bins)
 
 
 def local_binary_pattern(grey: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ The steps of the reference workflow, on a uint8 grey image ``g`` at working scal
 1. float image ``g / 255`` (``skimage.img_as_float``); contrast stretch from the 0.2th to the
    99.8th percentile (``skimage.exposure.rescale_intensity``), giving ``e`` in [0, 1];
 2. Otsu threshold of ``e`` (256 bins over its range) and Canny edges of ``e`` (sigma 1, hysteresis
-   thresholds 0.1 / 0.2);
+   thresholds 0.1 / 0.2; these numbers, like the others here, are `params.MaskParams`);
 3. invert the Otsu mask when it disagrees with the edge map on at least half of the pixels;
 4. close both (dilation then erosion, 3 x 3 cross, outside = 0), OR them, fill holes with a
    6 x 6 structure (``scipy.ndimage.binary_fill_holes``);
@@ -21,16 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from clanet_store.imaging.canny import HIGH, LOW, SIGMA, canny
+from clanet_store.imaging.canny import canny
 from clanet_store.imaging.jit import kernel
 from clanet_store.imaging.morphology import closing, fill_holes, remove_small
 from clanet_store.imaging.params import MaskParams
-
-# Compiled into the kernels: recorded with the extractor, not settable (the rest: `MaskParams`).
-OTSU_BINS = 256
-CANNY_SIGMA = SIGMA
-CANNY_THRESHOLDS = (LOW, HIGH)
-FILL_STRUCTURE = 6
 
 
 def stretch_lut(
@@ -63,18 +57,18 @@ def _percentile(levels: np.ndarray, cum: np.ndarray, n: int, q: float) -> float:
     return float(b - diff * (1 - frac) if frac >= 0.5 else a + diff * frac)
 
 
-def otsu_lut(hist: np.ndarray, values: np.ndarray) -> np.ndarray:
+def otsu_lut(hist: np.ndarray, values: np.ndarray, bins: int = MaskParams.otsu_bins) -> np.ndarray:
     """Which grey levels lie above the Otsu threshold of the image whose levels map to ``values``.
 
-    Same threshold as ``skimage.filters.threshold_otsu(values[g])`` (256 bins over the value
-    range): the histogram of the 256 values weighted by their pixel counts bins every pixel
+    Same threshold as ``skimage.filters.threshold_otsu(values[g], nbins=bins)`` (bins over the
+    value range): the histogram of the 256 values weighted by their pixel counts bins every pixel
     exactly as the histogram of the full image does.
     """
     present = hist > 0
     v = values[present]
     if v.min() == v.max():  # skimage returns the single value itself: nothing lies above it
         return np.zeros(256, bool)
-    counts, edges = np.histogram(v, bins=OTSU_BINS, weights=hist[present].astype(np.float64))
+    counts, edges = np.histogram(v, bins=bins, weights=hist[present].astype(np.float64))
     counts = counts.astype(np.int64)
     centers = (edges[:-1] + edges[1:]) / 2.0
     weight1 = np.cumsum(counts)
@@ -124,9 +118,15 @@ def brightfield_mask(
     if n_valid == 0:
         return np.zeros(grey.shape, bool)
     values = stretch_lut(hist, params.percentiles)
-    above = otsu_lut(hist, values)
+    above = otsu_lut(hist, values, params.otsu_bins)
     otsu = lookup(above, grey)
-    edges = canny(lookup(values, grey), valid)
+    edges = canny(
+        lookup(values, grey),
+        valid,
+        sigma=params.canny_sigma,
+        low=params.canny_low,
+        high=params.canny_high,
+    )
     if valid is not None:
         otsu &= valid
     if np.count_nonzero(otsu != edges) / n_valid >= params.invert_disagreement:

@@ -460,7 +460,8 @@ def _batch_rows(
 
 def ablation_markdown(report: dict[str, Any]) -> str:
     """The ablation as a Markdown table: a row per variant, per split sequence- and batch-level
-    accuracy and macro F1, mean ± std over repeats in % (layout of the paper's Table 4)."""
+    accuracy and macro F1, mean ± std over repeats in % (layout of the paper's Table 4), then
+    the encoder of every split: its model_id and whether it saw the test side."""
     names = ("sequence Acc", "sequence F1", "batch Acc", "batch F1")  # as metrics.SCALAR_SCORES
     head = ["Aggregation", "TSS"] + [
         f"{kind.capitalize()}: {name}" if i == 0 else name
@@ -484,19 +485,34 @@ def ablation_markdown(report: dict[str, Any]) -> str:
         f"`{report['encoder_model_id']}` ({report['encoder_arch']}, {report['embedding_dim']}-d, "
         f"{'RANDOM INIT' if report['encoder_random_init'] else report['encoder_weights']})"
     )
+    how = {
+        "inductive": "each split scored on an encoder refitted on its training side where "
+        "anything of it is fitted",
+        "transductive": "every split scored on this one encoder (--transductive)",
+    }[report["protocol"]]
+    per_split = [
+        f"- {e['split']}: `{e['model_id']}` {e['encoder_training'].upper()} "
+        f"({e['encoder_training_why']}; refitted: {e['refit']}"
+        + (f"; collapsed: {e['collapsed']}" if e["collapsed"] else "")
+        + ")"
+        for e in report["encoders"]
+    ]
     return "\n".join(
         [
             f"# MIL ablation: {report['store']}",
             "",
-            f"Encoder {encoder}; {report['sequences']} sequences, {report['batches']} batches, "
-            f"{len(report['classes'])} cell lines; k = {report['k']} patches per image; "
-            f"{report['epochs']} epochs; {report['repeats']} repeats per split (split and "
-            f"training seed = repeat number). Test side of each split, mean ± std (population) "
-            f"over repeats, in %. Test sequences per repeat: {sizes}. Encoder "
-            f"{' / '.join(report['encoder_training'])} (did it see the test side? "
-            f"{report['runs'][0]['encoder_training_why']}).",
+            f"Encoder {encoder}, protocol {report['protocol']}: {how}. {report['sequences']} "
+            f"sequences, {report['batches']} batches, {len(report['classes'])} cell lines; k = "
+            f"{report['k']} patches per image; {report['epochs']} epochs; {report['repeats']} "
+            f"repeats per split (split and training seed = repeat number). Test side of each "
+            f"split, mean ± std (population) over repeats, in %. Test sequences per repeat: "
+            f"{sizes}. Encoders: {' / '.join(report['encoder_training'])} (below).",
             "",
             *lines,
+            "",
+            "Encoder of each split (did it see the test side?):",
+            "",
+            *per_split,
             "",
         ]
     )
@@ -511,29 +527,61 @@ def ablation(
     model_id: str | None = None,
     progress: Callable[[str, dict[str, float]], None] | None = None,
     ssl_checkpoint: str | Path | None = None,
+    *,
+    transductive: bool = False,
+    ssl: dict[str, Any] | None = None,
+    stage_progress: StageProgress | None = None,
+    say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Every `ABLATION_VARIANTS` on both split kinds, ``repeats`` repeats each; writes ``out``.
 
-    The bags are read once and shared by all runs; split files go next to ``out``.
-    ``progress(run, epoch_stats)`` follows every epoch of every run. Each run says whether the
-    encoder saw its test side (`inductive.encoder_training`, ``ssl_checkpoint`` as in `evaluate`).
+    Inductive by default: each split is scored on the encoder `split_encoder.split_encoder`
+    gives for it, starting from ``model_id`` (default: the store's latest encoder): a classic
+    encoder's statistics are refitted on the split's training side, and with ``ssl`` (a
+    pipeline's ``[ssl_train]`` table) DINO is trained on it; the encoders and their checkpoints
+    are kept (re-runs reuse them). ``transductive``: every split on the one given encoder. Each
+    run says its encoder's model_id and whether it saw the test side (`inductive.
+    encoder_training`, ``ssl_checkpoint`` as in `evaluate`). Split files go next to ``out``.
+    ``progress(run, epoch_stats)`` follows every epoch of every run, ``stage_progress(stage,
+    done, total)`` the fitting and encoding of the per-split encoders.
     """
+    from clanet_store.pipelines.split_encoder import given_encoder, split_encoder
+
     out = Path(out)
     if repeats < 1:
         raise ClanetError(f"repeats must be >= 1, got {repeats}")
+    if transductive and ssl is not None:
+        raise ClanetError("an ssl-train config trains one encoder per split: not transductive")
     store = EmbeddingStore(store_path)
     row = _encoder_row(store, model_id, None)
-    bags, classes = load_bags(store, k=k, model_id=row["model_id"])
+    records, classes = list_sequences(store, k=k, model_id=row["model_id"])
+    loaded: tuple[str, list[Bag]] = ("", [])  # the bags of the last split's encoder
     runs: list[dict[str, Any]] = []
+    encoders: list[dict[str, Any]] = []
     test_sizes: dict[str, list[int]] = {}
     for kind in SPLIT_KINDS:
         for repeat in range(1, repeats + 1):
-            split, path, _ = split_for(bags, kind, repeat, out.parent)
-            train_bags, test_bags = _sides(bags, split, path)
-            if not test_bags:
+            split, path, _ = split_for(records, kind, repeat, out.parent)
+            _, test_records = _sides(records, split, path)
+            if not test_records:
                 raise ClanetError(f"{path}: no test sequences (every cell line has one batch?)")
+            if transductive:
+                encoder = given_encoder(row, split, ssl_checkpoint)
+            else:
+                encoder = split_encoder(
+                    store_path, row, split, out.parent, ssl, ssl_checkpoint, stage_progress, say
+                )
+            encoders.append(encoder.as_dict())
+            if loaded[0] != encoder.model_id:
+                bags, _ = load_bags(store, k=k, model_id=encoder.model_id, classes=classes)
+                loaded = (encoder.model_id, bags)
+            train_bags, test_bags = _sides(loaded[1], split, path)
             test_sizes.setdefault(kind, []).append(len(test_bags))
-            seen = encoder_training(row, split, ssl_checkpoint)
+            seen = {
+                "encoder_model_id": encoder.model_id,
+                "encoder_training": encoder.encoder_training,
+                "encoder_training_why": encoder.encoder_training_why,
+            }
             for aggregator, tss, name in ABLATION_VARIANTS:
                 config = MILConfig(aggregator=aggregator, tss=tss, k=k, epochs=epochs, seed=repeat)
                 run = f"{kind} r{repeat} {name}"
@@ -566,14 +614,16 @@ def ablation(
         "out": str(out),
         "store": str(store.path),
         **_encoder_info(row),
+        "protocol": "transductive" if transductive else "inductive",
         "classes": list(classes),
-        "sequences": len(bags),
-        "batches": len({bag.batch for bag in bags}),
+        "sequences": len(records),
+        "batches": len({record.batch for record in records}),
         "k": k,
         "epochs": epochs,
         "repeats": repeats,
         "test_sequences": test_sizes,
         "encoder_training": sorted({r["encoder_training"] for r in runs}),
+        "encoders": encoders,
         "summary": summary,
         "runs": runs,
     }

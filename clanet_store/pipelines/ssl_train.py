@@ -456,6 +456,62 @@ def _train(run: _Run, progress: Callable[[TrainProgress], None] | None) -> bool:
     return False
 
 
+def stage_recipe(params: dict[str, Any]) -> tuple[str, DinoConfig]:
+    """The recipe name and numbers of a pipeline's ``[ssl_train]`` table: ``recipe`` (default
+    by ``init``) with the values of ``dino`` changed; errors name the key."""
+    recipe = params["recipe"] or default_recipe(params["init"] or None)
+    if recipe not in RECIPES:
+        raise ClanetError(f"ssl_train.recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
+    try:
+        return recipe, dataclasses.replace(RECIPES[recipe], **params["dino"])
+    except TypeError as exc:
+        raise ClanetError(f"ssl_train.dino: {exc}") from None
+
+
+def stage_run(
+    store_path: str | Path,
+    out: Path,
+    params: dict[str, Any],
+    split: Split | None,
+    progress: Callable[[TrainProgress], None] | None = None,
+    say: Callable[[str], None] = print,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """One ssl-train run of a pipeline's ``[ssl_train]`` table into ``out``, on the training side
+    of ``split`` if given (what ``run`` and an ``ablation --ssl-config`` train per split).
+
+    Afresh, unless ``resume``: then a checkpoint of the same run at ``out`` is continued (a
+    finished one is reused as it is). A collapse is said and recorded (``collapsed``: the
+    reason), not raised; the checkpoint of the epoch before is kept (none when the first epoch
+    collapsed).
+    """
+    recipe, dino = stage_recipe(params)
+    if not resume:
+        out.unlink(missing_ok=True)  # made with other parameters or data
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        r = ssl_train(
+            store_path,
+            out,
+            epochs=params["epochs"],
+            batch_size=params["batch_size"],
+            arch=params["arch"],
+            init=params["init"] or None,
+            resume=resume,
+            k=params["k"],
+            progress=progress,
+            recipe=recipe,
+            dino=dino,
+            seed=params["seed"],
+            workers=params["workers"],
+            split=split,
+        )
+    except TrainingCollapsed as exc:
+        say(f"WARNING: {exc}")
+        return {**exc.summary, "collapsed": str(exc)}
+    return {**r, "collapsed": None}
+
+
 def _probe(
     state: TrainState,
     numbers: DinoConfig,
