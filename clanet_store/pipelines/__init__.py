@@ -11,5 +11,6 @@ __all__ = [
     "mil",
     "qc",
     "search",
+    "split_encoder",
     "ssl_train",
 ]
