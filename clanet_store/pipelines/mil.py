@@ -18,6 +18,8 @@ checks that embeddings and models belong together:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import time
 from collections import Counter
@@ -57,6 +59,7 @@ from clanet_store.textout import percent_mean_std
 
 if TYPE_CHECKING:
     from clanet_store.models.protocol import Encoder
+    from clanet_store.pipelines.split_encoder import SplitEncoder
 
 SPLIT_SEED = 0
 LOW_PROBABILITY = 0.5
@@ -536,14 +539,12 @@ def ablation(
     """Every `ABLATION_VARIANTS` on both split kinds, ``repeats`` repeats each; writes ``out``.
 
     Inductive by default: each split is scored on the encoder `split_encoder.split_encoder`
-    gives for it, starting from ``model_id`` (default: the store's latest encoder): a classic
-    encoder's statistics are refitted on the split's training side, and with ``ssl`` (a
-    pipeline's ``[ssl_train]`` table) DINO is trained on it; the encoders and their checkpoints
-    are kept (re-runs reuse them). ``transductive``: every split on the one given encoder. Each
-    run says its encoder's model_id and whether it saw the test side (`inductive.
-    encoder_training`, ``ssl_checkpoint`` as in `evaluate`). Split files go next to ``out``.
-    ``progress(run, epoch_stats)`` follows every epoch of every run, ``stage_progress(stage,
-    done, total)`` the fitting and encoding of the per-split encoders.
+    gives for it from ``model_id`` (default: the latest): classic statistics refitted on the
+    split's training side; with ``ssl`` (a pipeline's ``[ssl_train]`` table) DINO trained on it;
+    both kept for re-runs. ``transductive``: every split on the one given encoder. Each run says
+    its encoder's model_id and whether it saw the test side (``ssl_checkpoint`` as in
+    `evaluate`). Split files go next to ``out``. ``progress(run, epoch_stats)`` follows every
+    epoch, ``stage_progress(stage, done, total)`` the per-split encoders' fitting and encoding.
     """
     from clanet_store.pipelines.split_encoder import given_encoder, split_encoder
 
@@ -555,61 +556,17 @@ def ablation(
     store = EmbeddingStore(store_path)
     row = _encoder_row(store, model_id, None)
     records, classes = list_sequences(store, k=k, model_id=row["model_id"])
-    loaded: tuple[str, list[Bag]] = ("", [])  # the bags of the last split's encoder
-    runs: list[dict[str, Any]] = []
-    encoders: list[dict[str, Any]] = []
-    test_sizes: dict[str, list[int]] = {}
-    for kind in SPLIT_KINDS:
-        for repeat in range(1, repeats + 1):
-            split, path, _ = split_for(records, kind, repeat, out.parent)
-            _, test_records = _sides(records, split, path)
-            if not test_records:
-                raise ClanetError(f"{path}: no test sequences (every cell line has one batch?)")
-            if transductive:
-                encoder = given_encoder(row, split, ssl_checkpoint)
-            else:
-                encoder = split_encoder(
-                    store_path, row, split, out.parent, ssl, ssl_checkpoint, stage_progress, say
-                )
-            encoders.append(encoder.as_dict())
-            if loaded[0] != encoder.model_id:
-                bags, _ = load_bags(store, k=k, model_id=encoder.model_id, classes=classes)
-                loaded = (encoder.model_id, bags)
-            train_bags, test_bags = _sides(loaded[1], split, path)
-            test_sizes.setdefault(kind, []).append(len(test_bags))
-            seen = {
-                "encoder_model_id": encoder.model_id,
-                "encoder_training": encoder.encoder_training,
-                "encoder_training_why": encoder.encoder_training_why,
-            }
-            for aggregator, tss, name in ABLATION_VARIANTS:
-                config = MILConfig(aggregator=aggregator, tss=tss, k=k, epochs=epochs, seed=repeat)
-                run = f"{kind} r{repeat} {name}"
-                model, _ = _fit(
-                    train_bags,
-                    classes,
-                    config,
-                    None if progress is None else lambda stats, run=run: progress(run, stats),
-                )
-                scores = _scores(model, test_bags)
-                runs.append(
-                    {"split": kind, "repeat": repeat, "variant": name, **seen}
-                    | {key: scores[key] for key in metrics.SCALAR_SCORES}
-                )
-    summary = [
-        {
-            "name": name,
-            "aggregator": aggregator,
-            "tss": tss,
-            **{
-                kind: metrics.mean_std(
-                    [r for r in runs if r["variant"] == name and r["split"] == kind]
-                )
-                for kind in SPLIT_KINDS
-            },
-        }
-        for aggregator, tss, name in ABLATION_VARIANTS
-    ]
+    encoder_for = (
+        functools.partial(given_encoder, row, checkpoint=ssl_checkpoint)
+        if transductive
+        else lambda split: split_encoder(
+            store_path, row, split, out.parent, ssl, ssl_checkpoint, stage_progress, say
+        )
+    )
+    runs, encoders, test_sizes = _ablation_runs(
+        store, records, classes, encoder_for, out.parent, repeats, MILConfig(k=k, epochs=epochs),
+        progress,
+    )  # fmt: skip
     report = {
         "out": str(out),
         "store": str(store.path),
@@ -624,9 +581,77 @@ def ablation(
         "test_sequences": test_sizes,
         "encoder_training": sorted({r["encoder_training"] for r in runs}),
         "encoders": encoders,
-        "summary": summary,
+        "summary": _ablation_summary(runs),
         "runs": runs,
     }
     markdown = ablation_markdown(report)
     out.write_text(markdown)
     return report | {"markdown": markdown}
+
+
+def _ablation_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant, mean and std over repeats of each score, per split kind."""
+    return [
+        {
+            "name": name,
+            "aggregator": aggregator,
+            "tss": tss,
+            **{
+                kind: metrics.mean_std(
+                    [r for r in runs if r["variant"] == name and r["split"] == kind]
+                )
+                for kind in SPLIT_KINDS
+            },
+        }
+        for aggregator, tss, name in ABLATION_VARIANTS
+    ]
+
+
+def _ablation_runs(
+    store: EmbeddingStore,
+    records: Sequence[Any],
+    classes: Sequence[str],
+    encoder_for: Callable[[Split], SplitEncoder],
+    split_dir: Path,
+    repeats: int,
+    base: MILConfig,
+    progress: Callable[[str, dict[str, float]], None] | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[int]]]:
+    """Every variant on every split (``repeats`` of each kind), each split's bags embedded by
+    ``encoder_for(split)``: the runs' scores, the encoders, the test sizes per kind."""
+    loaded: tuple[str, list[Bag]] = ("", [])  # the bags of the last split's encoder
+    runs: list[dict[str, Any]] = []
+    encoders: list[dict[str, Any]] = []
+    test_sizes: dict[str, list[int]] = {}
+    for kind in SPLIT_KINDS:
+        for repeat in range(1, repeats + 1):
+            split, path, _ = split_for(records, kind, repeat, split_dir)
+            if not _sides(records, split, path)[1]:
+                raise ClanetError(f"{path}: no test sequences (every cell line has one batch?)")
+            encoder = encoder_for(split)
+            encoders.append(encoder.as_dict())
+            if loaded[0] != encoder.model_id:
+                bags, _ = load_bags(store, k=base.k, model_id=encoder.model_id, classes=classes)
+                loaded = (encoder.model_id, bags)
+            train_bags, test_bags = _sides(loaded[1], split, path)
+            test_sizes.setdefault(kind, []).append(len(test_bags))
+            seen = {
+                "encoder_model_id": encoder.model_id,
+                "encoder_training": encoder.encoder_training,
+                "encoder_training_why": encoder.encoder_training_why,
+            }
+            for aggregator, tss, name in ABLATION_VARIANTS:
+                config = dataclasses.replace(base, aggregator=aggregator, tss=tss, seed=repeat)
+                run = f"{kind} r{repeat} {name}"
+                model, _ = _fit(
+                    train_bags,
+                    classes,
+                    config,
+                    None if progress is None else lambda stats, run=run: progress(run, stats),
+                )
+                scores = _scores(model, test_bags)
+                runs.append(
+                    {"split": kind, "repeat": repeat, "variant": name, **seen}
+                    | {key: scores[key] for key in metrics.SCALAR_SCORES}
+                )
+    return runs, encoders, test_sizes
