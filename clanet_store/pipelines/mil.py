@@ -382,8 +382,9 @@ def predict(
     bags, classes = load_bags(store, expr, mil.config.k, row["model_id"], mil.classes)
     bags.sort(key=lambda bag: (bag.batch, bag.position))
     proba = predict_proba(mil.model, bags)
-    trained = set(mil.split.train) if mil.split is not None else set()
+    trained = set(mil.split.train if mil.split is not None else ())
     in_training = np.array([bag.key in trained for bag in bags], dtype=bool)
+    ranked = _ranked(proba, mil.classes, threshold)
     sequences = [
         {
             "sequence_id": bag.key,
@@ -392,34 +393,16 @@ def predict(
             "labelled": classes[bag.label],
             "images": len(bag.times),
             "in_training": bool(seen),
-            **ranked,
+            **top,
         }
-        for bag, seen, ranked in zip(
-            bags, in_training, _ranked(proba, mil.classes, threshold), strict=True
-        )
+        for bag, seen, top in zip(bags, in_training, ranked, strict=True)
     ]
-    # Batch level: the held-out and the trained sequences of a batch are two rows, unless
-    # include_training pools them (a row is then in_training when any of its sequences is).
-    groups = [np.ones_like(in_training)] if include_training else [~in_training, in_training]
-    batches = [
-        row
-        for chosen in groups
-        if chosen.any()
-        for row in _batch_rows(
-            [bag for bag, c in zip(bags, chosen, strict=True) if c],
-            proba[chosen],
-            in_training[chosen],
-            classes,
-            mil.classes,
-            threshold,
-        )
-    ]
+    batches = _batch_level(bags, proba, in_training, classes, mil.classes, threshold,
+                           include_training)  # fmt: skip
     batches.sort(key=lambda item: (item["batch"], item["in_training"]))
     for item in (*sequences, *batches):
         item["matches_label"] = item["predicted"] == item["labelled"]
-    counted = [
-        item for item in (*sequences, *batches) if include_training or not item["in_training"]
-    ]
+    counted = [i for i in (*sequences, *batches) if include_training or not i["in_training"]]
     return report | {
         **_encoder_info(row),
         "classes": list(mil.classes),
@@ -431,6 +414,34 @@ def predict(
         "warnings": sum(item["warning"] is not None for item in counted),
         "mismatches": sum(not item["matches_label"] for item in counted),
     }
+
+
+def _batch_level(
+    bags: Sequence[Bag],
+    proba: np.ndarray,
+    in_training: np.ndarray,
+    classes: Sequence[str],
+    model_classes: Sequence[str],
+    threshold: float,
+    include_training: bool,
+) -> list[dict[str, Any]]:
+    """`predict`'s batch rows: the held-out and the trained sequences of a batch are two rows,
+    unless ``include_training`` pools them (a row is then in_training when any of its
+    sequences is)."""
+    groups = [np.ones_like(in_training)] if include_training else [~in_training, in_training]
+    return [
+        row
+        for chosen in groups
+        if chosen.any()
+        for row in _batch_rows(
+            [bag for bag, c in zip(bags, chosen, strict=True) if c],
+            proba[chosen],
+            in_training[chosen],
+            classes,
+            model_classes,
+            threshold,
+        )
+    ]
 
 
 def _batch_rows(
