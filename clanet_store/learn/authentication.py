@@ -116,7 +116,8 @@ class Calibration:
     lines: int
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """As a dict; a threshold of -inf (too few values for the rate: never fires) is None."""
+        return {k: None if v == float("-inf") else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -263,12 +264,12 @@ def calibrate(
 
 def _judge(scores: np.ndarray, claimed: int, cal: Calibration) -> tuple[str, int | None, float]:
     """(verdict, index of the named line or None, margin) for one row of line scores."""
+    margin = float(_margins(scores[None], np.array([claimed]))[0])
     if not np.isfinite(scores).any():
-        return UNKNOWN, None, np.nan
+        return UNKNOWN, None, margin
     best = int(np.nanargmax(scores))
     if scores[best] < cal.unknown_threshold:
-        return UNKNOWN, None, np.nan
-    margin = float(_margins(scores[None], np.array([claimed]))[0])
+        return UNKNOWN, None, margin
     if claimed < 0 or not np.isfinite(scores[claimed]):
         return MISMATCH, best, margin
     if np.isfinite(margin) and margin < cal.margin_threshold:
