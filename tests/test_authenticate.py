@@ -41,6 +41,7 @@ from clanet_store.stores.sequence_embeddings import (
 from clanet_store.stores.sequences import load_bags
 
 DIM = 32
+RATE = ["--false-alarm", "0.25"]  # the small store's library gives a handful of LOBO scores
 
 
 def _draw(
@@ -205,16 +206,20 @@ def test_cli_authenticates_a_batch_and_evaluates_the_library(store_path):
     store = EmbeddingStore(store_path)
     line, batch = store.images(["cell_line", "batch"]).row(0)
     s = str(store_path)
-    r = _ok(["authenticate", "--store", s, "--new", f"batch={batch}", "--claimed", line])
+    too_few = _run(["authenticate", "--store", s, "--new", f"batch={batch}", "--claimed", line])
+    assert too_few.exit_code == 1 and "needs at least 19" in too_few.output
+    r = _ok(["authenticate", "--store", s, *RATE, "--new", f"batch={batch}", "--claimed", line])
     assert r["reference_sequences"] == 5 and len(r["sequences"]) == 1
     (verdict,) = r["batches"]
     assert verdict["verdict"] in (CONSISTENT, MISMATCH, UNKNOWN)
     assert verdict["unit"] == f"{line}/{batch}" and verdict["claimed"] == line
     assert all(n["unit"] != verdict["unit"] and n["path"] for n in verdict["nearest"])
     assert r["encoder"]["arch"] == "classic"
-    labels = _ok(["authenticate", "--store", s, "--new", f"batch={batch}", "--claimed-from-labels"])
+    labels = _ok(
+        ["authenticate", "--store", s, *RATE, "--new", f"batch={batch}", "--claimed-from-labels"]
+    )
     assert labels["batches"][0]["claimed"] == line
-    ev = _ok(["authenticate", "--store", s, "--evaluate"])
+    ev = _ok(["authenticate", "--store", s, *RATE, "--evaluate"])
     assert ev["units"] == 6 and ev["known"]["batch"]["n"] == 6
     assert ev["health"]["collapsed"] is False
 
@@ -224,7 +229,7 @@ def test_bad_input_is_one_line_naming_the_problem(store_path):
     batch = EmbeddingStore(store_path).images(["batch"])["batch"][0]
     absent = _run(["authenticate", "--store", s, "--new", f"batch={batch}", "--claimed", "Nope"])
     assert absent.exit_code == 1 and "'Nope' not in the reference library" in absent.output
-    allowed = ["--new", f"batch={batch}", "--claimed", "Nope", "--allow-new-line"]
+    allowed = [*RATE, "--new", f"batch={batch}", "--claimed", "Nope", "--allow-new-line"]
     assert _ok(["authenticate", "--store", s, *allowed])["batches"][0]["claimed"] == "Nope"
     literal = _run(["authenticate", "--store", s, "--new", "batch=x' OR '1'='1", "--claimed", "A"])
     assert literal.exit_code == 1 and "selects no sequence" in literal.output

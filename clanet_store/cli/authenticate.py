@@ -83,9 +83,8 @@ def _authentication_text(r: dict) -> str:
         _encoder_line(r["encoder"]),
         f"library: {r['reference_sequences']} sequences, {cal['lines']} lines, {cal['units']} "
         f"batches; thresholds at {cal['false_alarm']:.0%} false alarms (leave one batch out, "
-        f"{cal['genuine_scores']} sequences): unknown below "
-        f"{_threshold(cal['unknown_threshold'])}, "
-        f"mismatch below a margin of {_threshold(cal['margin_threshold'])}",
+        f"{cal['genuine_scores']} sequences): unknown below {cal['unknown_threshold']:.3f}, "
+        f"mismatch below a margin of {cal['margin_threshold']:.3f}",
         "",
     ]
     columns = ["unit", "claimed", "verdict", "line", "margin", "best_score", "sequences"]
@@ -95,10 +94,6 @@ def _authentication_text(r: dict) -> str:
         lines += ["", f"{batch['unit']}: top lines {top}; nearest reference sequences:"]
         lines.append(render_table(batch["nearest"], ["line", "unit", "distance", "path"]))
     return "\n".join(lines)
-
-
-def _threshold(value: float | None) -> str:
-    return "(none: too few library sequences for the rate)" if value is None else f"{value:.3f}"
 
 
 def _evaluation_text(r: dict) -> str:

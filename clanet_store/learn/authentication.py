@@ -13,8 +13,8 @@ batch only (other wells stand in for other batches, as in `learn.encoder_metrics
   own line's score is a *genuine score*; its own line's score minus the best other line's is a
   *genuine margin*. With n of them and false-alarm rate a, a threshold is the k-th smallest
   value, k = floor(a (n + 1)) (the split-conformal rank): a new sequence exchangeable with the
-  library's falls strictly below it with probability at most k / (n + 1) <= a. With k = 0 (too
-  few values for the rate) the threshold is -inf and never fires.
+  library's falls strictly below it with probability at most k / (n + 1) <= a. k = 0 (fewer
+  than 1/a - 1 values: 19 for 5 %) is an error, never a threshold that cannot fire.
 * **Verdict** of a query claimed to be line C: ``unknown`` when its best line score is below
   the unknown threshold (no line of the library matches as well as a of its own sequences do);
   else ``mismatch`` when C has no score, or C's margin (score of C minus the best other line) is
@@ -36,6 +36,7 @@ and ``mismatch`` rates with each held-out unit given every wrong label.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -116,8 +117,7 @@ class Calibration:
     lines: int
 
     def as_dict(self) -> dict:
-        """As a dict; a threshold of -inf (too few values for the rate: never fires) is None."""
-        return {k: None if v == float("-inf") else v for k, v in asdict(self).items()}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -201,9 +201,16 @@ def _codes(library: Library) -> tuple[tuple[str, ...], np.ndarray]:
 
 
 def _conformal(values: np.ndarray, false_alarm: float) -> float:
-    """The k-th smallest value, k = floor(a (n + 1)); -inf when k = 0."""
+    """The k-th smallest value, k = floor(a (n + 1)). Raises ClanetError when k = 0: too few
+    values for the rate (a threshold that never fires would state a rate it does not hold)."""
     k = int(np.floor(false_alarm * (len(values) + 1)))
-    return float(np.sort(values)[k - 1]) if k >= 1 else float("-inf")
+    if k < 1:
+        raise ClanetError(
+            f"the library gives {len(values)} leave-one-batch-out scores; a false-alarm rate of "
+            f"{false_alarm:.0%} needs at least {math.ceil(1 / false_alarm - 1)}: add batches or "
+            "raise the rate (--false-alarm)"
+        )
+    return float(np.sort(values)[k - 1])
 
 
 def _margins(scores: np.ndarray, claimed: np.ndarray) -> np.ndarray:
