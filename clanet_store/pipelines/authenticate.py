@@ -91,7 +91,10 @@ def current_store(store_path: str | Path, model_id: str | None, wait: bool) -> E
     return store
 
 
-def _library(store: EmbeddingStore, model_id: str, keys: pl.DataFrame, x: np.ndarray) -> Library:
+def reference_library(
+    store: EmbeddingStore, model_id: str, keys: pl.DataFrame, x: np.ndarray
+) -> Library:
+    """A `Library` of sequence rows (``read_sequences``) with their first images' paths."""
     paths = store.image_rows(keys["image_id"].to_list())["path"].fill_null("")
     return Library(
         model_id=model_id,
@@ -131,7 +134,7 @@ def authenticate_store(
     ref_keys, ref_x = ref_keys.filter(pl.Series(keep)), ref_x[keep]
     if ref_keys.height == 0:
         raise ClanetError(f"{store.path}: the reference library of {mid} is empty")
-    library = _library(store, mid, ref_keys, ref_x)
+    library = reference_library(store, mid, ref_keys, ref_x)
     claims = [claimed] * new_keys.height if claimed else new_keys["cell_line"].to_list()
     absent = sorted(set(claims) - set(library.line_names))
     if absent and not allow_new_line:
@@ -167,7 +170,7 @@ def evaluate_store(
     keys, x = read_sequences(store, model["model_id"], sequence_filter(reference))
     if keys.height == 0:
         raise ClanetError(f"{store.path}: the reference library of {model['model_id']} is empty")
-    library = _library(store, model["model_id"], keys, x)
+    library = reference_library(store, model["model_id"], keys, x)
     return StoreEvaluation(
         Encoder.from_row(model),
         sample_health(store, model["model_id"]),
