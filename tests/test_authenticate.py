@@ -11,6 +11,7 @@ check the mechanics and the bad-input errors there."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import polars as pl
@@ -34,8 +35,8 @@ from clanet_store.pipelines.ingest import ingest
 from clanet_store.schemas import load_schema
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.sequence_embeddings import (
+    is_current,
     read_sequences,
-    stale_sequences,
     update_sequence_embeddings,
 )
 from clanet_store.stores.sequences import load_bags
@@ -180,8 +181,9 @@ def store_path(tmp_path_factory):
     return root / "store"
 
 
-def test_encode_pools_each_sequence_once_and_updates_incrementally(store_path):
-    store = EmbeddingStore(store_path)
+def test_encode_pools_each_sequence_once_and_updates_incrementally(store_path, tmp_path):
+    shutil.copytree(store_path, tmp_path / "store")  # this test changes its store
+    store = EmbeddingStore(tmp_path / "store")
     model = store.model_row()["model_id"]
     keys, x = read_sequences(store, model)
     table = store.table("sequence_embeddings_89")
@@ -193,13 +195,16 @@ def test_encode_pools_each_sequence_once_and_updates_incrementally(store_path):
         expected = bag.embeddings[bag.mask].mean(axis=0)
         np.testing.assert_allclose(x[by_id[bag.key]], expected, rtol=1e-5, atol=1e-6)
     assert keys["n_images"].to_list() == [3] * 6
-    assert stale_sequences(store, model) == 0
+    assert is_current(store, model)
     assert update_sequence_embeddings(store, model).pooled == 0  # idempotent
     table.delete(f"row_id = '{keys['row_id'][0]}'")  # (a fixed test id, not user input)
-    assert stale_sequences(store, model) == 1
     again = update_sequence_embeddings(store, model)
     assert (again.pooled, again.removed, again.sequences) == (1, 0, 6)
     assert table.count_rows() == 6
+    store.table("patches").delete(f"sequence_id = '{keys['sequence_id'][1]}'")  # (test id)
+    assert not is_current(store, model)
+    gone = update_sequence_embeddings(store, model)
+    assert (gone.pooled, gone.removed, gone.sequences) == (0, 1, 5) and is_current(store, model)
 
 
 def test_cli_authenticates_a_batch_and_evaluates_the_library(store_path):

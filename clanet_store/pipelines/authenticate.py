@@ -1,7 +1,7 @@
 """``authenticate``: judge new sequences against a reference library held in the store.
 
 Reads one encoder's sequence vectors (`stores.sequence_embeddings`; brought up to date first,
-under the writer lock, when encode or ingest changed the patches since), splits them into the
+under the writer lock, when a source table changed since their last update), splits them into the
 new selection and the reference library (default: everything else), and applies the rules of
 `learn.authentication` (calibration inside the library, verdicts per sequence and per batch).
 Filters are the typed expressions of `stores.filters` on the sequence table's columns.
@@ -39,8 +39,8 @@ from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.lock import writer_lock
 from clanet_store.stores.sequence_embeddings import (
+    is_current,
     read_sequences,
-    stale_sequences,
     update_sequence_embeddings,
 )
 
@@ -85,7 +85,7 @@ def sequence_filter(texts: Sequence[str]) -> Expr | None:
 def current_store(store_path: str | Path, model_id: str | None, wait: bool) -> EmbeddingStore:
     """The store, with the model's sequence vectors brought up to date if they are stale."""
     store = EmbeddingStore(store_path)
-    if stale_sequences(store, model_id):
+    if not is_current(store, model_id):
         with writer_lock(store.path, wait=wait):
             update_sequence_embeddings(store, model_id)
     return store

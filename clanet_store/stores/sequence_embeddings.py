@@ -8,7 +8,10 @@ only the sequences that are new or whose fingerprint changed, in one streamed pa
 vectors (``STREAM_ROWS`` rows at a time: memory holds one batch and one running sum per pooled
 sequence, never the patch vectors); rows of sequences that lost every patch are deleted. Rows are
 written with `lance.upsert` (key ``row_id``, de-duplicated) and the table is compacted once.
-``encode`` calls it after every run; ``rebuild`` pools every sequence again.
+``encode`` calls it after every run; ``rebuild`` pools every sequence again. store.json records
+the versions of the ``patches``, ``images`` and embeddings tables each update saw, so a reader
+knows in milliseconds that nothing changed since (`is_current`); ``repair`` drops the record,
+which costs one update.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from clanet_store.stores.embedding_store import (
     embeddings_table_name,
     vectors,
 )
+from clanet_store.stores.patch_store import read_meta, write_meta
 
 LAYOUT = "sequence_embeddings"
 POOL_K = 10
@@ -41,6 +45,8 @@ POOLING = f"mean-rank<{POOL_K}>"
 STREAM_ROWS = 32_768  # patch vectors per streamed batch: 200 MB at 1536-d
 # Above this many sequences to pool, one scan of every vector beats a long ``IN`` list.
 IN_LIST_MAX = 1000
+# store.json key: per model, the versions of the source tables at its last update.
+SOURCES_KEY = "sequence_sources"
 SEQUENCE_KEYS = ("sequence_id", "cell_line", "batch", "well", "location", "crop")
 ROW_KEYS = (
     *SEQUENCE_KEYS,
@@ -101,22 +107,17 @@ def _model_rows(model_id: str) -> Expr:
     return (col("model_id") == model_id) & (col("pooling") == POOLING)
 
 
-def stale_sequences(store: EmbeddingStore, model_id: str | None = None) -> int:
-    """How many of the model's sequences the table lacks, holds stale or holds but should not
-    (0: the table is current)."""
+def _source_versions(store: EmbeddingStore, model: dict) -> dict[str, int]:
+    """The versions of the tables a model's sequence vectors are computed from."""
+    return {name: store.table(name).version for name in ("patches", "images", model["table"])}
+
+
+def is_current(store: EmbeddingStore, model_id: str | None = None) -> bool:
+    """Whether no table the model's sequence vectors come from changed since their last update
+    (store.json records the versions; a store without the record is not current)."""
     model = store.model_row(model_id)
-    name = sequence_table_name(model["embedding_dim"])
-    current, _ = current_sequences(store, model["model_id"])
-    if name not in store.db.list_tables(limit=10_000).tables:
-        return current.height
-    stored = lance.read(
-        store.table(name), ["sequence_id", "fingerprint"], _model_rows(model["model_id"])
-    )
-    pairs = ["sequence_id", "fingerprint"]
-    return (
-        current.join(stored, on=pairs, how="anti").height
-        + stored.join(current, on="sequence_id", how="anti").height
-    )
+    recorded = read_meta(store.path).get(SOURCES_KEY, {}).get(model["model_id"])
+    return recorded == _source_versions(store, model)
 
 
 def update_sequence_embeddings(
@@ -130,6 +131,7 @@ def update_sequence_embeddings(
     start = time.perf_counter()
     model = store.model_row(model_id)
     mid, dim = model["model_id"], model["embedding_dim"]
+    sources = _source_versions(store, model)
     name = sequence_table_name(dim)
     table = lance.open_table(store.db, name, create=True, schema=embeddings_schema(dim, LAYOUT))
     store.register_table(name)
@@ -144,6 +146,10 @@ def update_sequence_embeddings(
     lance.delete_where_in(table, "row_id", gone)
     if todo.height or gone:
         table.optimize()
+    meta = read_meta(store.path)
+    meta.setdefault(SOURCES_KEY, {})[mid] = sources
+    write_meta(store.path, meta)
+    store.meta = meta
     return SequenceTableUpdate(
         model_id=mid,
         table=name,
