@@ -87,8 +87,9 @@ def _authentication_text(r: dict) -> str:
         f"mismatch below a margin of {cal['margin_threshold']:.3f}",
         "",
     ]
-    columns = ["unit", "claimed", "verdict", "line", "margin", "best_score", "sequences"]
-    lines.append(render_table(r["batches"], columns))
+    columns = ["unit", "claimed", "verdict", "line", "margin", "best_score", "sequences", "reason"]
+    rows = [{**b, "sequences": len(b["sequences"])} for b in r["batches"]]
+    lines.append(render_table(rows, columns))
     for batch in r["batches"]:
         top = ", ".join(f"{s['line']} {s['score']:.3f}" for s in batch["top_lines"])
         lines += ["", f"{batch['unit']}: top lines {top}; nearest reference sequences:"]

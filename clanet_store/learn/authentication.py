@@ -20,8 +20,12 @@ batch only (other wells stand in for other batches, as in `learn.encoder_metrics
   else ``mismatch`` when C has no score, or C's margin (score of C minus the best other line) is
   below min(margin threshold, 0) (another line matches better, by more than all but a of the
   library's own sequences lose to another line): the verdict names that line and the margin;
-  else ``consistent``. Each rule alone falsely alarms on a sequence of a known line with
-  probability at most a; both together at most 2a.
+  else ``unknown`` when the margin is below 0 (another line matches better, but by no more than
+  the library's own sequences often do: the label is neither confirmed nor refuted); else
+  ``consistent`` (C is the best match). ``reason`` says which rule decided. The two calibrated
+  rules (unknown threshold, mismatch) each falsely alarm on a sequence of a known line with
+  probability at most a; how often a known line is not the best match is the encoder's (it is
+  the 1 - consistent rate of ``evaluate``).
 * **Batch verdict.** A batch's sequences are correlated, so a batch is one unit: its line scores
   are the means of its sequences' line scores, judged by the same rules and thresholds (a mean
   of correlated scores spreads no more than one score; ``evaluate`` reports the realised rate).
@@ -141,7 +145,8 @@ class Neighbour:
 class Verdict:
     """The verdict on one sequence or one batch claimed to be ``claimed``; ``line`` is the line
     it names (the claimed line when consistent, the better match when mismatch, None when
-    unknown); ``margin`` = claimed line's score - the best other line's (None without both)."""
+    unknown); ``margin`` = claimed line's score - the best other line's (None without both);
+    ``sequences``: the ids of the sequences judged (one, or a batch's)."""
 
     subject: str
     unit: str
@@ -151,7 +156,8 @@ class Verdict:
     best_score: float | None
     claimed_score: float | None
     margin: float | None
-    sequences: int
+    reason: str
+    sequences: tuple[str, ...]
     top_lines: tuple[LineScore, ...]
     nearest: tuple[Neighbour, ...]
 
@@ -269,21 +275,25 @@ def calibrate(
     )
 
 
-def _judge(scores: np.ndarray, claimed: int, cal: Calibration) -> tuple[str, int | None, float]:
-    """(verdict, index of the named line or None, margin) for one row of line scores."""
+def _judge(
+    scores: np.ndarray, claimed: int, cal: Calibration
+) -> tuple[str, int | None, float, str]:
+    """(verdict, index of the named line or None, margin, reason) for one row of line scores."""
     margin = float(_margins(scores[None], np.array([claimed]))[0])
     if not np.isfinite(scores).any():
-        return UNKNOWN, None, margin
+        return UNKNOWN, None, margin, "no line has a reference sequence outside this batch"
     best = int(np.nanargmax(scores))
     if scores[best] < cal.unknown_threshold:
-        return UNKNOWN, None, margin
+        return UNKNOWN, None, margin, "no line scores above the unknown threshold"
     if claimed < 0 or not np.isfinite(scores[claimed]):
-        return MISMATCH, best, margin
+        return MISMATCH, best, margin, "the claimed line has no reference sequence to match"
+    others = scores.copy()
+    others[claimed] = np.nan
     if np.isfinite(margin) and margin < cal.margin_threshold:
-        others = scores.copy()
-        others[claimed] = np.nan
-        return MISMATCH, int(np.nanargmax(others)), margin
-    return CONSISTENT, claimed, margin
+        return MISMATCH, int(np.nanargmax(others)), margin, "margin below the mismatch threshold"
+    if np.isfinite(margin) and margin < 0:
+        return UNKNOWN, None, margin, "another line matches better, within the mismatch threshold"
+    return CONSISTENT, claimed, margin, "the claimed line is the best match"
 
 
 def _verdict(
@@ -296,11 +306,11 @@ def _verdict(
     library: Library,
     names: tuple[str, ...],
     cal: Calibration,
-    sequences: int,
+    sequences: tuple[str, ...],
     nearest: int,
 ) -> Verdict:
     code = names.index(claimed) if claimed in names else -1
-    verdict, line, margin = _judge(scores, code, cal)
+    verdict, line, margin, reason = _judge(scores, code, cal)
     finite = np.flatnonzero(np.isfinite(scores))
     ranked = finite[np.argsort(-scores[finite], kind="stable")][:TOP_LINES]
     masked = np.where(allowed, sims, -np.inf)
@@ -318,6 +328,7 @@ def _verdict(
         best_score=num(scores[ranked[0]]) if len(ranked) else None,
         claimed_score=num(scores[code]) if code >= 0 else None,
         margin=num(margin),
+        reason=reason,
         sequences=sequences,
         top_lines=tuple(LineScore(names[i], float(scores[i])) for i in ranked),
         nearest=tuple(
@@ -389,7 +400,7 @@ def authenticate(
             library,
             names,
             calibration,
-            1,
+            (str(sequence_ids[i]),),
             nearest,
         )
         for i in range(len(units))
@@ -409,7 +420,7 @@ def authenticate(
                 library,
                 names,
                 calibration,
-                len(rows),
+                tuple(str(sequence_ids[i]) for i in rows),
                 nearest,
             )
         )

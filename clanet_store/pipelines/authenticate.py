@@ -26,6 +26,7 @@ from clanet_store.learn.authentication import (
     Authentication,
     Library,
     LibraryEvaluation,
+    Verdict,
     authenticate,
     calibrate,
     evaluate_library,
@@ -176,3 +177,39 @@ def evaluate_store(
         sample_health(store, model["model_id"]),
         evaluate_library(library, false_alarm, top_m),
     )
+
+
+def held_out_verdicts(
+    store_path: str | Path,
+    model_id: str | None = None,
+    limit: int = 8,
+    false_alarm: float = FALSE_ALARM,
+    top_m: int = TOP_M,
+) -> tuple[list[Verdict], pl.DataFrame]:
+    """Leave one batch out, for the report: each of the first ``limit`` units (sorted) whose
+    line has another unit, judged under its own label against the rest of the store (calibrated
+    without it); and the sequence rows (``sequence_id``, ``image_id``) behind the evidence.
+    Units whose rest cannot be calibrated are left out."""
+    store = current_store(store_path, model_id, wait=False)
+    mid = store.model_row(model_id)["model_id"]
+    keys, x = read_sequences(store, mid)
+    library = reference_library(store, mid, keys, x)
+    verdicts = []
+    for unit in np.unique(library.units):
+        held = library.units == unit
+        line = str(library.lines[held][0])
+        if len(verdicts) == limit:
+            break
+        if not np.any(library.lines[~held] == line):
+            continue
+        rest = library.subset(~held)
+        try:
+            cal = calibrate(rest, false_alarm, top_m)
+        except ClanetError:
+            continue
+        n = int(held.sum())
+        result = authenticate(
+            rest, cal, x[held], library.units[held], [line] * n, library.sequences[held], mid
+        )
+        verdicts.append(result.batches[0])
+    return verdicts, keys.select("sequence_id", "image_id")
