@@ -14,7 +14,8 @@ is its own:
    sequence table's vectors, read included); baseline: one brute-force float32 product of every
    calibration and query sequence against the library.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_authenticate.py [--lines 100]``.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_authenticate.py [--lines 100]
+[--store DIR]`` (``--store``: build the store there once and reuse it in later runs).
 """
 
 from __future__ import annotations
@@ -191,16 +192,18 @@ def _authenticate(path: str) -> tuple[float, float, float, float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=100)
+    parser.add_argument("--store", type=Path, help="keep the store here; reuse it if it exists")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")  # fmt: skip
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "store"
-        start = time.perf_counter()
-        n = build_store(path, args.lines)
-        print(f"store with {n} x {DIM} patch embeddings built in "
-              f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+        path = args.store or Path(tmp) / "store"
+        if not path.exists():
+            start = time.perf_counter()
+            n = build_store(path, args.lines)
+            print(f"store with {n} x {DIM} patch embeddings built in "
+                  f"{time.perf_counter() - start:.1f} s")  # fmt: skip
         with spawn.Pool(1, maxtasksperchild=1) as pool:
             scan_s, scan_gb, rows = pool.apply(_scan, (str(path),))
         with spawn.Pool(1, maxtasksperchild=1) as pool:
