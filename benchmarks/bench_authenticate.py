@@ -35,11 +35,10 @@ import pyarrow as pa
 
 from clanet_store.learn.authentication import MAX_CALIBRATION
 from clanet_store.stores import lance
-from clanet_store.stores.embedding_store import embeddings_schema
-from clanet_store.stores.patch_store import SLOT_SIZE, PatchStore
+from clanet_store.stores.patch_store import SLOT_SIZE
 
 BATCHES, SEQUENCES, IMAGES, PATCHES, DIM = 2, 50, 10, 10, 1536
-MODEL_ID = "bench-model"
+MODEL_ID = "bench-model"  # as bench_evaluate_encoder.model_store registers it
 CHUNK_SEQUENCES = 200  # sequences written per table commit (200,000 patches... x 1536 = 120 MB)
 
 
@@ -78,20 +77,14 @@ def _columns(seq: np.ndarray, lines: int) -> dict[str, object]:
 
 def build_store(path: Path, lines: int, seed: int = 0) -> int:
     """The store of the module doc; returns the number of patch embeddings."""
-    from clanet_store.pipelines.encode import META_COLUMNS, embedding_rows  # torch: parent only
+    # torch (through pipelines.encode): imported by the parent only, not the measured children
+    from bench_evaluate_encoder import model_store
+
+    from clanet_store.pipelines.encode import META_COLUMNS, embedding_rows
 
     rng = np.random.default_rng(seed)
-    store = PatchStore(path, create=True)
+    store, embeddings, schema = model_store(path)
     now = datetime.now(UTC).replace(tzinfo=None)
-    models = lance.open_table(store.db, "models", create=True)
-    store.register_table("models")
-    row = {"model_id": MODEL_ID, "arch": "synthetic", "img_size": 112, "embedding_dim": DIM,
-           "config": "{}", "weights_source": "synthetic", "weights_format": "timm",
-           "random_init": False, "table": "embeddings", "created_at": now}  # fmt: skip
-    lance.upsert(models, lance.to_arrow([row], "models"), "model_id")
-    schema = embeddings_schema(DIM)
-    embeddings = lance.open_table(store.db, "embeddings", create=True, schema=schema)
-    store.register_table("embeddings")
     patches, images = store.table("patches"), store.table("images")
     line_dirs = rng.standard_normal((lines, DIM), dtype=np.float32)
     batch_dirs = rng.standard_normal((lines * BATCHES, DIM), dtype=np.float32)
