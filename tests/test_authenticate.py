@@ -220,6 +220,10 @@ def test_cli_authenticates_a_batch_and_evaluates_the_library(store_path):
     assert verdict["unit"] == f"{line}/{batch}" and verdict["claimed"] == line
     assert all(n["unit"] != verdict["unit"] and n["path"] for n in verdict["nearest"])
     assert r["encoder"]["arch"] == "classic"
+    human = CliRunner().invoke(
+        main, ["authenticate", "--store", s, *RATE, "--new", f"batch={batch}", "--claimed", line]
+    )
+    assert human.exit_code == 0 and "nearest reference sequences" in human.output
     labels = _ok(
         ["authenticate", "--store", s, *RATE, "--new", f"batch={batch}", "--claimed-from-labels"]
     )

@@ -136,7 +136,7 @@ def authenticate_store(
     if ref_keys.height == 0:
         raise ClanetError(f"{store.path}: the reference library of {mid} is empty")
     library = reference_library(store, mid, ref_keys, ref_x)
-    claims = [claimed] * new_keys.height if claimed else new_keys["cell_line"].to_list()
+    claims = new_keys["cell_line"].to_list() if claimed is None else [claimed] * new_keys.height
     absent = sorted(set(claims) - set(library.line_names))
     if absent and not allow_new_line:
         raise ClanetError(

@@ -178,7 +178,7 @@ def _pool(
     codes = pooled_patches.join(
         todo.select("sequence_id").with_row_index("code"), on="sequence_id"
     ).select("patch_id", "code")
-    where = _model_rows_embeddings(model["model_id"])
+    where = _pooled_patch_rows(model["model_id"])
     if todo.height <= IN_LIST_MAX:
         where = where & col("sequence_id").isin(todo["sequence_id"].to_list())
     reader = (
@@ -212,7 +212,7 @@ def _pool(
     return (sums / counts[:, None]).astype(np.float32), read
 
 
-def _model_rows_embeddings(model_id: str) -> Expr:
+def _pooled_patch_rows(model_id: str) -> Expr:
     return (col("model_id") == model_id) & (col("rank") < POOL_K)
 
 
