@@ -166,7 +166,7 @@ def _authenticate(path: str) -> tuple[float, float, float, float, str]:
     keys, x = read_sequences(store, MODEL_ID)
     chosen = read_sequences(store, MODEL_ID, sequence_filter(new))[0]["row_id"].implode()
     is_new = keys["row_id"].is_in(chosen).to_numpy()
-    library = reference_library(store, MODEL_ID, keys.filter(~is_new), x[~is_new])
+    library = reference_library(MODEL_ID, keys.filter(~is_new), x[~is_new])
     units = np.full(int(is_new.sum()), "L0/b0")
     authenticate(
         library, calibrate(library), x[is_new], units, ["L0"] * int(is_new.sum()),

@@ -67,7 +67,7 @@ def _draw(
 
 def _library(x: np.ndarray, lines: np.ndarray, units: np.ndarray, model: str = "m") -> Library:
     ids = np.array([f"s{i}" for i in range(len(x))])
-    return Library(model, unit_vectors(x), lines, units, ids, np.char.add(ids, ".tif"))
+    return Library(model, unit_vectors(x), lines, units, ids, np.char.add(ids, "-image"))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,9 @@ def test_a_known_batch_is_consistent_and_mislabelled_it_is_a_mismatch_naming_the
     wrong = _judge(library, x, "L0")
     assert (wrong.verdict, wrong.line) == (MISMATCH, "L2")
     assert wrong.margin < 0 and wrong.sequences == ("q0", "q1", "q2")
-    assert {n.line for n in wrong.nearest} == {"L2"} and wrong.nearest[0].path.endswith(".tif")
+    assert {n.line for n in wrong.nearest} == {"L2"} and wrong.nearest[0].image_id.endswith(
+        "-image"
+    )
 
 
 def test_a_line_absent_from_the_library_is_unknown(separable):

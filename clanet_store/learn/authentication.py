@@ -41,6 +41,7 @@ and ``mismatch`` rates with each held-out unit given every wrong label.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -62,18 +63,18 @@ CONSISTENT, MISMATCH, UNKNOWN = "consistent", "mismatch", "unknown"
 @dataclass(frozen=True, eq=False)
 class Library:
     """Reference sequences of one encoder: unit-length vectors (n, d) and, per row, the cell
-    line, the unit (module doc), the sequence id and an image path (evidence)."""
+    line, the unit (module doc), the sequence id and its first image's id (evidence)."""
 
     model_id: str
     vectors: np.ndarray
     lines: np.ndarray
     units: np.ndarray
     sequences: np.ndarray
-    paths: np.ndarray
+    images: np.ndarray
 
     def __post_init__(self) -> None:
         n = len(self.vectors)
-        if any(len(a) != n for a in (self.lines, self.units, self.sequences, self.paths)):
+        if any(len(a) != n for a in (self.lines, self.units, self.sequences, self.images)):
             raise ValueError("library columns differ in length")
 
     @property
@@ -88,7 +89,7 @@ class Library:
             self.lines[keep],
             self.units[keep],
             self.sequences[keep],
-            self.paths[keep],
+            self.images[keep],
         )
 
 
@@ -96,8 +97,9 @@ def unit_keys(lines: np.ndarray, batches: np.ndarray, wells: np.ndarray) -> np.n
     """Each row's unit: ``line/batch``, or ``line/batch/well`` for a line with one batch."""
     lines, batches, wells = (np.asarray(a, dtype=str) for a in (lines, batches, wells))
     units = np.char.add(np.char.add(lines, "/"), batches)
-    pairs = {(li, b) for li, b in zip(lines.tolist(), batches.tolist(), strict=True)}
-    single = np.array([sum(p[0] == li for p in pairs) == 1 for li in lines.tolist()], dtype=bool)
+    pairs = set(zip(lines.tolist(), batches.tolist(), strict=True))
+    batches_of = Counter(line for line, _ in pairs)
+    single = np.array([batches_of[line] == 1 for line in lines.tolist()], dtype=bool)
     by_well = np.char.add(np.char.add(units, "/"), wells)
     return np.where(single, by_well, units)
 
@@ -105,7 +107,7 @@ def unit_keys(lines: np.ndarray, batches: np.ndarray, wells: np.ndarray) -> np.n
 def unit_vectors(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (float32; zero rows stay zero)."""
     x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     return x / np.where(norms > 0, norms, 1)
 
 
@@ -134,13 +136,15 @@ class LineScore:
 
 @dataclass(frozen=True)
 class Neighbour:
-    """A reference sequence near a query: line, unit, cosine distance, sequence id, image."""
+    """A reference sequence near a query: line, unit, cosine distance, sequence id, its first
+    image (id, and the path once a store has filled it in)."""
 
     line: str
     unit: str
     distance: float
     sequence_id: str
-    path: str
+    image_id: str
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -349,7 +353,7 @@ def _verdict(
                 str(library.units[j]),
                 float(1 - sims[j]),
                 str(library.sequences[j]),
-                str(library.paths[j]),
+                str(library.images[j]),
             )
             for j in near
         ),

@@ -256,10 +256,7 @@ def authentication(
     except ClanetError as exc:
         return str(exc), [], None
     first_image = dict(sequences.iter_rows())
-    wanted = [
-        [first_image[v.sequences[0]], *(first_image[n.sequence_id] for n in v.nearest)]
-        for v in verdicts
-    ]
+    wanted = [[first_image[v.sequences[0]], *(n.image_id for n in v.nearest)] for v in verdicts]
     ids = sorted({i for row in wanted for i in row})
     patch_of = dict(
         store.patches_table(
