@@ -6,8 +6,8 @@ Builds a real store (``patches``, ``images`` and ``embeddings`` rows, no pixels)
 line and per batch plus noise). Then, each in a fresh process so that its peak resident memory
 is its own:
 
-1. ``update_sequence_embeddings`` builds the sequence table (10,000 rows); baseline: one bare
-   streamed scan of the same vectors (the read the build cannot avoid).
+1. ``update_sequence_embeddings(rebuild=True)`` builds the sequence table (10,000 rows);
+   baseline: one bare streamed scan of the same vectors (the read the build cannot avoid).
 2. ``authenticate_store`` on one batch (50 sequences, claimed as their line) against the other
    9,950, end to end (the staleness check of the sequence table included); and the same
    authentication without that check (``learn.authentication.calibrate`` + ``authenticate`` on the
@@ -132,7 +132,7 @@ def _build(path: str) -> tuple[float, float, int]:
     from clanet_store.stores.sequence_embeddings import update_sequence_embeddings
 
     start = time.perf_counter()
-    r = update_sequence_embeddings(EmbeddingStore(path), MODEL_ID)
+    r = update_sequence_embeddings(EmbeddingStore(path), MODEL_ID, rebuild=True)
     return time.perf_counter() - start, _peak_gb(), r.sequences
 
 
