@@ -32,6 +32,7 @@ from clanet_store.learn.authentication import (
     unit_vectors,
 )
 from clanet_store.pipelines.ingest import ingest
+from clanet_store.report import collect
 from clanet_store.schemas import load_schema
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.sequence_embeddings import (
@@ -249,3 +250,13 @@ def test_bad_input_is_one_line_naming_the_problem(store_path):
     both = _run(["authenticate", "--store", s, "--new", f"batch={batch}"])
     assert both.exit_code == 2
     assert pl.Series([absent.output.strip()]).str.count_matches("\n")[0] == 0
+
+
+def test_report_section_data(store_path):
+    store = EmbeddingStore(store_path)
+    model = store.model_row()["model_id"]
+    evaluation, verdicts, strips = collect.authentication(store, model)  # 5 %: too few scores
+    assert evaluation.evaluation.units_skipped == 6 and verdicts == [] and strips is None
+    evaluation, verdicts, strips = collect.authentication(store, model, false_alarm=0.25)
+    assert evaluation.evaluation.units == 6 and len(verdicts) == 6
+    assert strips.startswith(b"\x89PNG")

@@ -350,7 +350,8 @@ def _uses(
     uses: dict[str, list[str]] = {}
     pairs = [(m, "MIL models") for v in variants.values() for m in v["encoder_model_ids"]]
     if encoder is not None:
-        pairs = [(encoder["model_id"], "t-SNE"), (encoder["model_id"], "neighbours"), *pairs]
+        mine = ("t-SNE", "neighbours", "authentication")
+        pairs = [*((encoder["model_id"], use) for use in mine), *pairs]
     for model_id, use in [*pairs, *([(qc["model_id"], "QC")] if qc else [])]:
         if use not in uses.setdefault(model_id, []):
             uses[model_id].append(use)

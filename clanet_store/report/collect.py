@@ -17,7 +17,7 @@ from clanet_store.errors import ClanetError
 from clanet_store.imaging.decode import ImageDecodeError, read_grey
 from clanet_store.imaging.draw import draw_gallery, render_extraction
 from clanet_store.imaging.extract import extract
-from clanet_store.learn.authentication import Verdict
+from clanet_store.learn.authentication import FALSE_ALARM, Verdict
 from clanet_store.learn.metrics import SCALAR_SCORES, mean_std
 from clanet_store.pipelines.authenticate import StoreEvaluation, evaluate_store, held_out_verdicts
 from clanet_store.pipelines.evaluate_encoder import (
@@ -244,15 +244,17 @@ def model_evaluations(
 
 
 def authentication(
-    store: EmbeddingStore, model_id: str, batches: int = 8
+    store: EmbeddingStore, model_id: str, batches: int = 8, false_alarm: float = FALSE_ALARM
 ) -> tuple[StoreEvaluation | str, list[Verdict], bytes | None]:
     """``authenticate --evaluate`` on the whole store (or the one-line reason it cannot run),
     the leave-one-batch-out verdicts of the first ``batches`` batches, and their strips: per
     batch, the rank-0 patch of its first sequence's first image, then that patch of each
     nearest reference sequence's first image."""
     try:
-        evaluation: StoreEvaluation | str = evaluate_store(store.path, model_id=model_id)
-        verdicts, sequences = held_out_verdicts(store.path, model_id, batches)
+        evaluation: StoreEvaluation | str = evaluate_store(
+            store.path, model_id=model_id, false_alarm=false_alarm
+        )
+        verdicts, sequences = held_out_verdicts(store.path, model_id, batches, false_alarm)
     except ClanetError as exc:
         return str(exc), [], None
     first_image = dict(sequences.iter_rows())
