@@ -9,6 +9,7 @@ works on arrays in memory; reading bags from the store is the stores' job.
 
 __all__ = [
     "aggregators",
+    "authentication",
     "bags",
     "encoder_metrics",
     "metrics",

@@ -339,10 +339,16 @@ def mean_by_group(vectors: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np
     """The mean vector of each distinct key (in key order) and the index of each key's first
     row (to carry its labels)."""
     unique, first, codes = np.unique(keys, return_index=True, return_inverse=True)
-    n = len(codes)
-    member = sparse.csr_matrix((np.ones(n, np.float32), (codes, np.arange(n))), (len(unique), n))
     counts = np.bincount(codes).astype(np.float32)
-    return np.asarray(member @ vectors) / counts[:, None], first
+    return sum_by_code(vectors, codes, len(unique)) / counts[:, None], first
+
+
+def sum_by_code(vectors: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """The sum of the rows of each group ``0 .. n_groups - 1`` (row i in group ``codes[i]``), as
+    one sparse product: no Python loop, no copy per group."""
+    n = len(codes)
+    member = sparse.csr_matrix((np.ones(n, np.float32), (codes, np.arange(n))), (n_groups, n))
+    return np.asarray(member @ vectors)
 
 
 def level_rows(

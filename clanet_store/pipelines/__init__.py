@@ -2,6 +2,7 @@
 (Dask ingest, batched encode, SSL and MIL training loops reading from stores, QC, evaluation)."""
 
 __all__ = [
+    "authenticate",
     "choose_encoder",
     "corrupt",
     "encode",

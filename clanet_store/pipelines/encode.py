@@ -5,7 +5,8 @@ already have a row for this ``model_id``, so a re-run adds nothing and a killed 
 where it stopped (rows are committed every ``commit_every`` patches; at most that much work is
 redone). Embeddings of patches that ingest has since replaced are deleted first. Patches are
 read from Zarr in row order, in whole batches, by a background thread that stays a few batches
-ahead, so the model never waits on I/O.
+ahead, so the model never waits on I/O. Each run ends by bringing the model's sequence vectors
+up to date (`stores.sequence_embeddings`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from clanet_store.stores.embedding_store import (
     embeddings_table_name,
 )
 from clanet_store.stores.lock import writer_lock
+from clanet_store.stores.sequence_embeddings import update_sequence_embeddings
 from clanet_store.stores.sequences import sequence_filter
 
 META_COLUMNS = ("patch_id", *IMAGE_KEYS, "rank", "density")
@@ -281,6 +283,7 @@ def encode(
             table.add(pa.concat_tables(pending))
         if encoded or removed:
             table.optimize()
+        update_sequence_embeddings(store, encoder.model_id)
     seconds = time.perf_counter() - start
     return EncodeReport(
         patches_encoded=encoded,

@@ -6,7 +6,9 @@ over time and imaging intervals per batch (paper Fig. 4); example images with ma
 batch-effect index of its latest ``evaluate-encoder`` run); a t-SNE of patch embeddings by
 cell line and, for one line, by batch (Fig. 1 / 7); the evaluation of the given models (scores,
 confusion matrices, accuracy against the part of the sequence used, Fig. 8); a cross-batch
-nearest-neighbour gallery; the newest QC run's plate heatmap and flagged images, if
+nearest-neighbour gallery; authentication against the store's other batches (``authenticate
+--evaluate``'s verdict rates and, for the first batches held out, their nearest reference
+sequences as image strips); the newest QC run's plate heatmap and flagged images, if
 ``clanet-store qc`` was run. Sections whose inputs are missing (no embeddings yet, no model) say
 so instead of failing. The t-SNE, the gallery, the models and QC open with a banner when their
 encoder is a random init or collapsed (``models.health``): a number from such an encoder is not
@@ -106,6 +108,11 @@ def write_report(
         banner = _banner(summaries.get(encoder["model_id"]), "These neighbours come from")
         warnings += [banner] if banner else []
         sections.append(_gallery(store, encoder, banner))
+    if encoder is not None:
+        say("authentication")
+        banner = _banner(summaries.get(encoder["model_id"]), "These verdicts come from")
+        warnings += [banner] if banner else []
+        sections.append(_authentication(store, encoder, banner))
     if qc is not None:
         say("quality control")
         banner = _banner(summaries.get(qc["model_id"]), "This QC run scored the embeddings of")
@@ -343,7 +350,8 @@ def _uses(
     uses: dict[str, list[str]] = {}
     pairs = [(m, "MIL models") for v in variants.values() for m in v["encoder_model_ids"]]
     if encoder is not None:
-        pairs = [(encoder["model_id"], "t-SNE"), (encoder["model_id"], "neighbours"), *pairs]
+        mine = ("t-SNE", "neighbours", "authentication")
+        pairs = [*((encoder["model_id"], use) for use in mine), *pairs]
     for model_id, use in [*pairs, *([(qc["model_id"], "QC")] if qc else [])]:
         if use not in uses.setdefault(model_id, []):
             uses[model_id].append(use)
@@ -521,6 +529,55 @@ def _gallery(store: EmbeddingStore, encoder: dict[str, Any], banner: str | None)
         figure,
         anchor="neighbours",
     )
+
+
+def _authentication(store: EmbeddingStore, encoder: dict[str, Any], banner: str | None) -> str:
+    evaluation, verdicts, strips = collect.authentication(store, encoder["model_id"])
+    head = [*([page.banner(banner)] if banner else []), page.paragraph(_encoder_note(encoder))]
+    if isinstance(evaluation, str):
+        note = page.note(f"authenticate --evaluate cannot run on this store: {evaluation}")
+        return page.section("Authentication", *head, note, anchor="authentication")
+    ev = evaluation.evaluation
+    rates = page.table(
+        (
+            (name, level, r.n, _number(r.consistent), _number(r.mismatch), _number(r.unknown),
+             _number(r.named_true))
+            for name in ("known", "new_line", "wrong_label")
+            for level, r in getattr(ev, name).items()
+        ),
+        ["experiment", "level", "n", "consistent", "mismatch", "unknown", "mismatch naming the "
+         "true line"],
+        left=2,
+    )  # fmt: skip
+    held = page.table(
+        ((v.unit, v.claimed, v.verdict, v.line or "", _number(v.margin)) for v in verdicts),
+        ["batch held out", "claimed", "verdict", "line named", "margin"],
+        left=4,
+    )
+    parts = [
+        *head,
+        page.paragraph(
+            f"{ev.sequences} sequences, {ev.lines} lines, {ev.units} batches; thresholds at "
+            f"{ev.false_alarm:.0%} false alarms each, calibrated leave one batch out. known: "
+            "each batch held out under its own label (ideal: consistent); new_line: every batch "
+            "of a line removed (ideal: unknown); wrong_label: a held-out batch under every other "
+            f"label (ideal: mismatch naming the true line). {ev.units_skipped} batches and "
+            f"{ev.lines_skipped} lines could not be held out."
+        ),
+        rates,
+        held,
+    ]
+    if strips is not None:
+        parts.append(
+            page.image(
+                strips,
+                "held-out batches and their nearest reference sequences",
+                "Each row: a held-out batch (red frame: the densest patch of its first "
+                "sequence's first image), then that patch of its nearest reference sequences "
+                "from other batches, labelled with their batch and cosine distance.",
+            )
+        )
+    return page.section("Authentication", *parts, anchor="authentication")
 
 
 def _qc(qc: dict[str, Any], banner: str | None) -> str:

@@ -8,6 +8,7 @@ __all__ = [
     "manifest",
     "patch_store",
     "repair",
+    "sequence_embeddings",
     "sequences",
     "summary",
 ]

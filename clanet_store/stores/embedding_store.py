@@ -67,14 +67,16 @@ RESULT_COLUMNS = (
 )
 
 
-def embeddings_table_name(dim: int) -> str:
-    """``embeddings`` for 1536-d vectors, ``embeddings_<dim>`` otherwise."""
-    return "embeddings" if dim == DEFAULT_DIM else f"embeddings_{dim}"
+def embeddings_table_name(dim: int, layout: str = "embeddings") -> str:
+    """``embeddings`` for 1536-d vectors, ``embeddings_<dim>`` otherwise (likewise for the
+    ``sequence_embeddings`` layout)."""
+    return layout if dim == DEFAULT_DIM else f"{layout}_{dim}"
 
 
-def embeddings_schema(dim: int) -> pa.Schema:
-    """The ``embeddings`` layout with a vector column of ``dim`` floats."""
-    schema = load_schema("embeddings")
+def embeddings_schema(dim: int, layout: str = "embeddings") -> pa.Schema:
+    """The ``embeddings`` (or ``sequence_embeddings``) layout with a vector column of ``dim``
+    floats."""
+    schema = load_schema(layout)
     i = schema.get_field_index("embedding")
     field = schema.field(i)
     vector = arrow_type(f"fixed_size_list<float32, {dim}>")
