@@ -70,6 +70,14 @@ wait_option = click.option(
 )
 
 
+workers_option = click.option(
+    "--workers", type=click.IntRange(min=1), help="local worker processes (default: one per core)"
+)
+scheduler_option = click.option(
+    "--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786"
+)
+
+
 @contextmanager
 def progress(desc: str, unit: str, total: int | None = None):
     """A progress bar on stderr (silent when stderr is not a terminal)."""
