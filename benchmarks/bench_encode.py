@@ -105,7 +105,7 @@ def main() -> None:
     median = {label: statistics.median(x) for label, x in rates.items() if x}
     for label, rate in median.items():
         each = ", ".join(f"{x:.1f}" for x in rates[label])
-        print(f"  {label:<12} : {rate:7.1f} patches/s  (rounds: {each})")
+        print(f"  {label:<18} : {rate:7.1f} patches/s  (rounds: {each})")
     b = median["bare forward"]
     if "encode" in median:
         print(f"  encode / bare = {median['encode'] / b:.2f}x (target >= 0.9)")

@@ -1,35 +1,27 @@
 """encode on a real Dask cluster (a ``dask scheduler`` and two ``dask worker`` processes started
 here): the same rows and vectors as an encode in one process, for the classic descriptor and a
-ViT; a re-run adds nothing; a cuda encode on workers without a GPU fails in one line."""
+ViT; a re-run adds nothing; a driver killed mid-run resumes exactly; a cuda encode on workers
+without a GPU, or a bad scheduler address, fails in one line."""
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import timm
 import torch
 from dask_processes import dask_processes
+from test_encode import SEED7, kill_and_resume
 
 from clanet_store.errors import ClanetError
 from clanet_store.pipelines.encode import classic_encoder, encode, load_encoder
 from clanet_store.pipelines.encode_workers import Cluster
-from clanet_store.pipelines.ingest import ingest
 from clanet_store.stores.embedding_store import EmbeddingStore, vectors
 
-IMAGES = ("A431/A431_B1_1_00d00h00m.jpg", "HCC 2279/HCC 2279_G7_1_06d04h00m.jpg")
 ARCH = "vit_tiny_patch16_224"
-
-
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory, shared_data):
-    root = tmp_path_factory.mktemp("export")
-    for rel in IMAGES:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shared_data / "azgcb_sample" / rel, root / rel)
-    path = tmp_path_factory.mktemp("store") / "store"
-    ingest(root, path, workers=1)
-    return path
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +45,10 @@ def _vit(tmp_path: Path):
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("kind", ["classic", "vit"])
-def test_cluster_encode_equals_single_process(store_path, scheduler, tmp_path, kind):
+def test_cluster_encode_equals_single_process(two_image_store, scheduler, tmp_path, kind):
     here, there = tmp_path / "here", tmp_path / "there"
-    shutil.copytree(store_path, here)
-    shutil.copytree(store_path, there)
+    shutil.copytree(two_image_store, here)
+    shutil.copytree(two_image_store, there)
     encoder = classic_encoder(here) if kind == "classic" else _vit(tmp_path)
     local = encode(here, encoder, batch_size=8)
     remote = encode(
@@ -79,11 +71,34 @@ def test_cluster_encode_equals_single_process(store_path, scheduler, tmp_path, k
 
 
 @pytest.mark.realdata
-def test_cuda_on_workers_without_gpu_fails_in_one_line(store_path, scheduler, tmp_path):
+def test_cuda_on_workers_without_gpu_fails_in_one_line(two_image_store, scheduler, tmp_path):
     path = tmp_path / "store"
-    shutil.copytree(store_path, path)
+    shutil.copytree(two_image_store, path)
     cluster = Cluster(scheduler=scheduler, device="cuda")
     with pytest.raises(ClanetError, match="no dask worker holds the resource GPU") as info:
         encode(path, _vit(tmp_path), cluster=cluster)
     assert "\n" not in str(info.value)
     assert EmbeddingStore(path).models().height == 0  # nothing written
+
+
+@pytest.mark.realdata
+def test_sigkill_of_the_driver_then_rerun_gives_one_row_per_patch(
+    two_image_store, scheduler, tmp_path
+):
+    path = tmp_path / "store"
+    shutil.copytree(two_image_store, path)
+    cmd = [str(BIN / "clanet-store"), "encode", "--store", str(path), "--scheduler", scheduler]
+    cmd += ["--arch", "vit_small_patch8_224", "--batch-size", "4", "--commit-every", "4"]
+    cmd += ["--seed", "7"]
+    model_id, report = kill_and_resume(cmd, path, "embeddings", pl.col("weights_source") == SEED7)
+    assert report["model_id"] == model_id and report["workers"] == 2
+
+
+@pytest.mark.realdata
+def test_a_bad_scheduler_address_fails_in_one_line(two_image_store, tmp_path):
+    path = tmp_path / "store"
+    shutil.copytree(two_image_store, path)
+    with pytest.raises(ClanetError, match=r"^nonsense: no Dask scheduler reachable") as info:
+        encode(path, _vit(tmp_path), cluster=Cluster(scheduler="nonsense"))
+    assert "\n" not in str(info.value)
+    assert EmbeddingStore(path).models().height == 0

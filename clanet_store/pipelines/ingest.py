@@ -37,6 +37,7 @@ import polars as pl
 from distributed import Client, LocalCluster, as_completed
 from lancedb.expr import col
 
+from clanet_store.errors import ClanetError
 from clanet_store.exports.scan import scan_export, short_hash
 from clanet_store.imaging.extract import extract_files, extractor_params
 from clanet_store.imaging.params import CCSParams, MaskParams, parse_params
@@ -139,7 +140,12 @@ def dask_client(
     worker holds ``resources`` (e.g. ``{"GPU": 1}``, which encode's tasks ask for on CUDA).
     """
     if scheduler:
-        with Client(scheduler, timeout="30s") as client:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, ValueError) as exc:  # unreachable, or not an address
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ClanetError(f"{scheduler}: no Dask scheduler reachable ({reason})") from None
+        with client:
             yield client
         return
     n = workers or os.cpu_count() or 1
