@@ -34,14 +34,9 @@ LINES, BATCHES, WELLS, PATCHES_PER_IMAGE, DIM = 25, 4, 2, 20, 1536
 MODEL_ID = "bench-model"
 
 
-def build_store(path: Path, patches: int, seed: int = 0) -> None:
-    """A store with ``patches`` synthetic embeddings of one model (module doc)."""
-    rng = np.random.default_rng(seed)
-    images = patches // PATCHES_PER_IMAGE
-    wells = LINES * BATCHES * WELLS
-    image = np.arange(images)
-    well = image % wells
-    line, batch = well // (BATCHES * WELLS), (well // WELLS) % BATCHES
+def model_store(path: Path) -> tuple[PatchStore, lance.lancedb.table.Table, pa.Schema]:
+    """A new store with the synthetic model ``MODEL_ID`` registered and its (empty) 1536-d
+    embeddings table, and that table's schema."""
     store = PatchStore(path, create=True)
     models = lance.open_table(store.db, "models", create=True)
     store.register_table("models")
@@ -53,6 +48,18 @@ def build_store(path: Path, patches: int, seed: int = 0) -> None:
     schema = embeddings_schema(DIM)
     table = lance.open_table(store.db, "embeddings", create=True, schema=schema)
     store.register_table("embeddings")
+    return store, table, schema
+
+
+def build_store(path: Path, patches: int, seed: int = 0) -> None:
+    """A store with ``patches`` synthetic embeddings of one model (module doc)."""
+    rng = np.random.default_rng(seed)
+    images = patches // PATCHES_PER_IMAGE
+    wells = LINES * BATCHES * WELLS
+    image = np.arange(images)
+    well = image % wells
+    line, batch = well // (BATCHES * WELLS), (well // WELLS) % BATCHES
+    _, table, schema = model_store(path)
     line_dirs = rng.standard_normal((LINES, DIM), dtype=np.float32)
     batch_dirs = rng.standard_normal((LINES * BATCHES, DIM), dtype=np.float32)
     step = 10_000 // PATCHES_PER_IMAGE

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 from shared_data import LIVECELL
 
+from clanet_store.pipelines.corrupt import corrupt_export
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.pipelines.qc import QCParams, run_qc
 from clanet_store.qc.anomaly import auc
-from clanet_store.qc.corrupt import DIRECTIONS, KINDS, corrupt_export
+from clanet_store.qc.corrupt import DIRECTIONS, KINDS
 
 HOURS = range(0, 96, 12)
 
@@ -89,7 +90,7 @@ def main() -> None:
                 ["batch=clean,well=C10"],
                 ["well=B10"],
                 params=QCParams(quality=quality),
-            )
+            ).as_dict()
             for name, quality in (("both forests", True), ("embeddings only", False))
         }
         seconds = time.perf_counter() - start

@@ -12,7 +12,7 @@ from skimage.feature import local_binary_pattern as skimage_lbp
 from clanet_store.imaging import ccs
 from clanet_store.imaging.draw import OUTLINE, draw_extraction
 from clanet_store.imaging.extract import EXTRACTOR_VERSION, Extraction, extract, extractor_params
-from clanet_store.imaging.params import CCSParams
+from clanet_store.imaging.params import FIXED, CCSParams
 
 
 def noise(shape, seed=0, lo=0, hi=256) -> np.ndarray:
@@ -38,7 +38,7 @@ def check_boxes(boxes: np.ndarray, mask: np.ndarray, size: int, exclude=None) ->
 
 
 @pytest.mark.parametrize(
-    ("bins", "starts"), [(ccs.GREY_BINS, ccs._GREY_STARTS), (ccs.LBP_BINS, ccs._LBP_STARTS)]
+    ("bins", "starts"), [(FIXED.grey_bins, ccs._GREY_STARTS), (FIXED.lbp_bins, ccs._LBP_STARTS)]
 )
 def test_bin_starts_match_numpy_histogram(bins, starts):
     values = np.random.default_rng(0).integers(0, 256, (3, 500)).astype(np.uint8)
@@ -72,7 +72,7 @@ def test_lbp_equals_skimage_except_exact_ties(levels):
         np.uint8
     )
     ours = ccs.local_binary_pattern(grey)
-    theirs = skimage_lbp(grey, ccs.LBP_POINTS, ccs.LBP_RADIUS).astype(np.uint8)
+    theirs = skimage_lbp(grey, FIXED.lbp_points, FIXED.lbp_radius).astype(np.uint8)
     differ = ours != theirs
     assert not (differ & ~lbp_ties(grey)).any()
     if levels == 256:
@@ -349,25 +349,49 @@ def test_draw_extraction(tmp_path):
 
 
 def test_method_parameters_are_data_and_change_the_extractor_key():
+    from dataclasses import asdict, fields
+
     from test_imaging_mask import cells_image
 
-    from clanet_store.imaging.params import MaskParams, crop_rows, extractor_key
+    from clanet_store.imaging.params import (
+        STEPS,
+        DecodeParams,
+        ExtractorParams,
+        MaskParams,
+        OverlayParams,
+        crop_rows,
+        parse_params,
+    )
 
     default = extractor_params()
     assert default["version"] == EXTRACTOR_VERSION  # default parameters: the plain version
     assert default["mask"]["exclusion"] == "overlays"
     assert default["ccs"]["tie_break"] == "farthest-first"
-    changed = extractor_params(mask_params=MaskParams(min_object=200))
+    # every field of every step's dataclass is recorded, none by hand
+    for step, kind in STEPS.items():
+        assert {f.name for f in fields(kind)} <= set(default[step])
+    assert default["fixed"] == asdict(FIXED)
+    changed = extractor_params(params=parse_params(mask={"min_object": 200}))
     assert changed["mask"]["min_object"] == 200 and changed["version"] != EXTRACTOR_VERSION
-    keys = {
-        extractor_key(EXTRACTOR_VERSION, MaskParams(min_object=200), CCSParams()),
-        extractor_key(EXTRACTOR_VERSION, MaskParams(), CCSParams(tie_break="creation-order")),
-        extractor_key(EXTRACTOR_VERSION, MaskParams(), CCSParams(max_regions=10)),
-        EXTRACTOR_VERSION,
-    }
-    assert len(keys) == 4
+    variants = [
+        ExtractorParams(mask=MaskParams(min_object=200)),
+        ExtractorParams(ccs=CCSParams(tie_break="creation-order")),
+        ExtractorParams(ccs=CCSParams(max_regions=10)),
+        ExtractorParams(mask=MaskParams(canny_sigma=2.0)),
+        ExtractorParams(mask=MaskParams(canny_high=0.3)),
+        ExtractorParams(mask=MaskParams(otsu_bins=128)),
+        ExtractorParams(overlays=OverlayParams(box_margin=5)),
+        ExtractorParams(overlays=OverlayParams(bar_min_grey=200)),
+        ExtractorParams(decode=DecodeParams(scale_percentiles=(1, 99))),
+        ExtractorParams(),
+    ]
+    assert len({params.key(EXTRACTOR_VERSION) for params in variants}) == len(variants)
     with pytest.raises(ValueError, match="unknown tie_break"):
         CCSParams(tie_break="random")
+    with pytest.raises(ValueError, match="Canny thresholds"):
+        MaskParams(canny_low=0.3, canny_high=0.2)
+    with pytest.raises(TypeError):
+        parse_params(overlays={"bar_colour": 1})
 
     grey = cells_image(30, shape=(520, 704))
     cropped = extract(grey, mask_params=MaskParams(exclusion="crop-150"))

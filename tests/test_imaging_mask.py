@@ -49,7 +49,7 @@ def straightforward_mask(grey: np.ndarray, exclude: np.ndarray | None = None) ->
     lo, hi = np.percentile(pixels, MaskParams().percentiles)
     stretched = exposure.rescale_intensity(image, in_range=(lo, hi))
     otsu = stretched > filters.threshold_otsu(stretched if valid is None else stretched[valid])
-    edges = feature.canny(stretched, sigma=fast.CANNY_SIGMA, mask=valid)
+    edges = feature.canny(stretched, sigma=MaskParams().canny_sigma, mask=valid)
     keep = np.ones(grey.shape, bool) if valid is None else valid
     otsu &= keep
     n = np.count_nonzero(keep)
@@ -173,6 +173,11 @@ def test_stretch_and_otsu_luts_match_float_pipeline(kind):
     np.testing.assert_array_equal(
         fast.otsu_lut(hist, values)[grey], stretched > filters.threshold_otsu(stretched)
     )
+    if kind != "constant":  # the bins are a parameter (MaskParams.otsu_bins)
+        np.testing.assert_array_equal(
+            fast.otsu_lut(hist, values, 32)[grey],
+            stretched > filters.threshold_otsu(stretched, nbins=32),
+        )
 
 
 def test_canny_matches_skimage_with_and_without_valid_mask():
@@ -185,6 +190,24 @@ def test_canny_matches_skimage_with_and_without_valid_mask():
         np.testing.assert_array_equal(fast.canny(image, valid), feature.canny(image, mask=valid))
     flat = np.full((40, 50), 0.5)
     assert not fast.canny(flat).any()
+
+
+def test_canny_parameters_match_skimage_s():
+    """Sigma and the thresholds are arguments, as in skimage (`MaskParams` carries them)."""
+    rng = np.random.default_rng(5)
+    image = img_as_float(cells_image(7))
+    valid = np.ones(image.shape, bool)
+    valid[120:, 30:150] = False
+    for sigma, low, high in [(2.0, 0.1, 0.2), (1.5, 0.05, 0.3), (0.7, 0.2, 0.25)]:
+        ours = fast.canny(image, valid, sigma=sigma, low=low, high=high)
+        theirs = feature.canny(image, sigma, low, high, mask=valid)
+        np.testing.assert_array_equal(ours, theirs)
+        noisy = rng.random((37, 53))
+        np.testing.assert_array_equal(
+            canny_module.gaussian(noisy, valid[:37, :53], sigma),
+            ndi.gaussian_filter(np.where(valid[:37, :53], noisy, 0), sigma, mode="constant"),
+        )
+    assert not np.array_equal(fast.canny(image, sigma=2.0), fast.canny(image))
 
 
 def test_canny_and_its_gaussian_match_on_any_shape():

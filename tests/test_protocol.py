@@ -18,17 +18,18 @@ import pytest
 from click.testing import CliRunner
 
 from clanet_store.cli import main
+from clanet_store.errors import ClanetError
 from clanet_store.learn.bags import Bag
 from clanet_store.learn.splits import make_split, read_split, write_split
 from clanet_store.learn.training import MILConfig, train_mil
 from clanet_store.learn.tss import REFERENCE_CANDIDATES, REFERENCE_SIGMA, TSSPrior
 from clanet_store.models.dino import DinoConfig
 from clanet_store.pipelines import ssl_train as ssl_module
+from clanet_store.pipelines.corrupt import corrupt_export
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.inductive import encoder_training, split_patch_rows
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.pipelines.qc import MIN_SEQUENCES, QCParams, _drift_unit, run_qc
-from clanet_store.qc.corrupt import corrupt_export
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.patch_store import PatchStore
 from clanet_store.stores.sequences import list_sequences
@@ -195,7 +196,7 @@ def test_inductive_ssl_reads_no_patch_of_the_test_side(crops_store, tmp_path, mo
     assert encoder_training(row, split)["encoder_training"] == "unknown"  # checkpoint not given
     random = {**row, "random_init": True, "weights_format": "random-init", "weights_source": "x"}
     assert encoder_training(random, split)["encoder_training"] == "inductive"
-    classic = {**row, "arch": "classic", "weights_format": "classic"}  # stats from every patch
+    classic = {**row, "arch": "classic", "weights_format": "classic", "config": "{}"}  # all patches
     assert encoder_training(classic, split)["encoder_training"] == "transductive"
 
 
@@ -226,20 +227,20 @@ def fields_store(tmp_path_factory, shared_data):
 def test_two_fields_of_one_well_cannot_tell_but_a_defocused_copy_is_flagged(fields_store):
     params = QCParams(n_permutations=200, contamination=0.1)
     field1, field2 = "batch=clean,location=1", "batch=clean,location=2"
-    same_well = run_qc(fields_store, [field1], [field2], params=params)
+    same_well = run_qc(fields_store, [field1], [field2], params=params).as_dict()
     print(f"\nB10/1 vs B10/2: MMD^2 = {same_well['mmd']:.4g}, image-permutation p = "
           f"{same_well['p_value']:.3g}")  # fmt: skip
     assert same_well["unit"] == "image" and same_well["drift"] is None
     assert (same_well["n_reference_sequences"], same_well["n_new_sequences"]) == (1, 1)
     assert "cannot tell drift from field-to-field variation" in same_well["note"]
 
-    defocused = run_qc(fields_store, [field1], ["batch=defocus3"], params=params)
+    defocused = run_qc(fields_store, [field1], ["batch=defocus3"], params=params).as_dict()
     assert defocused["drift"] is None  # one field a side: the drift test still cannot tell ...
     flagged = [image["path"] for image in defocused["flagged_images"]]
     assert flagged and all("/defocus3/" in p for p in flagged)  # ... but the images are flagged
 
     # both clean fields as the reference: their own field-to-field MMD^2 is the yardstick
-    both = run_qc(fields_store, ["batch=clean"], ["batch=defocus3"], params=params)
+    both = run_qc(fields_store, ["batch=clean"], ["batch=defocus3"], params=params).as_dict()
     yardstick = both["field_to_field_mmd"]
     print(f"reference field-to-field MMD^2 {yardstick}; defocused copy {both['mmd']:.4g}")
     assert yardstick["pairs"] == 1 and np.isfinite(yardstick["max"])
@@ -276,7 +277,7 @@ def test_auto_permutes_sequences_only_when_each_side_has_enough():
 
 @pytest.mark.realdata
 def test_changed_mask_or_ccs_parameters_make_ingest_re_extract(tmp_path, shared_data):
-    from clanet_store.imaging.params import CCSParams, MaskParams
+    from clanet_store.imaging.params import CCSParams, MaskParams, OverlayParams
 
     folder = tmp_path / "export" / "SHSY5Y" / "b1"
     folder.mkdir(parents=True)
@@ -310,3 +311,39 @@ def test_changed_mask_or_ccs_parameters_make_ingest_re_extract(tmp_path, shared_
     recorded = PatchStore(store).array.attrs["extractors"]
     assert recorded[changed.extractor_version]["mask"]["min_object"] == 2000
     assert recorded[ccs_changed.extractor_version]["ccs"]["tie_break"] == "creation-order"
+
+    # one overlay value, one Canny value: each another key, each a re-extraction
+    keys = {first.extractor_version, changed.extractor_version, ccs_changed.extractor_version}
+    for params in (
+        {"overlay_params": OverlayParams(box_margin=6)},
+        {"mask_params": MaskParams(canny_sigma=2.0)},
+        {"decode_params": {"scale_percentiles": [1.0, 99.0]}},  # as a pipeline TOML gives it
+    ):
+        redone = ingest(tmp_path / "export", store, workers=1, **params)
+        assert redone.images_replaced == 2 and redone.extractor_version not in keys
+        keys.add(redone.extractor_version)
+        rows, counted, now = patches()
+        assert rows == counted and now == {redone.extractor_version}
+    recorded = PatchStore(store).array.attrs["extractors"]
+    assert recorded[redone.extractor_version]["decode"]["scale_percentiles"] == [1.0, 99.0]
+    assert recorded[first.extractor_version]["mask"]["canny_sigma"] == 1.0
+    assert ingest(tmp_path / "export", store, workers=1).images_replaced == 2  # defaults: back
+    assert set(PatchStore(store).images(["extractor_version"])["extractor_version"]) == {
+        first.extractor_version
+    }
+
+
+def test_extraction_parameters_are_tables_of_the_pipeline_toml(tmp_path):
+    from clanet_store.imaging.params import STEPS
+    from clanet_store.runs.config import load_config
+    from clanet_store.runs.stages import _params
+
+    toml = (Path(__file__).parents[1] / "pipelines" / "demo.toml").read_text()
+    path = tmp_path / "p.toml"
+    path.write_text(toml + "\n[ingest.overlays]\nbox_margin = 6\n[ingest.mask]\ncanny_sigma = 2\n")
+    stage = load_config(path, ["ingest.decode={scale_percentiles=[1, 99]}"]).stages["ingest"]
+    built = {step: _params(kind, f"ingest.{step}", stage[step]) for step, kind in STEPS.items()}
+    assert built["overlays"].box_margin == 6 and built["mask"].canny_sigma == 2.0
+    assert built["decode"].scale_percentiles == (1.0, 99.0) and built["ccs"] == STEPS["ccs"]()
+    with pytest.raises(ClanetError, match=r"ingest\.overlays: .*bar_colour"):
+        _params(STEPS["overlays"], "ingest.overlays", {"bar_colour": 1})

@@ -23,6 +23,7 @@ from scipy.stats import kstest
 from clanet_store.cli import main
 from clanet_store.errors import ClanetError
 from clanet_store.imaging.decode import read_grey
+from clanet_store.pipelines.corrupt import corrupt_export
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.pipelines.qc import QCParams, run_qc
@@ -38,7 +39,6 @@ from clanet_store.qc.corrupt import (
     brightness,
     contrast,
     corrupt,
-    corrupt_export,
     corruption_parameter,
     defocus,
     disk_kernel,
@@ -320,7 +320,7 @@ def qc_store(tmp_path_factory, shared_data):
 def test_images_without_patches_are_listed_not_silently_dropped(qc_store):
     store, reference = qc_store["path"], ["batch=clean", "well=C10"]
     params = QCParams(n_permutations=50)
-    r = run_qc(store, reference, ["well=B10"], params=params)
+    r = run_qc(store, reference, ["well=B10"], params=params).as_dict()
     blank = r["images_without_patches"]
     assert len(blank) == 8 and {Path(i["path"]).parent.name for i in blank} == {"bright_up3"}
     assert r["n_new_images"] == 24  # clean, defocus3 and contrast_up3 copies of B10
@@ -365,7 +365,7 @@ def test_well_against_its_defocus_copy_drifts_and_scores_are_stored(qc_store):
     by_image = QCParams(permute_by="image")  # one sequence a side: auto would not tell
     report = run_qc(
         qc_store["path"], ["batch=clean,well=B10"], ["batch=defocus3"], window=5, params=by_image
-    )
+    ).as_dict()
     print(f"\nB10 vs its defocus-3 copy: MMD^2 = {report['mmd']:.4g}, p = {report['p_value']:.4g}")
     assert report["p_value"] < 0.01 and report["drift"]
     assert (report["n_reference"], report["n_new"]) == (80, 80)  # 8 images x top 10 patches
@@ -378,14 +378,16 @@ def test_well_against_its_defocus_copy_drifts_and_scores_are_stored(qc_store):
     assert mine.height == 80 and set(mine["model_id"]) == {report["model_id"]}
     assert store.table("qc").schema.names == load_schema("qc").names
     assert store.meta["tables"]["qc"] == 1
-    again = run_qc(qc_store["path"], ["batch=clean,well=B10"], ["batch=defocus3"], params=by_image)
+    again = run_qc(
+        qc_store["path"], ["batch=clean,well=B10"], ["batch=defocus3"], params=by_image
+    ).as_dict()
     assert again["run_id"] == report["run_id"]
     assert lance.read(store.table("qc")).filter(pl.col("run_id") == report["run_id"]).height == 80
 
 
 @pytest.mark.realdata
 def test_b10_against_c10_is_reported(qc_store):
-    report = run_qc(qc_store["path"], ["batch=clean,well=B10"], ["batch=clean,well=C10"])
+    report = run_qc(qc_store["path"], ["batch=clean,well=B10"], ["batch=clean,well=C10"]).as_dict()
     print(f"\nB10 vs C10 (same line, same experiment): MMD^2 = {report['mmd']:.4g}, "
           f"p = {report['p_value']:.4g}, bandwidth {report['bandwidth']:.4g}")  # fmt: skip
     assert 0 < report["p_value"] <= 1 and np.isfinite(report["mmd"])
@@ -400,7 +402,7 @@ def _image_auc(qc_store, corrupted_batch: str, **params) -> tuple[float, dict]:
     """Reference C10; new = B10 clean and one corrupted copy of B10; AUC of the image scores."""
     (other,) = {"defocus3", "contrast_up3"} - {corrupted_batch}
     report = run_qc(qc_store["path"], ["batch=clean,well=C10"], [f"well=B10,batch!={other}"],
-                    params=QCParams(n_permutations=50, **params))  # fmt: skip
+                    params=QCParams(n_permutations=50, **params)).as_dict()  # fmt: skip
     images = report["anomaly"]["images"]
     bad = np.array([i["score"] for i in images if f"/{corrupted_batch}/" in i["path"]])
     good = np.array([i["score"] for i in images if "/clean/" in i["path"]])
@@ -472,7 +474,7 @@ def test_qc_errors_name_the_filter_and_reason(qc_store):
     early, late = "batch=clean,well=B10,timepoint_h<40", "batch=clean,well=B10,timepoint_h>=40"
     with pytest.raises(ClanetError, match=r"sequence_id groups: 1 group\(s\) on both sides"):
         run_qc(path, [early], [late], params=by_sequence)
-    report = run_qc(path, ["batch=clean"], ["batch!=clean"], params=by_sequence)
+    report = run_qc(path, ["batch=clean"], ["batch!=clean"], params=by_sequence).as_dict()
     assert (report["n_reference_groups"], report["n_new_groups"]) == (2, 2)
     result = CliRunner().invoke(main, ["qc", "--store", str(path), "--reference", "well=C10",
                                        "--new", "well=H1"])  # fmt: skip

@@ -235,6 +235,7 @@ def test_banners_on_a_random_init_encoder(two_encoders, tmp_path):
         ("evaluation", "The models gated + TSS, batch-separated were trained on the embeddings of"),
         ("neighbours", "These neighbours come from"),
         ("qc", "This QC run scored the embeddings of"),
+        ("authentication", "These verdicts come from"),
     ):
         banner = re.search(r'<p class="banner" role="alert">(.*?)</p>', _section(html, anchor))
         assert banner, anchor
@@ -242,8 +243,8 @@ def test_banners_on_a_random_init_encoder(two_encoders, tmp_path):
         assert text.startswith(f"{start} encoder {vit} (vit_tiny_patch16_224), a random init")
         assert ("COLLAPSED (median cosine distance" in text) == collapsed
         assert unescape(text) in r["warnings"]
-    assert len(r["warnings"]) == 4
-    assert "t-SNE, neighbours, MIL models, QC" in _section(html, "encoders")
+    assert len(r["warnings"]) == 5
+    assert "t-SNE, neighbours, authentication, MIL models, QC" in _section(html, "encoders")
     assert 'class="banner"' not in _section(html, "encoders")
 
 

@@ -5,6 +5,7 @@ reporting command takes ``--format table|json``; failures exit non-zero with one
 """
 
 from clanet_store.cli import (  # noqa: F401  (importing a module registers its commands)
+    authenticate,
     encode,
     encoders,
     exports,

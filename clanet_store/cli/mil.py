@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -251,15 +252,7 @@ def predict(
     if (export is None) == (not where):
         raise click.UsageError("give exactly one of --export and --where")
     with ExitStack() as stack:
-        bars: dict[str, Any] = {}
-
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in bars:
-                bars[stage] = stack.enter_context(progress(stage, "item", total))
-            bar = bars[stage]
-            bar.total = total
-            bar.update(done - bar.n)
-
+        update = _stage_bars(stack, "item")
         r = run_predict(
             store,
             model_path,
@@ -290,6 +283,20 @@ def predict(
         render_table(_flagged(r["batches"]), ["batch", "sequences", *columns, "flag"]),
     ]
     emit(fmt, r, "\n".join(lines))
+
+
+def _stage_bars(stack: ExitStack, unit: str) -> Callable[[str, int, int], None]:
+    """``update(stage, done, total)``: one progress bar per stage, opened on ``stack``."""
+    bars: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = stack.enter_context(progress(stage, unit, total))
+        bar = bars[stage]
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return update
 
 
 def _flagged(items: list[dict]) -> list[dict]:
@@ -325,6 +332,19 @@ def _flagged(items: list[dict]) -> list[dict]:
     help="Markdown table (split files are written and reused next to it)",
 )
 @ssl_checkpoint_option
+@click.option(
+    "--transductive",
+    is_flag=True,
+    help="score every split on the one given encoder (default: inductive, each split on an "
+    "encoder refitted on its training side: a classic encoder's statistics, or DINO with "
+    "--ssl-config)",
+)
+@click.option(
+    "--ssl-config",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="pipeline TOML whose [ssl_train] table trains DINO on each split's training side "
+    "(as run does; slow on CPU), checkpoints kept in ssl/ next to --out and reused",
+)
 @format_option
 def ablation(
     store: Path,
@@ -334,19 +354,46 @@ def ablation(
     model_id: str | None,
     out: Path,
     ssl_checkpoint: Path | None,
+    transductive: bool,
+    ssl_config: Path | None,
     fmt: str,
 ) -> None:
     """Gated attention with and without TSS, mean and max pooling and patch vote, on both
-    splits with seeded repeats: the paper's Table 4 as Markdown."""
+    splits with seeded repeats: the paper's Table 4 as Markdown. Inductive by default: each
+    split is scored on an encoder whose fitted parts saw only its training side."""
     from clanet_store.pipelines.mil import ABLATION_VARIANTS
     from clanet_store.pipelines.mil import ablation as run_ablation
 
+    if transductive and ssl_config is not None:
+        raise click.UsageError("--ssl-config trains one encoder per split: not with --transductive")
+    ssl = None
+    if ssl_config is not None:
+        from clanet_store.runs.config import load_config
+
+        ssl = load_config(ssl_config).stages["ssl_train"]
+        if not ssl["enabled"]:
+            raise click.UsageError(f"{ssl_config}: [ssl_train] enabled = false, nothing to train")
     total = len(ABLATION_VARIANTS) * len(SPLIT_KINDS) * repeats * epochs
-    with progress("ablation", "epoch", total=total) as bar:
+    with ExitStack() as stack:
+        stages = _stage_bars(stack, "step")
+        bar = stack.enter_context(progress("ablation", "epoch", total=total))
 
         def update(run: str, stats: dict[str, float]) -> None:
             bar.set_description(run, refresh=False)
             bar.update(1)
 
-        r = run_ablation(store, out, repeats, epochs, k, model_id, update, ssl_checkpoint)
+        r = run_ablation(
+            store,
+            out,
+            repeats,
+            epochs,
+            k,
+            model_id,
+            update,
+            ssl_checkpoint,
+            transductive=transductive,
+            ssl=ssl,
+            stage_progress=stages,
+            say=lambda line: click.echo(line, err=True),
+        )
     emit(fmt, r, f"{r['out']}:\n\n{r['markdown']}")

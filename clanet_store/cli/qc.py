@@ -16,6 +16,7 @@ from clanet_store.cli.app import (
     store_option,
     wait_option,
 )
+from clanet_store.cli.render import qc_text
 from clanet_store.textout import render_table
 
 
@@ -128,77 +129,8 @@ def qc(
                 bars[stage] = stack.enter_context(progress(stage, "step", total))
             bars[stage].update(done - bars[stage].n)
 
-        r = run_qc(store, reference, new, window, model_id, params, heatmap, wait, update)
-    emit(fmt, r, _human(r))
-
-
-def _human(r: dict) -> str:
-    a = r["anomaly"]
-    verdict = {True: "DRIFT", False: "no drift detected", None: "CANNOT TELL"}[r["drift"]]
-    lines = [
-        f"model {r['model_id']}: reference {r['reference']!r} ({r['n_reference']} patches, "
-        f"{r['n_reference_images']} images) vs new {r['new']!r} ({r['n_new']} patches, "
-        f"{r['n_new_images']} images)",
-        f"drift: MMD^2 = {r['mmd']:.4g}, p = {r['p_value']:.4g} ({r['n_permutations']} "
-        f"permutations of whole {r['unit']}s; {r['n_reference_sequences']} reference, "
-        f"{r['n_new_sequences']} new sequences) -> {verdict} at alpha {r['alpha']}",
-        f"anomaly ({' + '.join(a['detectors'])} isolation forests): {a['n_images_flagged']} of "
-        f"{r['n_new_images']} images flagged (image threshold {a['threshold_image']:.3f}), "
-        f"{a['n_patches_flagged']} patches flagged",
-    ]
-    if r["note"]:
-        yardstick = r["field_to_field_mmd"]
-        lines.insert(2, f"  note: {r['note']}")
-        lines.insert(
-            3,
-            f"  reference field-to-field MMD^2: median {yardstick['median']:.4g}, max "
-            f"{yardstick['max']:.4g} over {yardstick['pairs']} pairs; new selection {r['mmd']:.4g}"
-            if yardstick
-            else "  reference field-to-field MMD^2: none (the reference holds one sequence)",
-        )
-    if r["random_init"]:
-        lines.insert(
-            0, "WARNING: embeddings of a RANDOMLY INITIALISED encoder: tests and demos only"
-        )
-    if r["flagged_images"]:
-        lines += [
-            "",
-            "flagged images:",
-            render_table(
-                r["flagged_images"],
-                ["path", "well", "timepoint_h", "score", *(f"{d}_score" for d in a["detectors"])],
-            ),
-        ]
-    if r["images_without_patches"]:
-        lines += [
-            "",
-            f"{len(r['images_without_patches'])} new images have no cell patches (the mask found "
-            "no cells: blank, over-exposed or empty fields?), so they were not scored:",
-            render_table(r["images_without_patches"], ["path", "well", "timepoint_h"]),
-        ]
-    if r["online"] is not None:
-        rows = [
-            {
-                "batch": s["batch"],
-                "well": s["well"],
-                "location": s["location"],
-                "crop": s["crop"],
-                "images": s["n_images"],
-                "first_drift_h": s["first_drift"]["end_h"] if s["first_drift"] else None,
-                "p_value": s["first_drift"]["p_value"] if s["first_drift"] else None,
-            }
-            for s in r["online"]["sequences"]
-        ]
-        lines += [
-            "",
-            f"online drift, windows of {r['online']['window']} images:",
-            render_table(
-                rows, ["batch", "well", "location", "crop", "images", "first_drift_h", "p_value"]
-            ),
-        ]
-    if r["heatmap"]:
-        lines.append(f"heatmap: {r['heatmap']}")
-    return "\n".join(lines)
+        report = run_qc(store, reference, new, window, model_id, params, heatmap, wait, update)
+    emit(fmt, report.as_dict(), qc_text(report))
 
 
 @main.command()
@@ -218,17 +150,17 @@ def corrupt(
     export_root: Path, out: Path, kind: str, severity: int, direction: str, fmt: str
 ) -> None:
     """Write a corrupted copy of an export (same names and layout) for robustness checks."""
-    from clanet_store.qc.corrupt import corrupt_export
+    from clanet_store.pipelines.corrupt import corrupt_export
 
     with progress_callback("corrupting", "image") as update:
-        r = corrupt_export(export_root, out, kind, severity, direction, update)
+        report = corrupt_export(export_root, out, kind, severity, direction, update)
     lines = [
-        f"{out}: {r['images_written']} images written, {kind} severity {severity} "
-        f"(parameter {r['parameter']:g})"
+        f"{out}: {report.images_written} images written, {kind} severity {severity} "
+        f"(parameter {report.parameter:g})"
     ]
-    if r["skipped"]:
+    if report.skipped:
         lines += [
             "files the scan rejected (not copied):",
-            render_table(r["skipped"], ["path", "reason"]),
+            render_table(report.skipped, ["path", "reason"]),
         ]
-    emit(fmt, r, "\n".join(lines))
+    emit(fmt, report.as_dict(), "\n".join(lines))

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import polars as pl
 
 from clanet_store.cli.app import emit, main, store_option, wait_option
-from clanet_store.errors import ClanetError
 from clanet_store.textout import render_table
 
 SHOWN = ["patch_id", "cell_line", "batch", "well", "location", "timepoint_h", "distance", "path"]
@@ -80,57 +78,41 @@ def search(
     show: Path | None,
 ) -> None:
     """Find the patches most similar (cosine) to a stored patch or to a new image's patches."""
-    from clanet_store.imaging.decode import ImageDecodeError, read_grey
-    from clanet_store.imaging.draw import draw_gallery
-    from clanet_store.pipelines.encode import encoder_for_model
-    from clanet_store.pipelines.search import gallery_row, neighbours_of_image
-    from clanet_store.stores.embedding_store import EmbeddingStore
-    from clanet_store.stores.filters import parse_filters
+    from clanet_store.pipelines.search import search as search_patches
 
     if (patch_id is None) == (image is None):
         raise click.UsageError("give exactly one of --patch-id and --image")
     if fmt == "parquet" and out is None:
         raise click.UsageError("--format parquet needs --out FILE")
-    es = EmbeddingStore(store)
-    model = es.model_row(model_id)
-    condition = parse_filters(where, es.table(model["table"]).schema)
-    if patch_id is not None:
-        found = es.search(patch_id, k, condition, model["model_id"], other_batches)
-        keys = es.patch_keys(patch_id, model["model_id"])
-        query = {"patch_id": patch_id, **{k: keys[k] for k in ("cell_line", "batch", "image_id")}}
-        queries = [(query, es.patches([patch_id])[0], found)]
-    else:
-        if other_batches:
-            raise click.UsageError("--other-batches needs --patch-id (a new image has no batch)")
-        xy = _parse_box(box) if box else None
-        try:
-            grey = read_grey(image)
-        except (ImageDecodeError, OSError) as exc:
-            raise ClanetError(str(exc)) from None
-        encoder = encoder_for_model(model, weights)
-        queries = neighbours_of_image(es, encoder, grey, k, xy, where=condition)
-    results = pl.concat(
-        [found.with_columns(query=pl.lit(i)) for i, (_, _, found) in enumerate(queries)],
-        how="vertical_relaxed",
+    if image is not None and other_batches:
+        raise click.UsageError("--other-batches needs --patch-id (a new image has no batch)")
+    found = search_patches(
+        store,
+        patch_id=patch_id,
+        image=image,
+        box=_parse_box(box) if box else None,
+        k=k,
+        where=where,
+        other_batches=other_batches,
+        model_id=model_id,
+        weights=weights,
+        gallery=show,
     )
-    if show is not None:
-        draw_gallery([gallery_row(es, *q) for q in queries], show)
     if fmt == "parquet":
+        results = found.results()
         results.write_parquet(out)
         click.echo(f"{results.height} results written to {out}")
         return
-    payload = {
-        "model_id": model["model_id"],
-        "queries": [keys for keys, _, _ in queries],
-        "results": results.to_dicts(),
-        "gallery": None if show is None else str(show),
-    }
     blocks = []
-    for i, (keys, _, found) in enumerate(queries):
-        blocks += [f"query {i}: {_describe(keys)}", render_table(found.to_dicts(), SHOWN), ""]
+    for i, query in enumerate(found.queries):
+        blocks += [
+            f"query {i}: {_describe(query.keys)}",
+            render_table(query.found.to_dicts(), SHOWN),
+            "",
+        ]
     if show is not None:
         blocks.append(f"gallery written to {show}")
-    emit(fmt, payload, "\n".join(blocks).rstrip())
+    emit(fmt, found.as_dict(), "\n".join(blocks).rstrip())
 
 
 def _parse_box(text: str) -> tuple[int, int]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +15,7 @@ from clanet_store.textout import render_table
 if TYPE_CHECKING:
     from clanet_store.learn.splits import Split
     from clanet_store.models.dino import CollapseProbe
+    from clanet_store.pipelines.ssl_train import TrainProgress
 
 
 @main.command("ssl-train")
@@ -82,7 +84,7 @@ def ssl_train(
     """
     from clanet_store.errors import ClanetError
     from clanet_store.learn.splits import read_split
-    from clanet_store.pipelines.ssl_train import TrainingCollapsed, TrainProgress
+    from clanet_store.pipelines.ssl_train import TrainingCollapsed
     from clanet_store.pipelines.ssl_train import ssl_train as run_ssl_train
 
     try:
@@ -91,16 +93,6 @@ def ssl_train(
         raise ClanetError(str(error)) from None
 
     with progress("ssl-train", "step") as bar:
-
-        def update(event: TrainProgress) -> None:
-            if bar.total is None:  # the first step of this run: a resumed run starts mid-way
-                bar.total, bar.initial = event.total_steps, event.step - 1
-                bar.n = bar.initial
-            bar.set_postfix(epoch=event.epoch + 1, loss=f"{event.loss:.4f}", refresh=False)
-            bar.update(event.step - bar.n)
-            if event.probe is not None:
-                bar.write(f"{_epoch_line(event.epoch_loss, event.probe)}", file=sys.stderr)
-
         try:
             r = run_ssl_train(
                 store,
@@ -112,7 +104,7 @@ def ssl_train(
                 resume,
                 where or None,
                 k,
-                update,
+                _bar_update(bar),
                 recipe=recipe,
                 split=split,
             )
@@ -126,6 +118,22 @@ def ssl_train(
         raise click.ClickException(str(collapsed))
     if r["health"] and r["health"]["collapsed"] and fmt == "json":
         click.echo(_health_line(r["health"]), err=True)
+
+
+def _bar_update(bar: Any) -> Callable[[TrainProgress], None]:
+    """The progress callback: steps on ``bar`` (a resumed run starts mid-way), the epoch and
+    loss as its postfix, and one line per epoch with the loss and the collapse probe."""
+
+    def update(event: TrainProgress) -> None:
+        if bar.total is None:  # the first step of this run
+            bar.total, bar.initial = event.total_steps, event.step - 1
+            bar.n = bar.initial
+        bar.set_postfix(epoch=event.epoch + 1, loss=f"{event.loss:.4f}", refresh=False)
+        bar.update(event.step - bar.n)
+        if event.probe is not None:
+            bar.write(f"{_epoch_line(event.epoch_loss, event.probe)}", file=sys.stderr)
+
+    return update
 
 
 def _epoch_line(loss: float | None, probe: CollapseProbe) -> str:

@@ -1,7 +1,9 @@
-"""Canny edges (sigma 1, thresholds 0.1 / 0.2) compiled with numba, bit-identical to skimage.
+"""Canny edges compiled with numba, bit-identical to skimage's.
 
-``skimage.feature.canny(image, sigma=1, mask=valid)`` is six passes over float64 arrays (two
-Gaussian passes, the bleed-over division, two Sobel filters, the magnitude), a Cython
+Sigma and the hysteresis thresholds are arguments (`params.MaskParams`: 1, 0.1 / 0.2), passed to
+the kernels as the Gaussian's weights and two floats, never read from globals.
+``skimage.feature.canny(image, sigma, low, high, mask=valid)`` is six passes over float64
+arrays (two Gaussian passes, the bleed-over division, two Sobel filters, the magnitude), a Cython
 non-maximum suppression and ``ndi.label`` for the hysteresis. Here one compiled pass smooths
 the image row by row and a second computes the Sobel derivatives and the magnitude on three
 rolling rows and suppresses non-maxima one row behind, then a flood fill does the hysteresis.
@@ -11,14 +13,14 @@ order (``@njit`` without ``fastmath``: LLVM neither reassociates nor fuses multi
 
 * the Gaussian is scipy's ``correlate1d`` along axis 0, then axis 1, with its weights (computed
   by NumPy exactly as ``scipy.ndimage._filters._gaussian_kernel1d``) and its summation for
-  symmetric kernels: ``x[0] * w[0]``, then ``+= (x[-k] + x[k]) * w[-k]`` for k = 4, 3, 2, 1,
+  symmetric kernels: ``x[0] * w[0]``, then ``+= (x[-k] + x[k]) * w[-k]`` for k = radius .. 1,
   zero outside the image and at invalid pixels;
 * the division by the smoothed validity mask plus eps, whose value for an image without invalid
-  pixels is cached per shape, and recomputed only in a band of rows around invalid pixels;
+  pixels is cached per shape and sigma, and recomputed only in a band of rows around invalid pixels;
 * scipy's Sobel ('reflect' borders): the derivative ``b - a`` (scipy's ``(a - b) * -1``, exact),
   then ``2 * c + (a + b)`` across the other axis; magnitude ``sqrt(i * i + j * j)``;
 * skimage's suppression, with its low threshold as the C ``float`` it is passed as
-  (``float32(0.1)``) and its interpolation ``n2 * w + n1 * (1 - w) <= m``;
+  (``float32(low)``) and its interpolation ``n2 * w + n1 * (1 - w) <= m``;
 * the hysteresis keeps the 8-connected components of the surviving pixels that hold one at or
   above the high threshold, as ``ndi.label`` with a 3 x 3 structure does in skimage.
 
@@ -32,74 +34,81 @@ from functools import lru_cache
 import numpy as np
 
 from clanet_store.imaging.jit import kernel
+from clanet_store.imaging.params import FIXED, MaskParams
 
-SIGMA = 1.0
-TRUNCATE = 4.0
-LOW, HIGH = 0.1, 0.2
-RADIUS = int(TRUNCATE * SIGMA + 0.5)
 EPS = float(np.finfo(np.float64).eps)
+_DEFAULT = MaskParams()
 
 
-def _gaussian_weights() -> np.ndarray:
-    """The 1-D weights scipy's ``gaussian_filter`` correlates with (symmetric, sum 1)."""
-    x = np.arange(-RADIUS, RADIUS + 1)
-    phi = np.exp(-0.5 / (SIGMA * SIGMA) * x**2)
+@lru_cache(maxsize=8)
+def gaussian_weights(sigma: float) -> np.ndarray:
+    """The 1-D weights scipy's ``gaussian_filter`` correlates with (symmetric, sum 1), radius
+    ``int(truncate * sigma + 0.5)``. Cached: never write to them."""
+    radius = int(FIXED.gaussian_truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x**2)
     return (phi / phi.sum())[::-1].copy()
 
 
-_WEIGHTS = _gaussian_weights()
-
-
-def canny(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """``skimage.feature.canny(image, sigma=1, mask=valid)`` for a 2-D float64 image."""
+def canny(
+    image: np.ndarray,
+    valid: np.ndarray | None = None,
+    *,
+    sigma: float = _DEFAULT.canny_sigma,
+    low: float = _DEFAULT.canny_low,
+    high: float = _DEFAULT.canny_high,
+) -> np.ndarray:
+    """``skimage.feature.canny(image, sigma, low, high, mask=valid)`` for a 2-D float64 image."""
     image = np.ascontiguousarray(image, dtype=np.float64)
-    cached = _bleed_over(image.shape)
+    weights = gaussian_weights(float(sigma))
+    cached = _bleed_over(image.shape, float(sigma))
     masked = valid is not None and not valid.all()
     if masked:
         valid = np.ascontiguousarray(valid, dtype=bool)
-        band, first = _bleed_over_band(valid)
+        band, first = _bleed_over_band(valid, weights)
     else:
         valid, band, first = np.ones(image.shape, bool), cached[:0], 0
-    smoothed = _smooth(image, valid, _WEIGHTS, cached, band, first)
-    return _edges(smoothed, valid, masked, _low(), HIGH)
-
-
-def _low() -> float:
-    """skimage passes the low threshold to its suppression as a C float: float32(0.1)."""
-    return float(np.float32(LOW))
+    smoothed = _smooth(image, valid, weights, cached, band, first)
+    # skimage passes the low threshold to its suppression as a C float: float32(low)
+    return _edges(smoothed, valid, masked, float(np.float32(low)), float(high))
 
 
 @lru_cache(maxsize=4)
-def _bleed_over(shape: tuple[int, int]) -> np.ndarray:
+def _bleed_over(shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Smoothed all-valid mask plus eps, as skimage's Canny divides by it.
 
     Kept writable (numba compiles read-only arrays as another type), but never written.
     """
-    out = gaussian(np.ones(shape), np.ones(shape, bool))
+    out = gaussian(np.ones(shape), np.ones(shape, bool), sigma)
     out += EPS
     return out
 
 
-def gaussian(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``ndi.gaussian_filter(where(valid, image, 0), 1, mode='constant', truncate=4)``, exact."""
+def gaussian(
+    image: np.ndarray, valid: np.ndarray, sigma: float = _DEFAULT.canny_sigma
+) -> np.ndarray:
+    """``ndi.gaussian_filter(where(valid, image, 0), sigma, mode='constant', truncate=4)``,
+    exact."""
     empty = np.zeros((0, image.shape[1]))
-    return _smooth(image, valid, _WEIGHTS, empty, empty, image.shape[0])
+    return _smooth(image, valid, gaussian_weights(float(sigma)), empty, empty, image.shape[0])
 
 
-def _bleed_over_band(valid: np.ndarray) -> tuple[np.ndarray, int]:
+def _bleed_over_band(valid: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, int]:
     """Smoothed validity mask plus eps in the rows where it differs from the cached one.
 
     The Gaussian runs along axis 0 first, so a row depends only on the rows within the radius:
     a band recomputed with a margin of twice the radius is exact in all but its margin rows.
     Returns the band and its first row.
     """
-    h = valid.shape[0]
+    h, radius = valid.shape[0], weights.size // 2
     bad_rows = np.flatnonzero(~valid.all(axis=1))
-    top, bottom = max(bad_rows[0] - 2 * RADIUS, 0), min(bad_rows[-1] + 2 * RADIUS + 1, h)
-    band = gaussian(np.ones((bottom - top, valid.shape[1])), valid[top:bottom])
+    top, bottom = max(bad_rows[0] - 2 * radius, 0), min(bad_rows[-1] + 2 * radius + 1, h)
+    ones = np.ones((bottom - top, valid.shape[1]))
+    empty = np.zeros((0, valid.shape[1]))
+    band = _smooth(ones, valid[top:bottom], weights, empty, empty, bottom - top)
     band += EPS
-    first = top + RADIUS if top > 0 else 0
-    last = bottom - RADIUS if bottom < h else h
+    first = top + radius if top > 0 else 0
+    last = bottom - radius if bottom < h else h
     return band[first - top : last - top], first
 
 
@@ -114,32 +123,34 @@ def _smooth(
 ) -> np.ndarray:
     """Gaussian of the valid pixels, row r then divided by band[r - first] or else cached[r].
 
-    The 2 RADIUS + 1 rows around the current one are kept, zero where invalid or outside the
-    image, in a ring buffer; rows outside both divisors (an empty ``cached``) stay undivided.
+    ``weights``: the 2 radius + 1 Gaussian weights. The 2 radius + 1 rows around the current one
+    are kept, zero where invalid or outside the image, in a ring buffer; rows outside both
+    divisors (an empty ``cached``) stay undivided.
     """
     h, w = image.shape
-    size = 2 * RADIUS + 1
+    radius = weights.size // 2
+    size = 2 * radius + 1
     ring = np.zeros((size, w))
-    for r in range(min(RADIUS, h)):
+    for r in range(min(radius, h)):
         _masked_row(image, valid, r, ring[r])
-    line = np.zeros(w + 2 * RADIUS)  # the vertical pass of one row, zero-padded left and right
+    line = np.zeros(w + 2 * radius)  # the vertical pass of one row, zero-padded left and right
     out = np.empty((h, w))
     for r in range(h):
-        ahead = ring[(r + RADIUS) % size]
-        if r + RADIUS < h:
-            _masked_row(image, valid, r + RADIUS, ahead)
+        ahead = ring[(r + radius) % size]
+        if r + radius < h:
+            _masked_row(image, valid, r + radius, ahead)
         else:
             ahead[:] = 0.0
         for c in range(w):
-            acc = ring[r % size, c] * weights[RADIUS]
-            for k in range(RADIUS, 0, -1):
-                acc += (ring[(r - k) % size, c] + ring[(r + k) % size, c]) * weights[RADIUS - k]
-            line[RADIUS + c] = acc
+            acc = ring[r % size, c] * weights[radius]
+            for k in range(radius, 0, -1):
+                acc += (ring[(r - k) % size, c] + ring[(r + k) % size, c]) * weights[radius - k]
+            line[radius + c] = acc
         row = out[r]
         for c in range(w):
-            acc = line[RADIUS + c] * weights[RADIUS]
-            for k in range(RADIUS, 0, -1):
-                acc += (line[RADIUS + c - k] + line[RADIUS + c + k]) * weights[RADIUS - k]
+            acc = line[radius + c] * weights[radius]
+            for k in range(radius, 0, -1):
+                acc += (line[radius + c - k] + line[radius + c + k]) * weights[radius - k]
             row[c] = acc
         if first <= r < first + band.shape[0]:
             _divide(row, band[r - first])

@@ -21,34 +21,9 @@ Parameters (`params.CCSParams`): ``max_regions`` (40), ``tile_factor`` (2), ``ti
    deleted;
 6. rank the rest by density, descending, and keep the first ``k``.
 
-**Density ties** (many boxes at density 1.0 on a confluent image) are broken farthest-first
-(``tie_break="farthest-first"``; ``"creation-order"`` is the reference's rule, for comparison):
-among boxes of equal density the next one is the box whose centre is farthest (Euclidean) from
-every box ranked before it, at any density. When nothing is ranked yet, and between boxes at equal
-distance (a regular grid of tiles has many), the box with the larger grey-level variance (more
-texture: cell structure rather than empty background) goes first, then creation order. Patches of
-a confluent image thus spread over the whole field, starting from its most textured box, instead of
-piling up in one block of tiles as with the reference's creation-order tie-break (which gives 13
-real images of different cell lines the same 20 positions).
-
-**Overlays**: a box that touches an excluded pixel moves vertically, keeping its column, to the
-nearest position free of excluded pixels (upwards on equal distance); a box with no free position
-in its column is dropped. No box ever contains an overlay pixel.
-
-Deliberate differences from the public reference code (GPL; only facts were taken from it):
-
-* its grey histogram bins a float image in [0, 1] over 0..255, so every pixel falls in bin 0 and
-  the colour term is always 1: here the uint8 grey values are binned, as the SPEC says;
-* the LBP codes are computed once for the whole image and each box's histogram is taken from its
-  pixels, so the pixels on a box's border see their real neighbours rather than zero padding; the
-  codes follow skimage's ``local_binary_pattern(method='default')`` with the comparison evaluated
-  in exact arithmetic (see ``local_binary_pattern``);
-* the reference keeps the 40 largest labels *including the background*, so at most 39 regions,
-  and measures its boxes with an off-by-one (the last row and column of a region are left out of
-  the tile grid and the tile threshold, which it applies with ``>``): here 40 regions, full boxes,
-  ``>=`` as in the SPEC;
-* the reference drops images with fewer than K patches; here they keep what they have, and an image
-  without cells (or smaller than one box) gets no box.
+Density ties are broken farthest-first (``tie_break``), boxes on burned-in overlays move up or
+down their column; why, and the deliberate differences from the reference: docs/method.md,
+"Cell Cluster-level Selection".
 """
 
 from __future__ import annotations
@@ -58,14 +33,11 @@ from collections.abc import Iterable
 import numpy as np
 
 from clanet_store.imaging.jit import kernel
-from clanet_store.imaging.params import CCSParams
+from clanet_store.imaging.params import FIXED, CCSParams
 from clanet_store.imaging.runlength import components
 
 PATCH_SIZE = 112
 K_STORED = 20
-GREY_BINS = 25
-LBP_BINS = 10
-LBP_POINTS, LBP_RADIUS = 8, 1
 MEAN_TOLERANCE = 1e-9
 
 BOX_DTYPE = np.dtype(
@@ -100,8 +72,9 @@ def _bin_starts(bins: int) -> np.ndarray:
     return np.searchsorted(bin_of_value, np.arange(bins))
 
 
-_GREY_STARTS = _bin_starts(GREY_BINS)
-_LBP_STARTS = _bin_starts(LBP_BINS)
+# The histograms' bins and the LBP's P / R are compiled in (`params.FixedParams`).
+_GREY_STARTS = _bin_starts(FIXED.grey_bins)
+_LBP_STARTS = _bin_starts(FIXED.lbp_bins)
 
 
 def local_binary_pattern(grey: np.ndarray) -> np.ndarray:

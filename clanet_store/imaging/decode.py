@@ -9,6 +9,8 @@
 * 1280 x 944 exports are resized (bilinear) to 1408 x 1040 as the reference does; every other size,
   including the 704 x 520 LIVECell quarter crops (same pixel size), is kept at its native scale.
 
+The percentiles and the two shapes are `params.DecodeParams` (the defaults above).
+
 A file that cannot be read or decoded raises ``ImageDecodeError`` naming the file and the reason.
 """
 
@@ -20,9 +22,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-LEGACY_SHAPE = (944, 1280)
-WORKING_SHAPE = (1040, 1408)
-SCALE_PERCENTILES = (0.1, 99.9)
+from clanet_store.imaging.params import DecodeParams
+
 LUMA = (2125, 7154, 721)  # rgb2gray weights x 10000: integer arithmetic, exact rounding
 
 
@@ -30,8 +31,10 @@ class ImageDecodeError(ValueError):
     """An image file that cannot be decoded; the message names the file and the reason."""
 
 
-def read_grey(path: str | Path) -> np.ndarray:
-    """The image at ``path`` as a uint8 (H, W) grey array at working scale."""
+def read_grey(path: str | Path, *, params: DecodeParams | None = None) -> np.ndarray:
+    """The image at ``path`` as a uint8 (H, W) grey array at working scale (``params``: default
+    `DecodeParams()`)."""
+    params = params or DecodeParams()
     path = Path(path)
     try:
         array = _decode(path)
@@ -40,10 +43,10 @@ def read_grey(path: str | Path) -> np.ndarray:
             f"{path}: cannot decode image ({type(exc).__name__}: {exc})"
         ) from exc
     try:
-        grey = to_grey8(array)
+        grey = to_grey8(array, params.scale_percentiles)
     except ValueError as exc:
         raise ImageDecodeError(f"{path}: {exc}") from exc
-    return to_working_scale(grey)
+    return to_working_scale(grey, params)
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -60,8 +63,11 @@ def _decode(path: Path) -> np.ndarray:
         return tifffile.imread(path, key=0)
 
 
-def to_grey8(array: np.ndarray) -> np.ndarray:
-    """A decoded pixel array (H, W), (H, W, C) or (C, H, W) as uint8 (H, W) grey."""
+def to_grey8(
+    array: np.ndarray, percentiles: tuple[float, float] = DecodeParams.scale_percentiles
+) -> np.ndarray:
+    """A decoded pixel array (H, W), (H, W, C) or (C, H, W) as uint8 (H, W) grey; deeper than
+    8 bit: scaled from its ``percentiles``."""
     a = np.asarray(array)
     if a.ndim == 3 and a.shape[-1] not in (1, 2, 3, 4) and a.shape[0] in (1, 2, 3, 4):
         a = np.moveaxis(a, 0, -1)
@@ -76,7 +82,7 @@ def to_grey8(array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a)
     if a.dtype == bool:
         return a.astype(np.uint8) * 255
-    return _scale_to_8bit(a)
+    return _scale_to_8bit(a, percentiles)
 
 
 def _grey_of(rgb: np.ndarray) -> np.ndarray:
@@ -94,26 +100,28 @@ def _grey_of(rgb: np.ndarray) -> np.ndarray:
     return grey
 
 
-def _scale_to_8bit(a: np.ndarray) -> np.ndarray:
-    """Linear map of the SCALE_PERCENTILES range onto 0..255, clipped; a flat image becomes 0."""
+def _scale_to_8bit(a: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Linear map of the ``percentiles`` range onto 0..255, clipped; a flat image becomes 0."""
     values = a.astype(np.float64)
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         raise ValueError("image has no finite pixel value")
-    lo, hi = np.percentile(finite, SCALE_PERCENTILES)
+    lo, hi = np.percentile(finite, percentiles)
     if hi <= lo:
         return np.zeros(a.shape, np.uint8)
     scaled = (np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo) - lo) * (255.0 / (hi - lo))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def to_working_scale(grey: np.ndarray) -> np.ndarray:
-    """Resize 1280 x 944 exports to 1408 x 1040 (bilinear); keep every other size."""
-    if grey.shape != LEGACY_SHAPE:
+def to_working_scale(grey: np.ndarray, params: DecodeParams | None = None) -> np.ndarray:
+    """Resize ``legacy_shape`` exports (1280 x 944) to ``working_shape`` (1408 x 1040, bilinear);
+    keep every other size."""
+    params = params or DecodeParams()
+    if grey.shape != params.legacy_shape:
         return grey
     # Imported here: scikit-image and the SciPy modules it pulls in cost each ingest worker 0.6-0.9
     # s of start-up (python -X importtime), and only 1280 x 944 exports need them.
     from skimage.transform import resize
 
-    up = resize(grey, WORKING_SHAPE, order=1, preserve_range=True, anti_aliasing=False)
+    up = resize(grey, params.working_shape, order=1, preserve_range=True, anti_aliasing=False)
     return np.clip(np.rint(up), 0, 255).astype(np.uint8)

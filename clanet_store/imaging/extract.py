@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -10,15 +11,16 @@ import numpy as np
 
 from clanet_store.imaging import ccs, decode, mask, overlays
 from clanet_store.imaging.params import (
+    FIXED,
     CCSParams,
+    ExtractorParams,
     MaskParams,
+    OverlayParams,
     crop_rows,
-    extractor_key,
-    params_dict,
 )
 
 # Bump whenever the boxes, patches or mask of any image would change with the same parameters
-# (an image's extractor key, `params.extractor_key`, also changes with any parameter).
+# (an image's extractor key, `params.ExtractorParams.key`, also changes with any parameter).
 EXTRACTOR_VERSION = "ccs-1"
 
 
@@ -40,13 +42,16 @@ class Extraction:
     mask_fraction: float
 
 
-def excluded_pixels(grey: np.ndarray, exclusion: str) -> np.ndarray:
+def excluded_pixels(
+    grey: np.ndarray, exclusion: str, overlay_params: OverlayParams | None = None
+) -> np.ndarray:
     """Pixels no mask or patch may use: the detected overlays, or the reference's bottom crop."""
     if exclusion == "crop-150":
         exclude = np.zeros(grey.shape, bool)
         exclude[grey.shape[0] - crop_rows(grey.shape[0]) :] = True
         return exclude
-    return overlays.exclusion_mask(grey.shape, overlays.find_overlays(grey))
+    found = overlays.find_overlays(grey, params=overlay_params)
+    return overlays.exclusion_mask(grey.shape, found)
 
 
 def extract(
@@ -56,11 +61,13 @@ def extract(
     *,
     mask_params: MaskParams | None = None,
     ccs_params: CCSParams | None = None,
+    overlay_params: OverlayParams | None = None,
 ) -> Extraction:
     """Overlays, brightfield mask and the top ``k`` CCS patches of a uint8 grey image, with the
-    method's numbers ``mask_params`` / ``ccs_params`` (defaults: `params`' dataclasses)."""
+    method's numbers ``mask_params`` / ``ccs_params`` / ``overlay_params`` (defaults: `params`'
+    dataclasses)."""
     mask_params = mask_params or MaskParams()
-    exclude = excluded_pixels(grey, mask_params.exclusion)
+    exclude = excluded_pixels(grey, mask_params.exclusion, overlay_params)
     cells = mask.brightfield_mask(grey, exclude, params=mask_params)
     boxes = ccs.select_patches(grey, cells, k=k, size=size, exclude=exclude, params=ccs_params)
     return Extraction(
@@ -77,13 +84,13 @@ def extract_file(
     path: str,
     known_hash: str | None = None,
     k: int = ccs.K_STORED,
-    mask_params: MaskParams | None = None,
-    ccs_params: CCSParams | None = None,
+    params: ExtractorParams | None = None,
 ) -> dict[str, Any]:
-    """Ingest's worker task: read, hash, decode, mask + CCS one file. Never raises: errors become
-    rejects. It lives here, not in the ingest pipeline, so that a Dask worker unpickling it
-    imports only the imaging core (NumPy, SciPy, scikit-image), not LanceDB and Zarr (seconds of
-    start-up per worker)."""
+    """Ingest's worker task: read, hash, decode, mask + CCS one file with ``params`` (default
+    `ExtractorParams()`). Never raises: errors become rejects. It lives here, not in the ingest
+    pipeline, so that a Dask worker unpickling it imports only the imaging core (NumPy, SciPy,
+    scikit-image), not LanceDB and Zarr (seconds of start-up per worker)."""
+    params = params or ExtractorParams()
     try:
         with open(path, "rb") as f:
             content_hash = hashlib.sha1(f.read()).hexdigest()[:16]
@@ -92,8 +99,14 @@ def extract_file(
     if content_hash == known_hash:
         return {"status": "unchanged", "content_hash": content_hash}
     try:
-        grey = decode.read_grey(path)
-        result = extract(grey, k=k, mask_params=mask_params, ccs_params=ccs_params)
+        grey = decode.read_grey(path, params=params.decode)
+        result = extract(
+            grey,
+            k=k,
+            mask_params=params.mask,
+            ccs_params=params.ccs,
+            overlay_params=params.overlays,
+        )
     except Exception as exc:  # a bad image must reject one file, never stop the run
         return {"status": "rejected", "error": str(exc), "content_hash": content_hash}
     return {
@@ -110,58 +123,25 @@ def extract_files(
     paths: list[str],
     known_hashes: list[str | None],
     k: int = ccs.K_STORED,
-    mask_params: MaskParams | None = None,
-    ccs_params: CCSParams | None = None,
+    params: ExtractorParams | None = None,
 ) -> list[dict[str, Any]]:
     """``extract_file`` over a few images, as one Dask task: every task costs the scheduler, the
     client and the worker's event loop a few ms of CPU, which mask + CCS pay for on a small
     machine."""
-    return [
-        extract_file(p, h, k, mask_params, ccs_params)
-        for p, h in zip(paths, known_hashes, strict=True)
-    ]
+    return [extract_file(p, h, k, params) for p, h in zip(paths, known_hashes, strict=True)]
 
 
 def extractor_params(
-    k: int = ccs.K_STORED,
-    size: int = ccs.PATCH_SIZE,
-    mask_params: MaskParams | None = None,
-    ccs_params: CCSParams | None = None,
+    k: int = ccs.K_STORED, size: int = ccs.PATCH_SIZE, params: ExtractorParams | None = None
 ) -> dict[str, Any]:
-    """Every parameter of ``extract``, recorded with the patches (store attributes): the settable
-    ones from the dataclasses, the fixed ones from the modules that compile them in, and the
-    extractor key they give (`params.extractor_key`)."""
-    mask_params, ccs_params = mask_params or MaskParams(), ccs_params or CCSParams()
-    settable = params_dict(mask_params, ccs_params)
+    """Every parameter of ``extract``, recorded with the patches (store attributes): the
+    extractor key (`ExtractorParams.key`), each step's dataclass in full, the patch count and
+    size, and what the compiled code fixes (`params.FixedParams`)."""
+    params = params or ExtractorParams()
+    record = params.as_dict()
+    record["ccs"] |= {"k": k, "patch_size": size}
     return {
-        "version": extractor_key(EXTRACTOR_VERSION, mask_params, ccs_params),
-        "decode": {
-            "working_shape": list(decode.WORKING_SHAPE),
-            "legacy_shape": list(decode.LEGACY_SHAPE),
-            "scale_percentiles": list(decode.SCALE_PERCENTILES),
-        },
-        "overlays": {
-            "bar_min_grey": overlays.BAR_MIN_GREY,
-            "min_bar_length": overlays.MIN_BAR_LENGTH,
-            "bar_margins": dict(overlays.BAR_MARGINS),
-            "box_max_grey": overlays.BOX_MAX_GREY,
-            "min_box": list(overlays.MIN_BOX),
-            "box_margin": overlays.BOX_MARGIN,
-        },
-        "mask": {
-            **settable["mask"],
-            "otsu_bins": mask.OTSU_BINS,
-            "canny_sigma": mask.CANNY_SIGMA,
-            "canny_thresholds": list(mask.CANNY_THRESHOLDS),
-            "fill_structure": mask.FILL_STRUCTURE,
-        },
-        "ccs": {
-            **settable["ccs"],
-            "k": k,
-            "patch_size": size,
-            "grey_bins": ccs.GREY_BINS,
-            "lbp_points": ccs.LBP_POINTS,
-            "lbp_radius": ccs.LBP_RADIUS,
-            "lbp_bins": ccs.LBP_BINS,
-        },
+        "version": params.key(EXTRACTOR_VERSION),
+        **record,
+        "fixed": dataclasses.asdict(FIXED),
     }

@@ -5,7 +5,7 @@ The steps of the reference workflow, on a uint8 grey image ``g`` at working scal
 1. float image ``g / 255`` (``skimage.img_as_float``); contrast stretch from the 0.2th to the
    99.8th percentile (``skimage.exposure.rescale_intensity``), giving ``e`` in [0, 1];
 2. Otsu threshold of ``e`` (256 bins over its range) and Canny edges of ``e`` (sigma 1, hysteresis
-   thresholds 0.1 / 0.2);
+   thresholds 0.1 / 0.2; these numbers, like the others here, are `params.MaskParams`);
 3. invert the Otsu mask when it disagrees with the edge map on at least half of the pixels;
 4. close both (dilation then erosion, 3 x 3 cross, outside = 0), OR them, fill holes with a
    6 x 6 structure (``scipy.ndimage.binary_fill_holes``);
@@ -13,59 +13,18 @@ The steps of the reference workflow, on a uint8 grey image ``g`` at working scal
    holes; stop when fewer than 1e-4 of the pixels change;
 6. fill holes smaller than 64 px, remove objects smaller than 100 px (4-connectivity).
 
-What makes it fast while giving the same mask, pixel for pixel (the tests compare every step with
-a straightforward version, and ``benchmarks/bench_ccs.py`` the whole mask on 72 real images):
-
-* ``e`` takes at most 256 values, so percentiles, the stretch and the Otsu threshold are computed
-  on the 256-bin integer histogram (``histogram``) and applied through lookup tables
-  (``lookup``), both compiled;
-* Canny (``canny``) and the binary morphology (``morphology``: closing, hole filling, small holes
-  and objects) are compiled with numba, because NumPy / SciPy had nothing left to remove: each
-  step was a handful of full-image passes. Canny is two passes over the image (Gaussian with the
-  bleed-over division; Sobel, magnitude and non-maximum suppression on three rolling rows) and a
-  fill through its weak pixels; it is exact because every float is computed by the same IEEE
-  operations in the same order as scipy's ``correlate1d`` and skimage's Cython (no ``fastmath``, so
-  LLVM neither reorders sums nor fuses multiply-adds), and the hysteresis keeps the same
-  8-connected components. The morphology involves no floats at all;
-* the closed Otsu and edge masks are computed once, not in every iteration; since the filled mask
-  contains them and closing only adds pixels, step 5 reduces to ``fill(close(previous))``;
-* hole filling labels the background once instead of growing it pixel by pixel
-  (``morphology.fill_holes``), and every labelling works on the runs of the rows with union-find.
-
-The compiled code is cached on disk (``jit``): the first process compiles for 10 - 20 s, later
-ones load it.
-
-(scipy 1.17's ``binary_fill_holes`` / ``binary_dilation(iterations=-1)`` also corrupt memory when
-an image side is shorter than the 6 x 6 structure; ``fill_holes`` has no such limit.)
-
-Deliberate differences from the reference, which crops the bottom 150 rows of every image:
-
-* nothing is cropped. Pixels marked in ``exclude`` (burned-in overlays) take no part in the
-  histogram, the Canny smoothing or the disagreement fraction, count as background connected to
-  the outside when holes are filled, and are never in the mask. The percentiles and the Otsu
-  threshold therefore also see the bottom rows: on 70 of the 72 real AZGCB images the mask
-  fraction of the top 890 rows stays within 0.03 of the reference's (median difference 0.0014),
-  but on a dense field the threshold can move a few grey levels and the mask with it (Hop62 day 3:
-  0.78 instead of 0.95). Run on the same 890-row crop, this module reproduces the reference's mask
-  fractions within 0.0005 on all 72 images;
-* holes are filled when smaller than 64 px and objects removed when smaller than 100 px, as the
-  SPEC says (scikit-image 0.26's ``max_size=64`` would also fill holes of exactly 64 px).
+Why it is exact and fast, and the deliberate differences from the reference (no crop of
+the bottom rows: overlays are excluded instead): docs/method.md, "Brightfield mask".
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from clanet_store.imaging.canny import HIGH, LOW, SIGMA, canny
+from clanet_store.imaging.canny import canny
 from clanet_store.imaging.jit import kernel
 from clanet_store.imaging.morphology import closing, fill_holes, remove_small
 from clanet_store.imaging.params import MaskParams
-
-# Compiled into the kernels: recorded with the extractor, not settable (the rest: `MaskParams`).
-OTSU_BINS = 256
-CANNY_SIGMA = SIGMA
-CANNY_THRESHOLDS = (LOW, HIGH)
-FILL_STRUCTURE = 6
 
 
 def stretch_lut(
@@ -98,18 +57,18 @@ def _percentile(levels: np.ndarray, cum: np.ndarray, n: int, q: float) -> float:
     return float(b - diff * (1 - frac) if frac >= 0.5 else a + diff * frac)
 
 
-def otsu_lut(hist: np.ndarray, values: np.ndarray) -> np.ndarray:
+def otsu_lut(hist: np.ndarray, values: np.ndarray, bins: int = MaskParams.otsu_bins) -> np.ndarray:
     """Which grey levels lie above the Otsu threshold of the image whose levels map to ``values``.
 
-    Same threshold as ``skimage.filters.threshold_otsu(values[g])`` (256 bins over the value
-    range): the histogram of the 256 values weighted by their pixel counts bins every pixel
+    Same threshold as ``skimage.filters.threshold_otsu(values[g], nbins=bins)`` (bins over the
+    value range): the histogram of the 256 values weighted by their pixel counts bins every pixel
     exactly as the histogram of the full image does.
     """
     present = hist > 0
     v = values[present]
     if v.min() == v.max():  # skimage returns the single value itself: nothing lies above it
         return np.zeros(256, bool)
-    counts, edges = np.histogram(v, bins=OTSU_BINS, weights=hist[present].astype(np.float64))
+    counts, edges = np.histogram(v, bins=bins, weights=hist[present].astype(np.float64))
     counts = counts.astype(np.int64)
     centers = (edges[:-1] + edges[1:]) / 2.0
     weight1 = np.cumsum(counts)
@@ -159,9 +118,15 @@ def brightfield_mask(
     if n_valid == 0:
         return np.zeros(grey.shape, bool)
     values = stretch_lut(hist, params.percentiles)
-    above = otsu_lut(hist, values)
+    above = otsu_lut(hist, values, params.otsu_bins)
     otsu = lookup(above, grey)
-    edges = canny(lookup(values, grey), valid)
+    edges = canny(
+        lookup(values, grey),
+        valid,
+        sigma=params.canny_sigma,
+        low=params.canny_low,
+        high=params.canny_high,
+    )
     if valid is not None:
         otsu &= valid
     if np.count_nonzero(otsu != edges) / n_valid >= params.invert_disagreement:

@@ -6,3 +6,14 @@ A sequence (all images of one flask position over time) is a bag of T x K patch 
 model files, `splits` the batch-separated / batch-stratified splits, `metrics` the scores. All of it
 works on arrays in memory; reading bags from the store is the stores' job.
 """
+
+__all__ = [
+    "aggregators",
+    "authentication",
+    "bags",
+    "encoder_metrics",
+    "metrics",
+    "splits",
+    "training",
+    "tss",
+]

@@ -170,27 +170,10 @@ def cross_batch_metrics(
     eligible = np.flatnonzero(np.bincount(group_line, minlength=n_lines)[y] >= 2)
     if len(eligible) > max_queries:
         eligible = np.sort(rng.choice(eligible, max_queries, replace=False))
-    correct, voters, weights, ap, shares = [], [], [], [], []
-    for start in range(0, len(eligible), QUERY_CHUNK):
-        q = eligible[start : start + QUERY_CHUNK]
-        sims = x[q] @ x.T
-        positives = []
-        for r, i in enumerate(q):
-            ls, le = lines_at[y[i]]
-            gs, ge = groups_at[group[i]]
-            share = _own_group_share(
-                sims[r, ls:le], gs - ls, ge - ls, *(fields_at[field[i]] - ls), k
-            )
-            if share is not None:
-                shares.append(share)
-            positives.append(-np.sort(-np.concatenate([sims[r, ls:gs], sims[r, ge:le]])))
-            sims[r, gs:ge] = -np.inf  # the query's own group never answers
-        top, w = _knn_weights(sims, k, temperature)
-        correct.append(np.argmax(_votes(w, y[top], n_lines), axis=1) == y[q])
-        voters.append(group[top])
-        weights.append(w)
-        ap.append(_average_precision(np.sort(sims, axis=1), positives))
     q = eligible
+    correct, voters, weights, ap, shares = _query_chunks(
+        x, y, group, field, (lines_at, groups_at, fields_at), q, n_lines, k, temperature
+    )
     knn_chance = _random_groups_knn_accuracy(voters, weights, group[q], group_line, group_size, rng)
     positive_count = line_size[y[q]] - group_size[group[q]]
     total = len(y) - group_size[group[q]]
@@ -212,6 +195,44 @@ def cross_batch_metrics(
         k=k,
         temperature=temperature,
     )
+
+
+def _query_chunks(
+    x: np.ndarray,
+    y: np.ndarray,
+    group: np.ndarray,
+    field: np.ndarray,
+    ranges: tuple[np.ndarray, np.ndarray, np.ndarray],
+    queries: np.ndarray,
+    n_lines: int,
+    k: int,
+    temperature: float,
+) -> tuple[list, list, list, list, list]:
+    """`cross_batch_metrics`' similarity pass, ``QUERY_CHUNK`` queries at a time: per chunk the
+    k-NN hits, the voters' groups and weights, the APs, and per query its own-group share
+    (`_own_group_share`, when defined)."""
+    lines_at, groups_at, fields_at = ranges
+    correct, voters, weights, ap, shares = [], [], [], [], []
+    for start in range(0, len(queries), QUERY_CHUNK):
+        q = queries[start : start + QUERY_CHUNK]
+        sims = x[q] @ x.T
+        positives = []
+        for r, i in enumerate(q):
+            ls, le = lines_at[y[i]]
+            gs, ge = groups_at[group[i]]
+            share = _own_group_share(
+                sims[r, ls:le], gs - ls, ge - ls, *(fields_at[field[i]] - ls), k
+            )
+            if share is not None:
+                shares.append(share)
+            positives.append(-np.sort(-np.concatenate([sims[r, ls:gs], sims[r, ge:le]])))
+            sims[r, gs:ge] = -np.inf  # the query's own group never answers
+        top, w = _knn_weights(sims, k, temperature)
+        correct.append(np.argmax(_votes(w, y[top], n_lines), axis=1) == y[q])
+        voters.append(group[top])
+        weights.append(w)
+        ap.append(_average_precision(np.sort(sims, axis=1), positives))
+    return correct, voters, weights, ap, shares
 
 
 def _ranges(codes: np.ndarray) -> np.ndarray:
@@ -318,10 +339,16 @@ def mean_by_group(vectors: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np
     """The mean vector of each distinct key (in key order) and the index of each key's first
     row (to carry its labels)."""
     unique, first, codes = np.unique(keys, return_index=True, return_inverse=True)
-    n = len(codes)
-    member = sparse.csr_matrix((np.ones(n, np.float32), (codes, np.arange(n))), (len(unique), n))
     counts = np.bincount(codes).astype(np.float32)
-    return np.asarray(member @ vectors) / counts[:, None], first
+    return sum_by_code(vectors, codes, len(unique)) / counts[:, None], first
+
+
+def sum_by_code(vectors: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """The sum of the rows of each group ``0 .. n_groups - 1`` (row i in group ``codes[i]``), as
+    one sparse product: no Python loop, no copy per group."""
+    n = len(codes)
+    member = sparse.csr_matrix((np.ones(n, np.float32), (codes, np.arange(n))), (n_groups, n))
+    return np.asarray(member @ vectors)
 
 
 def level_rows(

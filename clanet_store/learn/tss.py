@@ -29,11 +29,7 @@ Each epoch, every training sequence is re-sampled as if it had been imaged at a 
   is 0 (no sparser interval was simulated), so ``W = a1 / N``; the reference yields NaN there.
 - ``T_e <= mu_s``: the full sequence with ``W = 1``.
 
-Where the reference code differs: it centres the normal on the mean gap clipped to [1, 8] h and
-compares ``T_e`` with its rounding (not the floor); its sparsity term is the mean over the sampled
-gaps of ``(gap - mu) / (T_e - mu)``, gaps longer than ``T_e`` counting 0 (not the term of the mean
-gap); its windows start at hour 0; it starts training with a few epochs at ``T_e = mu``. None of
-these is reproduced.
+Where the reference code differs, and why: docs/method.md, "Time-series Segment Sampling".
 """
 
 from __future__ import annotations

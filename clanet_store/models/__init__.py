@@ -1,1 +1,10 @@
-"""Torch models of the method: the ViT patch encoder (SPEC 4) and, later, DINO training (SPEC 5)."""
+"""Torch models and descriptors of the method: the ViT patch encoder (SPEC 4), DINO training
+(SPEC 5), the training-free ``classic`` descriptor, the Encoder protocol and embedding health."""
+
+__all__ = [
+    "classic",
+    "dino",
+    "encoder",
+    "health",
+    "protocol",
+]

@@ -417,6 +417,9 @@ class ClassicConfig:
     """The classic encoder's definition plus its frozen statistics (the models row's config).
 
     mean / std: per raw feature, over ``fit_patches`` patches of the store it was fitted on.
+    fit_split / fit_sequences: the split (``"<kind> r<repeat>"``) whose training sequences the
+    patches were drawn from, and those sequence keys (None: from all stored patches), so whether
+    the statistics saw a split's test side can be read from the record (`pipelines.inductive`).
     """
 
     mean: tuple[float, ...]
@@ -425,9 +428,16 @@ class ClassicConfig:
     arch: str = CLASSIC_ARCH
     img_size: int = PATCH_SIDE
     version: int = CLASSIC_VERSION
+    fit_split: str | None = None
+    fit_sequences: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "definition": definition()}
+        """The record; the fit_* keys only when set (so a whole-store encoder keeps the model_id
+        it had before they existed)."""
+        record = dataclasses.asdict(self)
+        if self.fit_sequences is None:
+            del record["fit_split"], record["fit_sequences"]
+        return {**record, "definition": definition()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassicConfig:
@@ -439,11 +449,21 @@ class ClassicConfig:
                 f"classic encoder version {data.get('version')} was recorded, this is version "
                 f"{CLASSIC_VERSION}: re-encode with --encoder classic"
             )
-        return cls(tuple(data["mean"]), tuple(data["std"]), int(data["fit_patches"]))
+        sequences = data.get("fit_sequences")
+        return cls(
+            tuple(data["mean"]),
+            tuple(data["std"]),
+            int(data["fit_patches"]),
+            fit_split=data.get("fit_split"),
+            fit_sequences=None if sequences is None else tuple(sequences),
+        )
 
 
-def fit_statistics(raw: np.ndarray) -> ClassicConfig:
-    """Frozen standardisation of raw features (`describe` of a sample of patches).
+def fit_statistics(
+    raw: np.ndarray, fit_split: str | None = None, fit_sequences: tuple[str, ...] | None = None
+) -> ClassicConfig:
+    """Frozen standardisation of raw features (`describe` of a sample of patches), drawn from
+    the training sequences ``fit_sequences`` of split ``fit_split`` when given.
 
     A feature constant over the sample gets std 1 (it then contributes 0 to every vector).
     """
@@ -452,7 +472,13 @@ def fit_statistics(raw: np.ndarray) -> ClassicConfig:
     mean = raw.mean(0)
     std = raw.std(0)
     std = np.where(std > 1e-9, std, 1.0)
-    return ClassicConfig(tuple(map(float, mean)), tuple(map(float, std)), len(raw))
+    return ClassicConfig(
+        tuple(map(float, mean)),
+        tuple(map(float, std)),
+        len(raw),
+        fit_split=fit_split,
+        fit_sequences=fit_sequences,
+    )
 
 
 class ClassicEncoder:
@@ -483,7 +509,8 @@ class ClassicEncoder:
 
     @property
     def weights_source(self) -> str:
-        return f"classic-v{CLASSIC_VERSION}(fit on {self.config.fit_patches} patches)"
+        split = f" of the training side of {self.config.fit_split}" if self.config.fit_split else ""
+        return f"classic-v{CLASSIC_VERSION}(fit on {self.config.fit_patches} patches{split})"
 
     @cached_property
     def model_id(self) -> str:

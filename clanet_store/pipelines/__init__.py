@@ -1,1 +1,17 @@
-"""Orchestration: Dask ingest, batched encode, training loops reading from stores."""
+"""Orchestration: each module moves data between the stores and the core for one command
+(Dask ingest, batched encode, SSL and MIL training loops reading from stores, QC, evaluation)."""
+
+__all__ = [
+    "authenticate",
+    "choose_encoder",
+    "corrupt",
+    "encode",
+    "evaluate_encoder",
+    "inductive",
+    "ingest",
+    "mil",
+    "qc",
+    "search",
+    "split_encoder",
+    "ssl_train",
+]

@@ -5,7 +5,8 @@ already have a row for this ``model_id``, so a re-run adds nothing and a killed 
 where it stopped (rows are committed every ``commit_every`` patches; at most that much work is
 redone). Embeddings of patches that ingest has since replaced are deleted first. Patches are
 read from Zarr in row order, in whole batches, by a background thread that stays a few batches
-ahead, so the model never waits on I/O.
+ahead, so the model never waits on I/O. Each run ends by bringing the model's sequence vectors
+up to date (`stores.sequence_embeddings`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from lancedb.expr import col
 
 from clanet_store.errors import ClanetError
+from clanet_store.learn.splits import Split
 from clanet_store.models.classic import (
     CLASSIC_ARCH,
     FIT_PATCHES,
@@ -55,6 +57,8 @@ from clanet_store.stores.embedding_store import (
     embeddings_table_name,
 )
 from clanet_store.stores.lock import writer_lock
+from clanet_store.stores.sequence_embeddings import update_sequence_embeddings
+from clanet_store.stores.sequences import sequence_filter
 
 META_COLUMNS = ("patch_id", *IMAGE_KEYS, "rank", "density")
 PREFETCH_BATCHES = 4
@@ -103,28 +107,48 @@ def load_encoder(
         raise ClanetError(str(exc)) from None
 
 
-def classic_encoder(store_path: str | Path, threads: int | None = None) -> ClassicEncoder:
+def classic_encoder(
+    store_path: str | Path, threads: int | None = None, split: Split | None = None
+) -> ClassicEncoder:
     """The store's classic encoder: the one recorded by an earlier classic encode (its frozen
-    statistics), else one fitted on up to FIT_PATCHES patches drawn with a fixed seed.
+    statistics), else one fitted on up to FIT_PATCHES patches drawn with a fixed seed
+    (`classic_fit_rows`). With ``split``, the one fitted on the patches of its training
+    sequences only (inductive for that split; issue 19); without, on all stored patches.
 
     The draw depends only on the store's patch ids, so a run killed before it recorded the
     encoder fits the same statistics again. The sample's features are kept in the encoder, so
     the encode that follows does not compute them twice.
     """
     store = EmbeddingStore(store_path)
+    fit_sequences = None if split is None else tuple(split.train)
     recorded = store.models().filter(pl.col("arch") == CLASSIC_ARCH)
     for row in recorded.iter_rows(named=True):
-        config = json.loads(row["config"])
         with contextlib.suppress(ValueError):  # another version of the descriptor
-            return ClassicEncoder(ClassicConfig.from_dict(config), threads)
-    patches = store.patches_table(["patch_id", "row"]).sort("patch_id")
-    if patches.height == 0:
-        raise ClanetError(f"{store.path}: no patches to fit the classic encoder on (run ingest)")
+            config = ClassicConfig.from_dict(json.loads(row["config"]))
+            if config.fit_sequences == fit_sequences:
+                return ClassicEncoder(config, threads)
+    rows = classic_fit_rows(store, split)
+    if len(rows) == 0:
+        side = "" if split is None else f" on the training side of {split.kind} r{split.repeat}"
+        raise ClanetError(
+            f"{store.path}: no patches{side} to fit the classic encoder on (run ingest)"
+        )
+    pixels = store.read_rows(rows)
+    raw = describe(pixels, threads)
+    fit_split = None if split is None else f"{split.kind} r{split.repeat}"
+    config = fit_statistics(raw, fit_split, fit_sequences)
+    return ClassicEncoder(config, threads, known=(pixels, raw))
+
+
+def classic_fit_rows(store: EmbeddingStore, split: Split | None = None) -> np.ndarray:
+    """Zarr rows of the classic statistics' sample: up to FIT_PATCHES patches (every rank)
+    drawn with FIT_SEED from the store's patches sorted by patch id, or from those of
+    ``split``'s training sequences only."""
+    where = None if split is None else sequence_filter(split.train)
+    patches = store.patches_table(["patch_id", "row"], where=where).sort("patch_id")
     rng = np.random.default_rng(FIT_SEED)
     pick = np.sort(rng.choice(patches.height, min(FIT_PATCHES, patches.height), replace=False))
-    pixels = store.read_rows(patches["row"].to_numpy()[pick])
-    raw = describe(pixels, threads)
-    return ClassicEncoder(fit_statistics(raw), threads, known=(pixels, raw))
+    return patches["row"].to_numpy()[pick]
 
 
 def encoder_for_model(model: dict, weights: str | Path | None, device: str = "auto") -> Encoder:
@@ -279,6 +303,7 @@ def encode(
             table.add(pa.concat_tables(pending))
         if encoded or removed:
             table.optimize()
+        update_sequence_embeddings(store, encoder.model_id)
     seconds = time.perf_counter() - start
     return EncodeReport(
         patches_encoded=encoded,

@@ -9,14 +9,16 @@ encoder is:
 - ``inductive``: a random init, weights from elsewhere (not a clanet-ssl checkpoint), or an
   ssl-train checkpoint whose split trained on none of the MIL split's test sequences;
 - ``transductive``: an ssl-train checkpoint trained on all patches (no split), or on a split
-  whose training side holds test sequences of the MIL split; the classic descriptor (its feature
-  standardisation is fitted, label-free, on a sample of all stored patches);
+  whose training side holds test sequences of the MIL split; the classic descriptor whose
+  feature standardisation was fitted, label-free, on a sample of all stored patches (fitted on a
+  split's training side, it is judged like an ssl-train checkpoint, from its models row);
 - ``unknown``: a clanet-ssl checkpoint that was not given (the store records its file name
   only) or cannot be read.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +87,7 @@ def encoder_training(
     ``{"encoder_training": inductive | transductive | unknown, "encoder_training_why": ...}``.
     """
     if model_row["arch"] == CLASSIC_ARCH:
-        return _said(
-            "transductive",
-            "training-free descriptor, but its feature standardisation (one mean and standard "
-            "deviation per feature) was fitted without labels on a sample of all stored patches",
-        )
+        return _classic_training(json.loads(model_row["config"]), split)
     if model_row["random_init"] or model_row["weights_format"] != SSL_FORMAT:
         origin = "a random init" if model_row["random_init"] else "weights from elsewhere"
         return _said("inductive", f"{origin}: not trained on this store's patches")
@@ -109,6 +107,28 @@ def encoder_training(
             f"DINO trained on {len(seen)} test sequences of {_name(split)} ({_name(ssl_split)})",
         )
     return _said("inductive", f"DINO trained on the training side of {_name(ssl_split)} only")
+
+
+def _classic_training(config: dict[str, Any], split: Split | None) -> dict[str, Any]:
+    """The classic descriptor is training-free, but its feature standardisation (one mean and
+    standard deviation per feature) is fitted without labels on a sample of stored patches: of
+    all of them, or of one split's training sequences (`encode.classic_encoder` with a split)."""
+    fitted = config.get("fit_sequences")
+    if fitted is None:
+        return _said(
+            "transductive",
+            "training-free descriptor, but its feature standardisation was fitted without "
+            "labels on a sample of all stored patches",
+        )
+    where = f"the training side of {config['fit_split']}"
+    seen = set(fitted) & set(split.test) if split is not None else set()
+    if seen:
+        return _said(
+            "transductive",
+            f"classic statistics fitted on {where}, which holds {len(seen)} test sequences "
+            f"of {_name(split)}",
+        )
+    return _said("inductive", f"classic statistics fitted on {where} only")
 
 
 def _name(split: Split) -> str:

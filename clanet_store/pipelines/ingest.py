@@ -10,8 +10,8 @@ Data flow and guarantees:
   ``images`` row, which is the commit marker. ``recover`` deletes patch rows that no ``images`` row
   vouches for (a run killed between the two writes), so ``kill -9`` at any moment followed by the
   same command ends with the store a clean run produces.
-* Incremental: an image whose size, mtime and extractor key (`imaging.params.extractor_key`:
-  the version and the mask / CCS parameters) match its row is skipped without reading it; one
+* Incremental: an image whose size, mtime and extractor key (`ExtractorParams.key`: the version
+  and the decode / overlay / mask / CCS parameters) match its row is skipped without reading it; one
   whose bytes hash to the stored hash is skipped after hashing; one whose content changed, or
   that was extracted with other parameters, is re-extracted and its old patch rows deleted.
 """
@@ -40,7 +40,14 @@ from lancedb.expr import col
 from clanet_store.errors import ClanetError
 from clanet_store.exports.scan import scan_export, short_hash
 from clanet_store.imaging.extract import extract_files, extractor_params
-from clanet_store.imaging.params import CCSParams, MaskParams, parse_params
+from clanet_store.imaging.params import (
+    CCSParams,
+    DecodeParams,
+    ExtractorParams,
+    MaskParams,
+    OverlayParams,
+    parse_params,
+)
 from clanet_store.stores import lance
 from clanet_store.stores.lock import writer_lock
 from clanet_store.stores.patch_store import SLOT_SIZE, PatchStore, check_creatable
@@ -67,7 +74,7 @@ FLUSH_SECONDS = 5.0
 # Dask settings of the LocalCluster. distributed starts worker processes with
 # MALLOC_TRIM_THRESHOLD_=65536, so glibc hands memory back to the OS after every large temporary:
 # mask + CCS then ran 0.78 s instead of 0.49 s per image in a worker (measured); local workers
-# start without it (see the README for remote ones). The rest quiets background work none of which
+# start without it (remote ones: docs/ingest.md). The rest quiets background work none of which
 # serves ingest: event-loop health ticks every 20 ms, the statistical profiler, system and memory
 # monitors, work stealing (the driver feeds a short queue itself). An idle 2-worker cluster burnt
 # 14 % of a core on them, 2 % with these settings (measured), CPU the workers need on a small
@@ -272,19 +279,22 @@ def ingest(
     *,
     mask_params: MaskParams | dict | None = None,
     ccs_params: CCSParams | dict | None = None,
+    decode_params: DecodeParams | dict | None = None,
+    overlay_params: OverlayParams | dict | None = None,
     dashboard: bool = False,
 ) -> IngestReport:
     """Ingest an export into a store (created, under the writer lock, if the folder is new or
     empty); see the module docstring.
 
-    ``mask_params`` / ``ccs_params``: the method's numbers (dataclasses or their dicts, e.g. a
-    pipeline TOML's ``[ingest.mask]``); their record is kept in the Zarr array's attributes
-    (``extractors``, by extractor key).
+    ``mask_params`` / ``ccs_params`` / ``decode_params`` / ``overlay_params``: the method's
+    numbers (`imaging.params` dataclasses or their dicts, e.g. a pipeline TOML's
+    ``[ingest.mask]``); their record is kept in the Zarr array's attributes (``extractors``, by
+    extractor key).
     """
     start = time.perf_counter()
     scan = scan_export(export_root, plate_map)
-    params = parse_params(mask_params, ccs_params)
-    record = extractor_params(SLOT_SIZE, mask_params=params[0], ccs_params=params[1])
+    params = parse_params(mask_params, ccs_params, decode_params, overlay_params)
+    record = extractor_params(SLOT_SIZE, params=params)
     store_path = Path(store_path)
     if not (store_path / "store.json").exists():
         check_creatable(store_path)  # before the lock file is added to the folder
@@ -316,7 +326,7 @@ class _Writer:
         self,
         store: PatchStore,
         commit_every: int,
-        params: tuple[MaskParams, CCSParams],
+        params: ExtractorParams,
         key: str,
     ):
         self.store = store
@@ -381,7 +391,7 @@ class _Writer:
                 paths = [str(root / images[i]["path"]) for i in batch]
                 hashes = [images[i]["known_hash"] for i in batch]
                 future = client.submit(
-                    extract_files, paths, hashes, SLOT_SIZE, *self.params, pure=False
+                    extract_files, paths, hashes, SLOT_SIZE, self.params, pure=False
                 )
                 owner[future] = batch
                 running.add(future)

@@ -18,6 +18,8 @@ checks that embeddings and models belong together:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import time
 from collections import Counter
@@ -57,6 +59,7 @@ from clanet_store.textout import percent_mean_std
 
 if TYPE_CHECKING:
     from clanet_store.models.protocol import Encoder
+    from clanet_store.pipelines.split_encoder import SplitEncoder
 
 SPLIT_SEED = 0
 LOW_PROBABILITY = 0.5
@@ -379,8 +382,9 @@ def predict(
     bags, classes = load_bags(store, expr, mil.config.k, row["model_id"], mil.classes)
     bags.sort(key=lambda bag: (bag.batch, bag.position))
     proba = predict_proba(mil.model, bags)
-    trained = set(mil.split.train) if mil.split is not None else set()
+    trained = set(mil.split.train if mil.split is not None else ())
     in_training = np.array([bag.key in trained for bag in bags], dtype=bool)
+    ranked = _ranked(proba, mil.classes, threshold)
     sequences = [
         {
             "sequence_id": bag.key,
@@ -389,34 +393,16 @@ def predict(
             "labelled": classes[bag.label],
             "images": len(bag.times),
             "in_training": bool(seen),
-            **ranked,
+            **top,
         }
-        for bag, seen, ranked in zip(
-            bags, in_training, _ranked(proba, mil.classes, threshold), strict=True
-        )
+        for bag, seen, top in zip(bags, in_training, ranked, strict=True)
     ]
-    # Batch level: the held-out and the trained sequences of a batch are two rows, unless
-    # include_training pools them (a row is then in_training when any of its sequences is).
-    groups = [np.ones_like(in_training)] if include_training else [~in_training, in_training]
-    batches = [
-        row
-        for chosen in groups
-        if chosen.any()
-        for row in _batch_rows(
-            [bag for bag, c in zip(bags, chosen, strict=True) if c],
-            proba[chosen],
-            in_training[chosen],
-            classes,
-            mil.classes,
-            threshold,
-        )
-    ]
+    batches = _batch_level(bags, proba, in_training, classes, mil.classes, threshold,
+                           include_training)  # fmt: skip
     batches.sort(key=lambda item: (item["batch"], item["in_training"]))
     for item in (*sequences, *batches):
         item["matches_label"] = item["predicted"] == item["labelled"]
-    counted = [
-        item for item in (*sequences, *batches) if include_training or not item["in_training"]
-    ]
+    counted = [i for i in (*sequences, *batches) if include_training or not i["in_training"]]
     return report | {
         **_encoder_info(row),
         "classes": list(mil.classes),
@@ -428,6 +414,34 @@ def predict(
         "warnings": sum(item["warning"] is not None for item in counted),
         "mismatches": sum(not item["matches_label"] for item in counted),
     }
+
+
+def _batch_level(
+    bags: Sequence[Bag],
+    proba: np.ndarray,
+    in_training: np.ndarray,
+    classes: Sequence[str],
+    model_classes: Sequence[str],
+    threshold: float,
+    include_training: bool,
+) -> list[dict[str, Any]]:
+    """`predict`'s batch rows: the held-out and the trained sequences of a batch are two rows,
+    unless ``include_training`` pools them (a row is then in_training when any of its
+    sequences is)."""
+    groups = [np.ones_like(in_training)] if include_training else [~in_training, in_training]
+    return [
+        row
+        for chosen in groups
+        if chosen.any()
+        for row in _batch_rows(
+            [bag for bag, c in zip(bags, chosen, strict=True) if c],
+            proba[chosen],
+            in_training[chosen],
+            classes,
+            model_classes,
+            threshold,
+        )
+    ]
 
 
 def _batch_rows(
@@ -460,7 +474,8 @@ def _batch_rows(
 
 def ablation_markdown(report: dict[str, Any]) -> str:
     """The ablation as a Markdown table: a row per variant, per split sequence- and batch-level
-    accuracy and macro F1, mean ± std over repeats in % (layout of the paper's Table 4)."""
+    accuracy and macro F1, mean ± std over repeats in % (layout of the paper's Table 4), then
+    the encoder of every split: its model_id and whether it saw the test side."""
     names = ("sequence Acc", "sequence F1", "batch Acc", "batch F1")  # as metrics.SCALAR_SCORES
     head = ["Aggregation", "TSS"] + [
         f"{kind.capitalize()}: {name}" if i == 0 else name
@@ -484,19 +499,34 @@ def ablation_markdown(report: dict[str, Any]) -> str:
         f"`{report['encoder_model_id']}` ({report['encoder_arch']}, {report['embedding_dim']}-d, "
         f"{'RANDOM INIT' if report['encoder_random_init'] else report['encoder_weights']})"
     )
+    how = {
+        "inductive": "each split scored on an encoder refitted on its training side where "
+        "anything of it is fitted",
+        "transductive": "every split scored on this one encoder (--transductive)",
+    }[report["protocol"]]
+    per_split = [
+        f"- {e['split']}: `{e['model_id']}` {e['encoder_training'].upper()} "
+        f"({e['encoder_training_why']}; refitted: {e['refit']}"
+        + (f"; collapsed: {e['collapsed']}" if e["collapsed"] else "")
+        + ")"
+        for e in report["encoders"]
+    ]
     return "\n".join(
         [
             f"# MIL ablation: {report['store']}",
             "",
-            f"Encoder {encoder}; {report['sequences']} sequences, {report['batches']} batches, "
-            f"{len(report['classes'])} cell lines; k = {report['k']} patches per image; "
-            f"{report['epochs']} epochs; {report['repeats']} repeats per split (split and "
-            f"training seed = repeat number). Test side of each split, mean ± std (population) "
-            f"over repeats, in %. Test sequences per repeat: {sizes}. Encoder "
-            f"{' / '.join(report['encoder_training'])} (did it see the test side? "
-            f"{report['runs'][0]['encoder_training_why']}).",
+            f"Encoder {encoder}, protocol {report['protocol']}: {how}. {report['sequences']} "
+            f"sequences, {report['batches']} batches, {len(report['classes'])} cell lines; k = "
+            f"{report['k']} patches per image; {report['epochs']} epochs; {report['repeats']} "
+            f"repeats per split (split and training seed = repeat number). Test side of each "
+            f"split, mean ± std (population) over repeats, in %. Test sequences per repeat: "
+            f"{sizes}. Encoders: {' / '.join(report['encoder_training'])} (below).",
             "",
             *lines,
+            "",
+            "Encoder of each split (did it see the test side?):",
+            "",
+            *per_split,
             "",
         ]
     )
@@ -511,44 +541,68 @@ def ablation(
     model_id: str | None = None,
     progress: Callable[[str, dict[str, float]], None] | None = None,
     ssl_checkpoint: str | Path | None = None,
+    *,
+    transductive: bool = False,
+    ssl: dict[str, Any] | None = None,
+    stage_progress: StageProgress | None = None,
+    say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Every `ABLATION_VARIANTS` on both split kinds, ``repeats`` repeats each; writes ``out``.
 
-    The bags are read once and shared by all runs; split files go next to ``out``.
-    ``progress(run, epoch_stats)`` follows every epoch of every run. Each run says whether the
-    encoder saw its test side (`inductive.encoder_training`, ``ssl_checkpoint`` as in `evaluate`).
+    Inductive by default: each split is scored on the encoder `split_encoder.split_encoder`
+    gives for it from ``model_id`` (default: the latest): classic statistics refitted on the
+    split's training side; with ``ssl`` (a pipeline's ``[ssl_train]`` table) DINO trained on it;
+    both kept for re-runs. ``transductive``: every split on the one given encoder. Each run says
+    its encoder's model_id and whether it saw the test side (``ssl_checkpoint`` as in
+    `evaluate`). Split files go next to ``out``. ``progress(run, epoch_stats)`` follows every
+    epoch, ``stage_progress(stage, done, total)`` the per-split encoders' fitting and encoding.
     """
+    from clanet_store.pipelines.split_encoder import given_encoder, split_encoder
+
     out = Path(out)
     if repeats < 1:
         raise ClanetError(f"repeats must be >= 1, got {repeats}")
+    if transductive and ssl is not None:
+        raise ClanetError("an ssl-train config trains one encoder per split: not transductive")
     store = EmbeddingStore(store_path)
     row = _encoder_row(store, model_id, None)
-    bags, classes = load_bags(store, k=k, model_id=row["model_id"])
-    runs: list[dict[str, Any]] = []
-    test_sizes: dict[str, list[int]] = {}
-    for kind in SPLIT_KINDS:
-        for repeat in range(1, repeats + 1):
-            split, path, _ = split_for(bags, kind, repeat, out.parent)
-            train_bags, test_bags = _sides(bags, split, path)
-            if not test_bags:
-                raise ClanetError(f"{path}: no test sequences (every cell line has one batch?)")
-            test_sizes.setdefault(kind, []).append(len(test_bags))
-            seen = encoder_training(row, split, ssl_checkpoint)
-            for aggregator, tss, name in ABLATION_VARIANTS:
-                config = MILConfig(aggregator=aggregator, tss=tss, k=k, epochs=epochs, seed=repeat)
-                run = f"{kind} r{repeat} {name}"
-                model, _ = _fit(
-                    train_bags,
-                    classes,
-                    config,
-                    None if progress is None else lambda stats, run=run: progress(run, stats),
-                )
-                scores = _scores(model, test_bags)
-                runs.append(
-                    {"split": kind, "repeat": repeat, "variant": name, **seen}
-                    | {key: scores[key] for key in metrics.SCALAR_SCORES}
-                )
-    summary = [
+    records, classes = list_sequences(store, k=k, model_id=row["model_id"])
+    encoder_for = (
+        functools.partial(given_encoder, row, checkpoint=ssl_checkpoint)
+        if transductive
+        else lambda split: split_encoder(
+            store_path, row, split, out.parent, ssl, ssl_checkpoint, stage_progress, say
+        )
+    )
+    runs, encoders, test_sizes = _ablation_runs(
+        store, records, classes, encoder_for, out.parent, repeats, MILConfig(k=k, epochs=epochs),
+        progress,
+    )  # fmt: skip
+    report = {
+        "out": str(out),
+        "store": str(store.path),
+        **_encoder_info(row),
+        "protocol": "transductive" if transductive else "inductive",
+        "classes": list(classes),
+        "sequences": len(records),
+        "batches": len({record.batch for record in records}),
+        "k": k,
+        "epochs": epochs,
+        "repeats": repeats,
+        "test_sequences": test_sizes,
+        "encoder_training": sorted({r["encoder_training"] for r in runs}),
+        "encoders": encoders,
+        "summary": _ablation_summary(runs),
+        "runs": runs,
+    }
+    markdown = ablation_markdown(report)
+    out.write_text(markdown)
+    return report | {"markdown": markdown}
+
+
+def _ablation_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant, mean and std over repeats of each score, per split kind."""
+    return [
         {
             "name": name,
             "aggregator": aggregator,
@@ -562,21 +616,53 @@ def ablation(
         }
         for aggregator, tss, name in ABLATION_VARIANTS
     ]
-    report = {
-        "out": str(out),
-        "store": str(store.path),
-        **_encoder_info(row),
-        "classes": list(classes),
-        "sequences": len(bags),
-        "batches": len({bag.batch for bag in bags}),
-        "k": k,
-        "epochs": epochs,
-        "repeats": repeats,
-        "test_sequences": test_sizes,
-        "encoder_training": sorted({r["encoder_training"] for r in runs}),
-        "summary": summary,
-        "runs": runs,
-    }
-    markdown = ablation_markdown(report)
-    out.write_text(markdown)
-    return report | {"markdown": markdown}
+
+
+def _ablation_runs(
+    store: EmbeddingStore,
+    records: Sequence[Any],
+    classes: Sequence[str],
+    encoder_for: Callable[[Split], SplitEncoder],
+    split_dir: Path,
+    repeats: int,
+    base: MILConfig,
+    progress: Callable[[str, dict[str, float]], None] | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[int]]]:
+    """Every variant on every split (``repeats`` of each kind), each split's bags embedded by
+    ``encoder_for(split)``: the runs' scores, the encoders, the test sizes per kind."""
+    loaded: tuple[str, list[Bag]] = ("", [])  # the bags of the last split's encoder
+    runs: list[dict[str, Any]] = []
+    encoders: list[dict[str, Any]] = []
+    test_sizes: dict[str, list[int]] = {}
+    for kind in SPLIT_KINDS:
+        for repeat in range(1, repeats + 1):
+            split, path, _ = split_for(records, kind, repeat, split_dir)
+            if not _sides(records, split, path)[1]:
+                raise ClanetError(f"{path}: no test sequences (every cell line has one batch?)")
+            encoder = encoder_for(split)
+            encoders.append(encoder.as_dict())
+            if loaded[0] != encoder.model_id:
+                bags, _ = load_bags(store, k=base.k, model_id=encoder.model_id, classes=classes)
+                loaded = (encoder.model_id, bags)
+            train_bags, test_bags = _sides(loaded[1], split, path)
+            test_sizes.setdefault(kind, []).append(len(test_bags))
+            seen = {
+                "encoder_model_id": encoder.model_id,
+                "encoder_training": encoder.encoder_training,
+                "encoder_training_why": encoder.encoder_training_why,
+            }
+            for aggregator, tss, name in ABLATION_VARIANTS:
+                config = dataclasses.replace(base, aggregator=aggregator, tss=tss, seed=repeat)
+                run = f"{kind} r{repeat} {name}"
+                model, _ = _fit(
+                    train_bags,
+                    classes,
+                    config,
+                    None if progress is None else lambda stats, run=run: progress(run, stats),
+                )
+                scores = _scores(model, test_bags)
+                runs.append(
+                    {"split": kind, "repeat": repeat, "variant": name, **seen}
+                    | {key: scores[key] for key in metrics.SCALAR_SCORES}
+                )
+    return runs, encoders, test_sizes

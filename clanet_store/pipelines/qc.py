@@ -24,14 +24,14 @@ Reads the two selections of one model's embeddings (filters as in ``search --whe
   filters and parameters);
 * a plate heatmap of the maximum image score per well (``qc.heatmap``), on request.
 
-Returns the JSON-ready report of ``clanet-store qc --format json``.
+Returns a `QCReport` (``as_dict``: the JSON of ``clanet-store qc --format json``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,71 @@ def _selection(
     return table
 
 
+@dataclass(frozen=True)
+class AnomalySummary:
+    """The isolation forests' verdicts on the new selection: thresholds (quantiles of the
+    reference's out-of-bag maxima), counts flagged, per-sequence, per-well and per-image scores."""
+
+    contamination: float
+    detectors: list[str]
+    threshold_patch: float
+    threshold_image: float
+    threshold_sequence: float
+    n_patches_flagged: int
+    n_images_flagged: int
+    sequences: list[dict[str, Any]]
+    wells: dict[str, float]
+    images: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QCReport:
+    """One ``qc`` run: its labels (the ``qc`` table's run_id, model, filters), the permutation
+    test (``drift_test``) and its unit, the ``drift`` verdict (None: cannot tell), the anomaly
+    summary, online drift (``window``) and the heatmap written, if any."""
+
+    run_id: str
+    model_id: str
+    reference: str
+    new: str
+    random_init: bool
+    drift_test: DriftResult
+    unit: DriftUnit
+    alpha: float
+    drift: bool | None
+    n_reference_images: int
+    n_new_images: int
+    anomaly: AnomalySummary
+    flagged_images: list[dict[str, Any]]
+    images_without_patches: list[dict[str, Any]]
+    online: dict[str, Any] | None
+    heatmap: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON of ``qc --format json`` (the test's and the unit's fields flattened in)."""
+        return {
+            "run_id": self.run_id,
+            "model_id": self.model_id,
+            "reference": self.reference,
+            "new": self.new,
+            "random_init": self.random_init,
+            **self.drift_test.as_dict(),
+            **self.unit.as_dict(),
+            "alpha": self.alpha,
+            "drift": self.drift,
+            "n_reference_images": self.n_reference_images,
+            "n_new_images": self.n_new_images,
+            "anomaly": self.anomaly.as_dict(),
+            "flagged_images": self.flagged_images,
+            "images_without_patches": self.images_without_patches,
+            "online": self.online,
+            "heatmap": self.heatmap,
+        }
+
+
 def run_qc(
     store_path: str | Path,
     reference_filters: Sequence[str],
@@ -165,7 +230,7 @@ def run_qc(
     heatmap: str | Path | None = None,
     wait: bool = False,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> QCReport:
     """Drift, online drift (``window`` images, if given) and anomaly scores; see the module doc."""
     params = params or QCParams()
     store = EmbeddingStore(store_path)
@@ -193,37 +258,43 @@ def run_qc(
     }
     _write_scores(store, scores.frame, labels, wait)
     images = _image_summary(store, scores)
-    wells = scores.frame.group_by("well").agg(pl.col("image_score").max()).sort("well")
-    wells = dict(wells.iter_rows())
+    anomaly = _anomaly_summary(scores, images, params)
     if heatmap is not None:
         title = f"max image anomaly score per well ({model['model_id'][:8]})"
-        save_plate_heatmap(wells, heatmap, title=title, threshold=scores.image_threshold)
-    return {
+        save_plate_heatmap(anomaly.wells, heatmap, title=title, threshold=scores.image_threshold)
+    return QCReport(
         **labels,
-        "random_init": bool(model["random_init"]),
-        **drift.as_dict(),
-        **unit.as_dict(),
-        "alpha": params.alpha,
-        "drift": unit.verdict(drift.p_value < params.alpha),
-        "n_reference_images": len(ref["image_id"].unique()),
-        "n_new_images": len(new["image_id"].unique()),
-        "anomaly": {
-            "contamination": params.contamination,
-            "detectors": list(scores.detectors),
-            "threshold_patch": scores.patch_threshold,
-            "threshold_image": scores.image_threshold,
-            "threshold_sequence": scores.sequence_threshold,
-            "n_patches_flagged": int(scores.frame["patch_flagged"].sum()),
-            "n_images_flagged": int(images["flagged"].sum()),
-            "sequences": _sequence_summary(scores.frame),
-            "wells": wells,
-            "images": images.to_dicts(),
-        },
-        "flagged_images": images.filter(pl.col("flagged")).drop("flagged").to_dicts(),
-        "images_without_patches": empty.to_dicts(),
-        "online": online,
-        "heatmap": str(heatmap) if heatmap is not None else None,
-    }
+        random_init=bool(model["random_init"]),
+        drift_test=drift,
+        unit=unit,
+        alpha=params.alpha,
+        drift=unit.verdict(drift.p_value < params.alpha),
+        n_reference_images=len(ref["image_id"].unique()),
+        n_new_images=len(new["image_id"].unique()),
+        anomaly=anomaly,
+        flagged_images=images.filter(pl.col("flagged")).drop("flagged").to_dicts(),
+        images_without_patches=empty.to_dicts(),
+        online=online,
+        heatmap=str(heatmap) if heatmap is not None else None,
+    )
+
+
+def _anomaly_summary(scores: _Scores, images: pl.DataFrame, params: QCParams) -> AnomalySummary:
+    """The anomaly part of the report; ``images``: `_image_summary`. ``wells``: the maximum
+    image score per well (the heatmap's values)."""
+    wells = scores.frame.group_by("well").agg(pl.col("image_score").max()).sort("well")
+    return AnomalySummary(
+        contamination=params.contamination,
+        detectors=list(scores.detectors),
+        threshold_patch=scores.patch_threshold,
+        threshold_image=scores.image_threshold,
+        threshold_sequence=scores.sequence_threshold,
+        n_patches_flagged=int(scores.frame["patch_flagged"].sum()),
+        n_images_flagged=int(images["flagged"].sum()),
+        sequences=_sequence_summary(scores.frame),
+        wells=dict(wells.iter_rows()),
+        images=images.to_dicts(),
+    )
 
 
 @dataclass(frozen=True)

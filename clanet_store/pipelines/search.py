@@ -4,12 +4,15 @@
 IVF_RQ vector index (cosine; RaBitQ codes of 1 bit per dimension) with ``sqrt(n) / 2`` partitions.
 Below the threshold a search is exact (LanceDB scans every row). Rows added after
 an index build are still found: LanceDB scans the unindexed rows too; the next ``index`` folds
-them in. The searches themselves are ``EmbeddingStore.search``.
+them in. ``search`` answers ``clanet-store search`` (a stored patch or a new image's patches);
+the nearest-neighbour queries themselves are ``EmbeddingStore.search``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from math import isqrt
 from pathlib import Path
@@ -23,10 +26,14 @@ from lancedb.index import Bitmap, BTree, IvfRq
 
 from clanet_store.errors import ClanetError
 from clanet_store.imaging.ccs import PATCH_SIZE
+from clanet_store.imaging.decode import ImageDecodeError, read_grey
+from clanet_store.imaging.draw import draw_gallery
 from clanet_store.imaging.extract import extract
 from clanet_store.models.encoder import inference_context
 from clanet_store.models.protocol import Encoder
+from clanet_store.pipelines.encode import encoder_for_model
 from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.lock import writer_lock
 
 EXACT_BELOW = 100_000
@@ -157,3 +164,82 @@ def gallery_row(
         else f"x={keys['x']} y={keys['y']}"
     )
     return [(pixels, f"query\n{where}"), *zip(neighbours, labels, strict=True)]
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One query patch: ``keys`` (a stored patch's patch_id, cell_line, batch and image_id, or
+    a new image's patch x, y and CCS rank), its ``pixels`` and the neighbours ``found``."""
+
+    keys: dict[str, Any]
+    pixels: np.ndarray
+    found: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What ``search`` found, query by query; ``gallery`` the PNG it drew, if asked."""
+
+    model_id: str
+    queries: list[SearchQuery]
+    gallery: str | None
+
+    def results(self) -> pl.DataFrame:
+        """Every query's neighbours in one frame, with the query's index in ``query``."""
+        return pl.concat(
+            [q.found.with_columns(query=pl.lit(i)) for i, q in enumerate(self.queries)],
+            how="vertical_relaxed",
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "queries": [q.keys for q in self.queries],
+            "results": self.results().to_dicts(),
+            "gallery": self.gallery,
+        }
+
+
+def search(
+    store_path: str | Path,
+    *,
+    patch_id: str | None = None,
+    image: str | Path | None = None,
+    box: tuple[int, int] | None = None,
+    k: int = 10,
+    where: Sequence[str] = (),
+    other_batches: bool = False,
+    model_id: str | None = None,
+    weights: str | Path | None = None,
+    gallery: str | Path | None = None,
+) -> SearchResult:
+    """The ``k`` patches most similar (cosine) to a stored patch, or to each of a new image's
+    CCS patches (or its patch at ``box``), among the rows the typed filters ``where`` select
+    (``other_batches``: not of the stored patch's batch); ``gallery``: also draw them (PNG).
+    A new image is embedded by the encoder that wrote the model's embeddings
+    (`encoder_for_model`, ``weights`` for a trained one)."""
+    if (patch_id is None) == (image is None):
+        raise ClanetError("search needs exactly one of a stored patch id and a new image")
+    store = EmbeddingStore(store_path)
+    model = store.model_row(model_id)
+    condition = parse_filters(where, store.table(model["table"]).schema)
+    if patch_id is not None:
+        found = store.search(patch_id, k, condition, model["model_id"], other_batches)
+        keys = store.patch_keys(patch_id, model["model_id"])
+        query = {"patch_id": patch_id, **{c: keys[c] for c in ("cell_line", "batch", "image_id")}}
+        queries = [SearchQuery(query, store.patches([patch_id])[0], found)]
+    else:
+        if other_batches:
+            raise ClanetError(f"{image}: a new image has no batch to exclude (other_batches)")
+        try:
+            grey = read_grey(image)
+        except (ImageDecodeError, OSError) as exc:
+            raise ClanetError(str(exc)) from None
+        encoder = encoder_for_model(model, weights)
+        queries = [
+            SearchQuery(*triple)
+            for triple in neighbours_of_image(store, encoder, grey, k, box, where=condition)
+        ]
+    if gallery is not None:
+        draw_gallery([gallery_row(store, q.keys, q.pixels, q.found) for q in queries], gallery)
+    return SearchResult(model["model_id"], queries, None if gallery is None else str(gallery))

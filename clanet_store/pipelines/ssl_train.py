@@ -298,7 +298,96 @@ def ssl_train(
     }
     given = {key: value for key, value in requested.items() if value is not None}
     config, saved = _run_config(out, resume, given)
-    torch_device = select_device(device)
+    run = _set_up(store_path, out, config, saved, split, select_device(device), start_time)
+    run.workers = default_workers() if workers is None else workers
+    if _train(run, progress):
+        raise TrainingCollapsed(_collapse_message(out, run.probes, run.init_probe), run.summary())
+    return run.summary()
+
+
+@dataclasses.dataclass
+class _Run:
+    """One run, set up: where it reads and writes, what it trains on, its state and history."""
+
+    out: Path
+    config: SSLTrainConfig
+    store: PatchStore
+    rows: np.ndarray
+    split: Split | None
+    batches: EpochBatches
+    numbers: DinoConfig  # the recipe with its head sized for the rows
+    state: TrainState
+    device: torch.device
+    probe_patches: torch.Tensor
+    start_time: float
+    workers: int = 0
+    start_epoch: int = 0
+    losses: list[float] = dataclasses.field(default_factory=list)
+    probes: list[CollapseProbe] = dataclasses.field(default_factory=list)
+    init_probe: CollapseProbe | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.batches)
+
+    @property
+    def warm(self) -> int:
+        """Steps of the lr warm-up (no collapse verdict before its end)."""
+        return warmup_steps(
+            self.numbers.warmup_epochs, self.numbers, self.steps_per_epoch, self.config.epochs
+        )
+
+    def values(self, step: int) -> ScheduleValues:
+        c = self.config
+        return schedule_at(self.numbers, c.batch_size, step, self.steps_per_epoch, c.epochs)
+
+    def summary(self) -> dict[str, Any]:
+        """The run so far (`ssl_train`'s return value)."""
+        config, seconds = self.config, time.perf_counter() - self.start_time
+        steps_run = (len(self.losses) - self.start_epoch) * self.steps_per_epoch
+        split = self.split
+        return {
+            "store": str(self.store.path),
+            "out": str(self.out),
+            "arch": config.arch,
+            "img_size": config.img_size,
+            "embedding_dim": EncoderConfig().n_blocks * self.state.student.backbone.embed_dim,
+            "init": config.init,
+            "recipe": config.recipe,
+            "dino": self.numbers.as_dict(),
+            "k": config.k,
+            "where": list(config.where),
+            "split": None if split is None else {"kind": split.kind, "repeat": split.repeat},
+            "patches": len(self.rows),
+            "probe_patches": len(self.probe_patches),
+            "batch_size": config.batch_size,
+            "steps_per_epoch": self.steps_per_epoch,
+            "warmup_steps": self.warm,
+            "epochs": config.epochs,
+            "start_epoch": self.start_epoch,
+            "epochs_run": len(self.losses) - self.start_epoch,
+            "device": str(self.device),
+            "workers": self.workers,
+            "seconds": seconds,
+            "patches_per_s": steps_run * config.batch_size / seconds,
+            "losses": self.losses,
+            "init_probe": self.init_probe.as_dict() if self.init_probe else None,
+            "probes": [probe.as_dict() for probe in self.probes],
+            "health": self.probes[-1].as_dict() if self.probes else None,
+        }
+
+
+def _set_up(
+    store_path: str | Path,
+    out: Path,
+    config: SSLTrainConfig,
+    saved: dict[str, Any] | None,
+    split: Split | None,
+    device: torch.device,
+    start_time: float,
+) -> _Run:
+    """Select the training rows, check them against a checkpoint to resume, build the state
+    and restore it and the history from ``saved`` (else probe the init)."""
     store = PatchStore(store_path)
     rows = training_rows(store, config.k, config.where)
     if split is not None:
@@ -306,113 +395,121 @@ def ssl_train(
     if saved and saved.get("split") != (None if split is None else split.as_dict()):
         raise ClanetError(f"{out}: cannot resume with another split than the saved one")
     batches = EpochBatches(rows, config.batch_size, config.seed)
-    steps_per_epoch, total_steps = len(batches), len(batches) * config.epochs
-    if steps_per_epoch == 0:
+    if len(batches) == 0:
         raise ClanetError(
             f"{store.path}: {len(rows)} patches selected, fewer than one batch of "
             f"{config.batch_size}"
         )
-    if saved and saved["schedules"]["steps_per_epoch"] != steps_per_epoch:
+    if saved and saved["schedules"]["steps_per_epoch"] != len(batches):
         raise ClanetError(
             f"{out}: trained on {saved['patches']} patches, the store now selects {len(rows)}; "
             "resuming would change the schedules"
         )
     numbers = config.dino.sized_for(len(rows))
-    state = _build_state(config, numbers, torch_device, from_init=saved is None)
-    probe_patches = torch.from_numpy(
-        store.read_rows(probe_rows(rows, numbers.probe_patches, config.seed))
-    )
-    warm = warmup_steps(numbers.warmup_epochs, numbers, steps_per_epoch, config.epochs)
-
-    start_epoch, losses, probes = 0, [], []
+    state = _build_state(config, numbers, device, from_init=saved is None)
+    probe = store.read_rows(probe_rows(rows, numbers.probe_patches, config.seed))
+    run = _Run(out, config, store, rows, split, batches, numbers, state, device,
+               torch.from_numpy(probe), start_time)  # fmt: skip
     if saved:
         state.load_state_dicts(saved)
-        start_epoch, losses = saved["epoch"], list(saved["losses"])
-        probes = [CollapseProbe.from_dict(p) for p in saved.get("probes", [])]
-        init_probe = CollapseProbe.from_dict(saved["init_probe"]) if "init_probe" in saved else None
+        run.start_epoch, run.losses = saved["epoch"], list(saved["losses"])
+        run.probes = [CollapseProbe.from_dict(p) for p in saved.get("probes", [])]
+        if "init_probe" in saved:
+            run.init_probe = CollapseProbe.from_dict(saved["init_probe"])
     else:
-        first = schedule_at(numbers, config.batch_size, 0, steps_per_epoch, config.epochs)
-        init_probe = _probe(state, numbers, probe_patches, first, 0)
-    workers = default_workers() if workers is None else workers
+        run.init_probe = _probe(state, numbers, run.probe_patches, run.values(0), 0)
+    return run
 
-    def summary() -> dict[str, Any]:
-        seconds = time.perf_counter() - start_time
-        steps_run = (len(losses) - start_epoch) * steps_per_epoch
-        return {
-            "store": str(store.path),
-            "out": str(out),
-            "arch": config.arch,
-            "img_size": config.img_size,
-            "embedding_dim": EncoderConfig().n_blocks * state.student.backbone.embed_dim,
-            "init": config.init,
-            "recipe": config.recipe,
-            "dino": numbers.as_dict(),
-            "k": config.k,
-            "where": list(config.where),
-            "split": None if split is None else {"kind": split.kind, "repeat": split.repeat},
-            "patches": len(rows),
-            "probe_patches": len(probe_patches),
-            "batch_size": config.batch_size,
-            "steps_per_epoch": steps_per_epoch,
-            "warmup_steps": warm,
-            "epochs": config.epochs,
-            "start_epoch": start_epoch,
-            "epochs_run": len(losses) - start_epoch,
-            "device": str(torch_device),
-            "workers": workers,
-            "seconds": seconds,
-            "patches_per_s": steps_run * config.batch_size / seconds,
-            "losses": losses,
-            "init_probe": init_probe.as_dict() if init_probe else None,
-            "probes": [probe.as_dict() for probe in probes],
-            "health": probes[-1].as_dict() if probes else None,
-        }
 
-    loader = patch_loader(store.array, batches, numbers, workers, torch_device.type == "cuda")
-    collapsed = False
+def _train(run: _Run, progress: Callable[[TrainProgress], None] | None) -> bool:
+    """Train from ``run.start_epoch`` to the last epoch, probing and checkpointing after each;
+    True when a probe after the warm-up found the teacher collapsed (its epoch not saved).
+    The loader's worker processes stop when this returns."""
+    config, steps_per_epoch = run.config, run.steps_per_epoch
+    total_steps = steps_per_epoch * config.epochs
+    loader = patch_loader(
+        run.store.array, run.batches, run.numbers, run.workers, run.device.type == "cuda"
+    )
     with torch.random.fork_rng():
-        for epoch in range(start_epoch, config.epochs):
-            batches.epoch = epoch
+        for epoch in range(run.start_epoch, config.epochs):
+            run.batches.epoch = epoch
             torch.manual_seed(_epoch_seed(config.seed, epoch))
-            state.student.train()
-            freeze = epoch < numbers.freeze_last_layer_epochs
+            run.state.student.train()
+            freeze = epoch < run.numbers.freeze_last_layer_epochs
             epoch_losses = []
             for i, views in enumerate(loader):
                 step = epoch * steps_per_epoch + i
-                values = schedule_at(
-                    numbers, config.batch_size, step, steps_per_epoch, config.epochs
-                )
-                epoch_losses.append(state.step(views, values, freeze, numbers.clip_grad))
-                event = TrainProgress(epoch, step + 1, total_steps, epoch_losses[-1], values)
+                values = run.values(step)
+                loss = run.state.step(views, values, freeze, run.numbers.clip_grad)
+                epoch_losses.append(loss)
+                event = TrainProgress(epoch, step + 1, total_steps, loss, values)
                 if i == steps_per_epoch - 1:
-                    probe = _probe(state, numbers, probe_patches, values, epoch + 1)
-                    losses.append(float(np.mean(epoch_losses)))
-                    probes.append(probe)
-                    collapsed = probe.collapsed and step + 1 > warm
-                    if collapsed:
-                        break
-                    _save(
-                        out,
-                        config,
-                        numbers,
-                        state,
-                        epoch + 1,
-                        steps_per_epoch,
-                        losses,
-                        probes,
-                        init_probe,
-                        len(rows),
-                        split,
-                    )
-                    event = dataclasses.replace(event, epoch_loss=losses[-1], probe=probe)
+                    probe = _probe(run.state, run.numbers, run.probe_patches, values, epoch + 1)
+                    run.losses.append(float(np.mean(epoch_losses)))
+                    run.probes.append(probe)
+                    if probe.collapsed and step + 1 > run.warm:
+                        return True
+                    _save(run, epoch + 1)
+                    event = dataclasses.replace(event, epoch_loss=run.losses[-1], probe=probe)
                 if progress is not None:
                     progress(event)
-            if collapsed:
-                break
-    if collapsed:
-        del loader  # its worker processes stop now, not when the error is gone
-        raise TrainingCollapsed(_collapse_message(out, probes, init_probe), summary())
-    return summary()
+    return False
+
+
+def stage_recipe(params: dict[str, Any]) -> tuple[str, DinoConfig]:
+    """The recipe name and numbers of a pipeline's ``[ssl_train]`` table: ``recipe`` (default
+    by ``init``) with the values of ``dino`` changed; errors name the key."""
+    recipe = params["recipe"] or default_recipe(params["init"] or None)
+    if recipe not in RECIPES:
+        raise ClanetError(f"ssl_train.recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
+    try:
+        return recipe, dataclasses.replace(RECIPES[recipe], **params["dino"])
+    except TypeError as exc:
+        raise ClanetError(f"ssl_train.dino: {exc}") from None
+
+
+def stage_run(
+    store_path: str | Path,
+    out: Path,
+    params: dict[str, Any],
+    split: Split | None,
+    progress: Callable[[TrainProgress], None] | None = None,
+    say: Callable[[str], None] = print,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """One ssl-train run of a pipeline's ``[ssl_train]`` table into ``out``, on the training side
+    of ``split`` if given (what ``run`` and an ``ablation --ssl-config`` train per split).
+
+    Afresh, unless ``resume``: then a checkpoint of the same run at ``out`` is continued (a
+    finished one is reused as it is). A collapse is said and recorded (``collapsed``: the
+    reason), not raised; the checkpoint of the epoch before is kept (none when the first epoch
+    collapsed).
+    """
+    recipe, dino = stage_recipe(params)
+    if not resume:
+        out.unlink(missing_ok=True)  # made with other parameters or data
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        r = ssl_train(
+            store_path,
+            out,
+            epochs=params["epochs"],
+            batch_size=params["batch_size"],
+            arch=params["arch"],
+            init=params["init"] or None,
+            resume=resume,
+            k=params["k"],
+            progress=progress,
+            recipe=recipe,
+            dino=dino,
+            seed=params["seed"],
+            workers=params["workers"],
+            split=split,
+        )
+    except TrainingCollapsed as exc:
+        say(f"WARNING: {exc}")
+        return {**exc.summary, "collapsed": str(exc)}
+    return {**r, "collapsed": None}
 
 
 def _probe(
@@ -511,31 +608,18 @@ def _build_state(
     return TrainState(student, teacher, loss_fn, build_optimizer(student))
 
 
-def _save(
-    out: Path,
-    config: SSLTrainConfig,
-    numbers: DinoConfig,
-    state: TrainState,
-    epoch: int,
-    steps_per_epoch: int,
-    losses: list[float],
-    probes: list[CollapseProbe],
-    init_probe: CollapseProbe | None,
-    patches: int,
-    split: Split | None,
-) -> None:
+def _save(run: _Run, epoch: int) -> None:
     """Write the checkpoint after ``epoch`` epochs (to a temporary file, then renamed: never a
     half-written file). ``recipe`` holds the numbers trained with (the head sized)."""
+    config, steps_per_epoch = run.config, run.steps_per_epoch
     next_step = epoch * steps_per_epoch
     schedules = {
         "steps_per_epoch": steps_per_epoch,
         "total_steps": config.epochs * steps_per_epoch,
         "next_step": next_step,
-        "next": dataclasses.asdict(
-            schedule_at(numbers, config.batch_size, next_step, steps_per_epoch, config.epochs)
-        ),
+        "next": dataclasses.asdict(run.values(next_step)),
     }
-    entries = state.state_dicts()
+    entries = run.state.state_dicts()
     teacher = entries.pop("teacher")
     ckpt = ssl_checkpoint(
         teacher,
@@ -545,13 +629,14 @@ def _save(
         schedules=schedules,
         epoch=epoch,
         config=config.as_dict(),
-        recipe={"name": config.recipe, **numbers.as_dict()},
-        losses=losses,
-        probes=[probe.as_dict() for probe in probes],
-        **({"init_probe": init_probe.as_dict()} if init_probe else {}),
-        patches=patches,
-        split=None if split is None else split.as_dict(),
+        recipe={"name": config.recipe, **run.numbers.as_dict()},
+        losses=run.losses,
+        probes=[probe.as_dict() for probe in run.probes],
+        **({"init_probe": run.init_probe.as_dict()} if run.init_probe else {}),
+        patches=len(run.rows),
+        split=None if run.split is None else run.split.as_dict(),
     )
+    out = run.out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.save(ckpt, tmp)

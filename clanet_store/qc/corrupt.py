@@ -7,23 +7,14 @@
 | contrast, up | 1.5, 2, 2.5, 3, 3.5 |
 | brightness, down / up (8-bit bias) | -50 .. -150 / +50 .. +150 in steps of 25 |
 
-The functions take and return uint8 grey images (results rounded and clipped to 0..255).
-``corrupt_export`` writes a corrupted copy of an export with the same folder layout and file
-names, so the copy scans and ingests like the original.
+The functions take and return uint8 grey images (results rounded and clipped to 0..255);
+``pipelines.corrupt.corrupt_export`` writes a corrupted copy of a whole export.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import numpy as np
-from PIL import Image
 from scipy.ndimage import convolve
-
-from clanet_store.errors import ClanetError
-from clanet_store.exports.scan import scan_export
-from clanet_store.imaging.decode import read_grey
 
 KINDS = ("defocus", "contrast", "brightness")
 DIRECTIONS = ("down", "up")
@@ -35,7 +26,6 @@ SEVERITIES = {
     ("brightness", "up"): (50.0, 75.0, 100.0, 125.0, 150.0),
 }
 SUPERSAMPLE = 16
-JPEG_QUALITY = 95
 
 
 def corruption_parameter(kind: str, severity: int, direction: str = "down") -> float:
@@ -92,48 +82,3 @@ _APPLY = {"defocus": defocus, "contrast": contrast, "brightness": brightness}
 def corrupt(grey: np.ndarray, kind: str, severity: int, direction: str = "down") -> np.ndarray:
     """``grey`` (uint8) corrupted by ``kind`` at ``severity`` 1..5."""
     return _APPLY[kind](grey, corruption_parameter(kind, severity, direction))
-
-
-def corrupt_export(
-    root: str | Path,
-    out: str | Path,
-    kind: str,
-    severity: int,
-    direction: str = "down",
-    progress: Callable[[int, int], None] | None = None,
-) -> dict:
-    """Write a corrupted copy of the export at ``root`` into ``out`` (new or empty folder).
-
-    Every image the scan accepts is decoded as ingest does (8-bit grey at working scale), corrupted
-    and written under the same relative path in the same format (grey; JPEG at quality 95); files
-    the scan rejects are not copied and are listed in the result.
-    """
-    root, out = Path(root), Path(out)
-    try:
-        parameter = corruption_parameter(kind, severity, direction)
-    except ValueError as exc:
-        raise ClanetError(str(exc)) from None
-    if out.resolve().is_relative_to(root.resolve()):
-        raise ClanetError(f"{out}: the output folder must not be inside the export {root}")
-    if out.exists() and any(out.iterdir()):
-        raise ClanetError(f"{out}: output folder exists and is not empty")
-    scan = scan_export(root)
-    paths = scan.manifest["path"].to_list()
-    for done, rel in enumerate(paths, start=1):
-        target = out / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        image = Image.fromarray(corrupt(read_grey(root / rel), kind, severity, direction), mode="L")
-        jpeg = target.suffix.lower() in (".jpg", ".jpeg")
-        image.save(target, **({"quality": JPEG_QUALITY} if jpeg else {}))
-        if progress is not None:
-            progress(done, len(paths))
-    return {
-        "export": str(root),
-        "out": str(out),
-        "kind": kind,
-        "severity": severity,
-        "direction": None if kind == "defocus" else direction,
-        "parameter": parameter,
-        "images_written": len(paths),
-        "skipped": scan.rejects.to_dicts(),
-    }

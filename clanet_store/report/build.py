@@ -6,7 +6,9 @@ over time and imaging intervals per batch (paper Fig. 4); example images with ma
 batch-effect index of its latest ``evaluate-encoder`` run); a t-SNE of patch embeddings by
 cell line and, for one line, by batch (Fig. 1 / 7); the evaluation of the given models (scores,
 confusion matrices, accuracy against the part of the sequence used, Fig. 8); a cross-batch
-nearest-neighbour gallery; the newest QC run's plate heatmap and flagged images, if
+nearest-neighbour gallery; authentication against the store's other batches (``authenticate
+--evaluate``'s verdict rates and, for the first batches held out, their nearest reference
+sequences as image strips); the newest QC run's plate heatmap and flagged images, if
 ``clanet-store qc`` was run. Sections whose inputs are missing (no embeddings yet, no model) say
 so instead of failing. The t-SNE, the gallery, the models and QC open with a banner when their
 encoder is a random init or collapsed (``models.health``): a number from such an encoder is not
@@ -83,34 +85,8 @@ def write_report(
     qc = collect.latest_qc(store)
     uses = _uses(encoder, variants, qc)
     sections.append(_encoders(store.path, summaries, sequence_evals, uses, encoder_notes))
-    warnings: list[str] = []
-    if encoder is None:
-        sections.append(
-            page.section(
-                "Patch embeddings",
-                page.note("No embeddings yet: run `clanet-store encode` for this section."),
-                anchor="embeddings",
-            )
-        )
-    else:
-        say("t-SNE of the embeddings")
-        banner = _banner(summaries.get(encoder["model_id"]), "This t-SNE comes from")
-        warnings += [banner] if banner else []
-        sections.append(_projection(store, encoder, k, banner))
-    if variants:
-        banners = _model_banners(variants, summaries)
-        warnings += banners
-        sections.append(_evaluation(variants, banners))
-    if encoder is not None:
-        say("neighbour gallery")
-        banner = _banner(summaries.get(encoder["model_id"]), "These neighbours come from")
-        warnings += [banner] if banner else []
-        sections.append(_gallery(store, encoder, banner))
-    if qc is not None:
-        say("quality control")
-        banner = _banner(summaries.get(qc["model_id"]), "This QC run scored the embeddings of")
-        warnings += [banner] if banner else []
-        sections.append(_qc(qc, banner))
+    more, warnings = _embedding_sections(store, summaries, encoder, variants, qc, k, say)
+    sections += more
     subtitle = (
         f"Store {store.path} · {info['images']} images · generated "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC} by clanet-store {__version__}"
@@ -227,52 +203,12 @@ def _encoders(
     if not summaries:
         parts.append(page.note("No embeddings yet: run `clanet-store encode` for this section."))
         return page.section("Encoders", *parts, anchor="encoders")
-    health_rows, signal_rows, never = [], [], []
-    for model_id, s in summaries.items():
-        e, h = s.encoder, s.health
-        health_rows.append(
-            (
-                model_id,
-                e.arch,
-                e.weights,
-                ", ".join(uses.get(model_id, [])) or "-",
-                "yes" if e.random_init else "no",
-                e.embedding_dim,
-                *(
-                    (
-                        h.rows,
-                        _number(h.cosine_distance_median, 4),
-                        _number(h.cosine_distance_p01, 4),
-                        _number(h.effective_rank, 1),
-                        "COLLAPSED" if h.collapsed else "no",
-                    )
-                    if h
-                    else ("-",) * 5
-                ),
-            )
-        )
-        levels = [("image", s.image), ("sequence", sequence_evals.get(model_id))]
-        if s.image is None:
-            never.append(model_id)
-            signal_rows.append((model_id, "-", "-", "never evaluated", *["-"] * 6))
-            continue
-        for level, row in levels:
-            if row is None:
-                continue
-            signal_rows.append(
-                (
-                    model_id,
-                    level,
-                    row["group_by"],
-                    f"{row['evaluated_at']:%Y-%m-%d %H:%M}",
-                    row["rows"],
-                    _percent(row["knn_accuracy_cross_batch"]),
-                    _percent(row["knn_accuracy_cross_batch_chance"]),
-                    _number(row["map_cross_batch"]),
-                    _number(row["map_cross_batch_chance"]),
-                    _number(row["batch_effect_index"], 2),
-                )
-            )
+    health_rows = [_health_row(model_id, s, uses) for model_id, s in summaries.items()]
+    signal_rows = [
+        row
+        for model_id, s in summaries.items()
+        for row in _signal_rows(model_id, s, sequence_evals.get(model_id))
+    ]
     parts += [
         page.paragraph(
             f"Health: cosine distance of random pairs of patch embeddings (median and 1st "
@@ -281,23 +217,7 @@ def _encoders(
             f"{MIN_MEDIAN_DISTANCE} or the effective rank below {MIN_EFFECTIVE_RANK:g}: every "
             "patch then gets nearly the same vector and neighbours are ranked by noise."
         ),
-        page.table(
-            health_rows,
-            [
-                "encoder",
-                "arch",
-                "weights",
-                "used here by",
-                "random init",
-                "dim",
-                "patches sampled",
-                "median cosine distance",
-                "1st percentile",
-                "effective rank",
-                "collapsed",
-            ],
-            left=4,
-        ),
+        page.table(health_rows, HEALTH_COLUMNS, left=4),
         page.paragraph(
             "Signal across batches, from each encoder's latest `clanet-store evaluate-encoder` "
             "run: weighted 20-NN accuracy of the cell line and mean average precision of the "
@@ -307,31 +227,132 @@ def _encoders(
             "neighbours come from its own batch (0: no batch effect, 1: its own batch always "
             "first). Image: mean of the image's top patches; sequence: mean of its images."
         ),
-        page.table(
-            signal_rows,
-            [
-                "encoder",
-                "level",
-                "grouped by",
-                "evaluated (UTC)",
-                "rows",
-                "k-NN accuracy (%)",
-                "chance (%)",
-                "mAP",
-                "chance",
-                "batch-effect index",
-            ],
-            left=4,
-        ),
+        page.table(signal_rows, SIGNAL_COLUMNS, left=4),
     ]
     parts += [
         page.note(
             f"Encoder {model_id} was never evaluated: run `clanet-store evaluate-encoder "
             f"--store {store_path} --model-id {model_id}` for its cross-batch numbers."
         )
-        for model_id in never
+        for model_id, s in summaries.items()
+        if s.image is None
     ]
     return page.section("Encoders", *parts, anchor="encoders")
+
+
+HEALTH_COLUMNS = [
+    "encoder",
+    "arch",
+    "weights",
+    "used here by",
+    "random init",
+    "dim",
+    "patches sampled",
+    "median cosine distance",
+    "1st percentile",
+    "effective rank",
+    "collapsed",
+]
+SIGNAL_COLUMNS = [
+    "encoder",
+    "level",
+    "grouped by",
+    "evaluated (UTC)",
+    "rows",
+    "k-NN accuracy (%)",
+    "chance (%)",
+    "mAP",
+    "chance",
+    "batch-effect index",
+]
+
+
+def _health_row(model_id: str, s: EncoderSummary, uses: dict[str, list[str]]) -> tuple:
+    """An encoder's row of the health table (`HEALTH_COLUMNS`)."""
+    e, h = s.encoder, s.health
+    health = (
+        (
+            h.rows,
+            _number(h.cosine_distance_median, 4),
+            _number(h.cosine_distance_p01, 4),
+            _number(h.effective_rank, 1),
+            "COLLAPSED" if h.collapsed else "no",
+        )
+        if h
+        else ("-",) * 5
+    )
+    used = ", ".join(uses.get(model_id, [])) or "-"
+    random_init = "yes" if e.random_init else "no"
+    return (model_id, e.arch, e.weights, used, random_init, e.embedding_dim, *health)
+
+
+def _signal_rows(
+    model_id: str, s: EncoderSummary, sequence_eval: dict[str, Any] | None
+) -> list[tuple]:
+    """An encoder's rows of the signal table (`SIGNAL_COLUMNS`): image and sequence level, or
+    one row saying it was never evaluated."""
+    if s.image is None:
+        return [(model_id, "-", "-", "never evaluated", *["-"] * 6)]
+    return [
+        (
+            model_id,
+            level,
+            row["group_by"],
+            f"{row['evaluated_at']:%Y-%m-%d %H:%M}",
+            row["rows"],
+            _percent(row["knn_accuracy_cross_batch"]),
+            _percent(row["knn_accuracy_cross_batch_chance"]),
+            _number(row["map_cross_batch"]),
+            _number(row["map_cross_batch_chance"]),
+            _number(row["batch_effect_index"], 2),
+        )
+        for level, row in (("image", s.image), ("sequence", sequence_eval))
+        if row is not None
+    ]
+
+
+def _embedding_sections(
+    store: EmbeddingStore,
+    summaries: dict[str, EncoderSummary],
+    encoder: dict[str, Any] | None,
+    variants: dict[str, Any],
+    qc: dict[str, Any] | None,
+    k: int,
+    say: Stage,
+) -> tuple[list[str], list[str]]:
+    """The sections built on embeddings (projection, model evaluation, neighbours,
+    authentication, QC), each under a banner when its encoder is a random init or collapsed;
+    and the banners shown."""
+    sections: list[str] = []
+    warnings: list[str] = []
+
+    def add(label: str, model_id: str, lead: str, build: Callable[[str | None], str]) -> None:
+        """A section built on one encoder's embeddings, under a banner when it is a random
+        init or collapsed (the banner also goes to ``warnings``)."""
+        say(label)
+        banner = _banner(summaries.get(model_id), lead)
+        warnings.extend([banner] if banner else [])
+        sections.append(build(banner))
+
+    if encoder is None:
+        no_embeddings = page.note("No embeddings yet: run `clanet-store encode` for this section.")
+        sections.append(page.section("Patch embeddings", no_embeddings, anchor="embeddings"))
+    else:
+        add("t-SNE of the embeddings", encoder["model_id"], "This t-SNE comes from",
+            lambda banner: _projection(store, encoder, k, banner))  # fmt: skip
+    if variants:
+        banners = _model_banners(variants, summaries)
+        warnings += banners
+        sections.append(_evaluation(variants, banners))
+    if encoder is not None:
+        add("neighbour gallery", encoder["model_id"], "These neighbours come from",
+            lambda banner: _gallery(store, encoder, banner))  # fmt: skip
+        add("authentication", encoder["model_id"], "These verdicts come from",
+            lambda banner: _authentication(store, encoder, banner))  # fmt: skip
+    if qc is not None:
+        add("quality control", qc["model_id"], "This QC run scored the embeddings of",
+            lambda banner: _qc(qc, banner))  # fmt: skip
+    return sections, warnings
 
 
 def _uses(
@@ -343,7 +364,8 @@ def _uses(
     uses: dict[str, list[str]] = {}
     pairs = [(m, "MIL models") for v in variants.values() for m in v["encoder_model_ids"]]
     if encoder is not None:
-        pairs = [(encoder["model_id"], "t-SNE"), (encoder["model_id"], "neighbours"), *pairs]
+        mine = ("t-SNE", "neighbours", "authentication")
+        pairs = [*((encoder["model_id"], use) for use in mine), *pairs]
     for model_id, use in [*pairs, *([(qc["model_id"], "QC")] if qc else [])]:
         if use not in uses.setdefault(model_id, []):
             uses[model_id].append(use)
@@ -521,6 +543,55 @@ def _gallery(store: EmbeddingStore, encoder: dict[str, Any], banner: str | None)
         figure,
         anchor="neighbours",
     )
+
+
+def _authentication(store: EmbeddingStore, encoder: dict[str, Any], banner: str | None) -> str:
+    evaluation, verdicts, strips = collect.authentication(store, encoder["model_id"])
+    head = [*([page.banner(banner)] if banner else []), page.paragraph(_encoder_note(encoder))]
+    if isinstance(evaluation, str):
+        note = page.note(f"authenticate --evaluate cannot run on this store: {evaluation}")
+        return page.section("Authentication", *head, note, anchor="authentication")
+    ev = evaluation.evaluation
+    rates = page.table(
+        (
+            (name, level, r.n, _number(r.consistent), _number(r.mismatch), _number(r.unknown),
+             _number(r.named_true))
+            for name in ("known", "new_line", "wrong_label")
+            for level, r in getattr(ev, name).items()
+        ),
+        ["experiment", "level", "n", "consistent", "mismatch", "unknown", "mismatch naming the "
+         "true line"],
+        left=2,
+    )  # fmt: skip
+    held = page.table(
+        ((v.unit, v.claimed, v.verdict, v.line or "", _number(v.margin)) for v in verdicts),
+        ["batch held out", "claimed", "verdict", "line named", "margin"],
+        left=4,
+    )
+    parts = [
+        *head,
+        page.paragraph(
+            f"{ev.sequences} sequences, {ev.lines} lines, {ev.units} batches; thresholds at "
+            f"{ev.false_alarm:.0%} false alarms each, calibrated leave one batch out. known: "
+            "each batch held out under its own label (ideal: consistent); new_line: every batch "
+            "of a line removed (ideal: unknown); wrong_label: a held-out batch under every other "
+            f"label (ideal: mismatch naming the true line). {ev.units_skipped} batches and "
+            f"{ev.lines_skipped} lines could not be held out."
+        ),
+        rates,
+        held,
+    ]
+    if strips is not None:
+        parts.append(
+            page.image(
+                strips,
+                "held-out batches and their nearest reference sequences",
+                "Each row: a held-out batch (red frame: the densest patch of its first "
+                "sequence's first image), then that patch of its nearest reference sequences "
+                "from other batches, labelled with their batch and cosine distance.",
+            )
+        )
+    return page.section("Authentication", *parts, anchor="authentication")
 
 
 def _qc(qc: dict[str, Any], banner: str | None) -> str:

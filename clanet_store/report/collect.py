@@ -13,10 +13,13 @@ import numpy as np
 import polars as pl
 from lancedb.expr import col
 
+from clanet_store.errors import ClanetError
 from clanet_store.imaging.decode import ImageDecodeError, read_grey
 from clanet_store.imaging.draw import draw_gallery, render_extraction
 from clanet_store.imaging.extract import extract
+from clanet_store.learn.authentication import FALSE_ALARM, Verdict
 from clanet_store.learn.metrics import SCALAR_SCORES, mean_std
+from clanet_store.pipelines.authenticate import StoreEvaluation, evaluate_store, held_out_verdicts
 from clanet_store.pipelines.evaluate_encoder import (
     EncoderSummary,
     encoder_summaries,
@@ -238,3 +241,41 @@ def model_evaluations(
             "encoder_training": " / ".join(sorted({r["encoder_training"] for r in results})),
         }
     return variants
+
+
+def authentication(
+    store: EmbeddingStore, model_id: str, batches: int = 8, false_alarm: float = FALSE_ALARM
+) -> tuple[StoreEvaluation | str, list[Verdict], bytes | None]:
+    """``authenticate --evaluate`` on the whole store (or the one-line reason it cannot run),
+    the leave-one-batch-out verdicts of the first ``batches`` batches, and their strips: per
+    batch, the rank-0 patch of its first sequence's first image, then that patch of each
+    nearest reference sequence's first image."""
+    try:
+        evaluation: StoreEvaluation | str = evaluate_store(
+            store.path, model_id=model_id, false_alarm=false_alarm
+        )
+        verdicts, sequences = held_out_verdicts(store.path, model_id, batches, false_alarm)
+    except ClanetError as exc:
+        return str(exc), [], None
+    first_image = dict(sequences.iter_rows())
+    wanted = [[first_image[v.sequences[0]], *(n.image_id for n in v.nearest)] for v in verdicts]
+    ids = sorted({i for row in wanted for i in row})
+    patch_of = dict(
+        store.patches_table(
+            ["image_id", "patch_id"], where=(col("rank") == 0) & col("image_id").isin(ids)
+        ).iter_rows()
+    )
+    rows = []
+    for v, images in zip(verdicts, wanted, strict=True):
+        if not all(i in patch_of for i in images):
+            continue
+        pixels = store.patches([patch_of[i] for i in images])
+        labels = [f"{v.unit}\nclaimed {v.claimed}: {v.verdict}"] + [
+            f"{n.unit}\nd={n.distance:.3f}" for n in v.nearest
+        ]
+        rows.append(list(zip(pixels, labels, strict=True)))
+    if not rows:
+        return evaluation, verdicts, None
+    buffer = io.BytesIO()
+    draw_gallery(rows, buffer)
+    return evaluation, verdicts, buffer.getvalue()

@@ -6,8 +6,9 @@ and one table per stage of `STAGES`. A stage table may leave keys out (they take
 below) but may not add unknown ones: a typo is an error naming the file and the key, never a
 silently ignored setting. ``dino`` (ssl_train) takes `DinoConfig` fields, changing those of
 ``recipe`` (``finetune`` or ``scratch``; "": by ``init``), ``mil`` (train) takes `MILConfig`
-fields (``tss_prior`` included), ``mask`` and ``ccs`` (ingest) take `imaging.params.MaskParams` /
-`CCSParams` fields; all are checked when the stage builds them.
+fields (``tss_prior`` included), ``decode``, ``overlays``, ``mask`` and ``ccs`` (ingest) take
+`imaging.params.DecodeParams` / `OverlayParams` / `MaskParams` / `CCSParams` fields; all are
+checked when the stage builds them.
 """
 
 from __future__ import annotations
@@ -38,7 +39,15 @@ STAGES = (
 # Every stage's keys and their defaults; "" means "not set" for paths and names.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "synth": {"lines": 4, "batches": 2, "positions": 2, "timepoints": 4, "seed": 0},
-    "ingest": {"workers": 0, "plate_map": "", "commit_every": 64, "mask": {}, "ccs": {}},
+    "ingest": {
+        "workers": 0,
+        "plate_map": "",
+        "commit_every": 64,
+        "decode": {},
+        "overlays": {},
+        "mask": {},
+        "ccs": {},
+    },
     "ssl_train": {
         "enabled": True,
         "arch": "vit_small_patch8_224",

@@ -124,16 +124,7 @@ def run_pipeline(
     state_path = out / STATE_FILE
     state = _read_state(state_path)
     emit = on_event or (lambda _: None)
-    run = Run(
-        out=out,
-        store=Path(store).resolve() if store else out / "store",
-        export=Path(export).resolve() if export else None,
-        bar=bar or _no_bar,
-        say=lambda text: emit({"event": "note", "text": text}),
-        train_splits=train_splits(config),
-    )
-    if run.export is not None and not run.export.is_dir():
-        raise ClanetError(f"{run.export}: the export folder does not exist")
+    run = _new_run(config, out, store, export, bar, emit)
     last = STAGES.index(until) if until else len(STAGES) - 1
     forced = False
     previous = _digest([__version__, config.name])
@@ -149,20 +140,11 @@ def run_pipeline(
             item |= {"status": "up to date", "seconds": 0.0, "summary": record["summary"]}
         else:
             emit({"event": "start", **item})
-            began = time.perf_counter()
-            done = STAGE_FUNCTIONS[stage](run, params)
-            seconds = time.perf_counter() - began
-            record = {
-                "key": key,
-                "files": [str(f) for f in done.files],
-                "summary": done.summary,
-                "seconds": seconds,
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
+            record = _run_stage(stage, run, params, key)
             state["stages"][stage] = record
             state["config"] = str(config.path)
             _write_state(state_path, state)
-            item |= {"status": "ran", "seconds": seconds, "summary": done.summary}
+            item |= {"status": "ran", "seconds": record["seconds"], "summary": record["summary"]}
         run.summaries[stage] = record["summary"]
         if stage == "synth" and run.export is None:
             run.export = Path(record["summary"]["export"])
@@ -179,6 +161,41 @@ def run_pipeline(
         "report": str(report) if report.exists() and until in (None, "report") else None,
         "stages": results,
         "seconds": time.perf_counter() - start,
+    }
+
+
+def _new_run(
+    config: PipelineConfig,
+    out: Path,
+    store: str | Path | None,
+    export: str | Path | None,
+    bar: ProgressBar | None,
+    emit: Event,
+) -> Run:
+    """The shared state the stages read and extend; an export that is not a folder is refused."""
+    run = Run(
+        out=out,
+        store=Path(store).resolve() if store else out / "store",
+        export=Path(export).resolve() if export else None,
+        bar=bar or _no_bar,
+        say=lambda text: emit({"event": "note", "text": text}),
+        train_splits=train_splits(config),
+    )
+    if run.export is not None and not run.export.is_dir():
+        raise ClanetError(f"{run.export}: the export folder does not exist")
+    return run
+
+
+def _run_stage(stage: str, run: Run, params: dict[str, Any], key: str) -> dict[str, Any]:
+    """Run one stage; its record in the state file (key, files, summary, time)."""
+    began = time.perf_counter()
+    done = STAGE_FUNCTIONS[stage](run, params)
+    return {
+        "key": key,
+        "files": [str(f) for f in done.files],
+        "summary": done.summary,
+        "seconds": time.perf_counter() - began,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 

@@ -8,7 +8,6 @@ index) are idempotent, so running one again never duplicates data.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -18,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from clanet_store.errors import ClanetError
-from clanet_store.imaging.params import CCSParams, MaskParams
+from clanet_store.imaging.params import STEPS
 from clanet_store.learn.metrics import SCALAR_SCORES
 from clanet_store.learn.training import MILConfig
-from clanet_store.models.dino import RECIPES, DinoConfig, default_recipe
 from clanet_store.report.build import write_report
 from clanet_store.report.collect import neighbour_gallery
 
@@ -82,6 +80,7 @@ def ingest(run: Run, p: dict[str, Any]) -> Done:
     """Mask + CCS over the export with Dask into the patch store."""
     from clanet_store.pipelines.ingest import ingest as ingest_export
 
+    params = {step: _params(kind, f"ingest.{step}", p[step]) for step, kind in STEPS.items()}
     with run.bar("ingest", "image") as update:
         report = ingest_export(
             _export(run),
@@ -90,8 +89,10 @@ def ingest(run: Run, p: dict[str, Any]) -> Done:
             workers=p["workers"] or None,
             progress=update,
             commit_every=p["commit_every"],
-            mask_params=_params(MaskParams, "ingest.mask", p["mask"]),
-            ccs_params=_params(CCSParams, "ingest.ccs", p["ccs"]),
+            mask_params=params["mask"],
+            ccs_params=params["ccs"],
+            decode_params=params["decode"],
+            overlay_params=params["overlays"],
         )
     return Done(report.as_dict(), [run.store])
 
@@ -127,15 +128,11 @@ def ssl_train(run: Run, p: dict[str, Any]) -> Done:
     """
     if not p["enabled"]:
         return Done({"enabled": False}, [])
+    from clanet_store.pipelines.ssl_train import stage_recipe
+
     if p["protocol"] not in SSL_PROTOCOLS:
         raise ClanetError(f"ssl_train.protocol must be one of {', '.join(SSL_PROTOCOLS)}")
-    recipe = p["recipe"] or default_recipe(p["init"] or None)
-    if recipe not in RECIPES:
-        raise ClanetError(f"ssl_train.recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
-    try:
-        dino = dataclasses.replace(RECIPES[recipe], **p["dino"])
-    except TypeError as exc:
-        raise ClanetError(f"ssl_train.dino: {exc}") from None
+    stage_recipe(p)  # a bad recipe or dino table fails before any run
     keep = ("arch", "epochs", "patches", "batch_size", "embedding_dim", "recipe", "losses")
     if p["protocol"] == "transductive":
         runs = {"": (_checkpoint(run), None)}
@@ -144,7 +141,7 @@ def ssl_train(run: Run, p: dict[str, Any]) -> Done:
             name: (run.out / "ssl" / f"checkpoint-{name}.pt", split)
             for name, split in _run_splits(run).items()
         }
-    results = {name: _dino(run, p, recipe, dino, out, split) for name, (out, split) in runs.items()}
+    results = {name: _dino(run, p, out, split) for name, (out, split) in runs.items()}
     # A run that collapsed in its first epoch kept no checkpoint: encode then uses a random init.
     kept = {name: str(out) if out.exists() else None for name, (out, _) in runs.items()}
     first = next(iter(results.values()))
@@ -176,42 +173,14 @@ def _run_splits(run: Run) -> dict[str, Any]:
     }
 
 
-def _dino(
-    run: Run, p: dict[str, Any], recipe: str, dino: DinoConfig, out: Path, split: Any
-) -> dict[str, Any]:
-    """One ssl-train run into ``out`` (afresh), on the training side of ``split`` if given; a
-    collapse is said and recorded (``collapsed``: the reason), not raised."""
-    from clanet_store.pipelines.ssl_train import TrainingCollapsed, TrainProgress
-    from clanet_store.pipelines.ssl_train import ssl_train as train
+def _dino(run: Run, p: dict[str, Any], out: Path, split: Any) -> dict[str, Any]:
+    """One ssl-train run into ``out`` (afresh), on the training side of ``split`` if given
+    (`ssl_train.stage_run`: a collapse is said and recorded, not raised)."""
+    from clanet_store.pipelines.ssl_train import stage_run
 
-    out.unlink(missing_ok=True)  # made with other parameters or data: start afresh
-    out.parent.mkdir(parents=True, exist_ok=True)
     name = "ssl-train" if split is None else f"ssl-train {split.kind} r{split.repeat}"
     with run.bar(name, "step") as update:
-
-        def step(event: TrainProgress) -> None:
-            update(event.step, event.total_steps)
-
-        try:
-            r = train(
-                run.store,
-                out,
-                epochs=p["epochs"],
-                batch_size=p["batch_size"],
-                arch=p["arch"],
-                init=p["init"] or None,
-                k=p["k"],
-                progress=step,
-                recipe=recipe,
-                dino=dino,
-                seed=p["seed"],
-                workers=p["workers"],
-                split=split,
-            )
-        except TrainingCollapsed as exc:
-            run.say(f"WARNING: {exc}")
-            return {**exc.summary, "collapsed": str(exc)}
-    return {**r, "collapsed": None}
+        return stage_run(run.store, out, p, split, lambda e: update(e.step, e.total_steps), run.say)
 
 
 EXTRA_ENCODERS = ("classic",)

@@ -8,6 +8,7 @@ weights source and whether it is a random init, so embeddings of different encod
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,14 +67,16 @@ RESULT_COLUMNS = (
 )
 
 
-def embeddings_table_name(dim: int) -> str:
-    """``embeddings`` for 1536-d vectors, ``embeddings_<dim>`` otherwise."""
-    return "embeddings" if dim == DEFAULT_DIM else f"embeddings_{dim}"
+def embeddings_table_name(dim: int, layout: str = "embeddings") -> str:
+    """``embeddings`` for 1536-d vectors, ``embeddings_<dim>`` otherwise (likewise for the
+    ``sequence_embeddings`` layout)."""
+    return layout if dim == DEFAULT_DIM else f"{layout}_{dim}"
 
 
-def embeddings_schema(dim: int) -> pa.Schema:
-    """The ``embeddings`` layout with a vector column of ``dim`` floats."""
-    schema = load_schema("embeddings")
+def embeddings_schema(dim: int, layout: str = "embeddings") -> pa.Schema:
+    """The ``embeddings`` (or ``sequence_embeddings``) layout with a vector column of ``dim``
+    floats."""
+    schema = load_schema(layout)
     i = schema.get_field_index("embedding")
     field = schema.field(i)
     vector = arrow_type(f"fixed_size_list<float32, {dim}>")
@@ -107,13 +110,16 @@ class EmbeddingStore(PatchStore):
         return self._models[1]
 
     def model_row(self, model_id: str | None = None) -> dict:
-        """The models-table row of ``model_id``; without one, the only (or latest) model."""
+        """The models-table row of ``model_id``; without one, the only (or latest) model, leaving
+        out encoders fitted to one split's training side (an inductive ``ablation`` adds them)
+        unless the store has no other."""
         models = self.models()
         if models.height == 0:
             raise ClanetError(f"{self.path}: no embeddings yet (run clanet-store encode)")
         rows = self._models[2]
         if model_id is None:
-            return dict(rows[models["model_id"][-1]])
+            general = [key for key in models["model_id"] if not _fitted_to_split(rows[key])]
+            return dict(rows[(general or models["model_id"].to_list())[-1]])
         if model_id not in rows:
             known = ", ".join(models["model_id"])
             raise ClanetError(f"{self.path}: no embeddings of model {model_id} (known: {known})")
@@ -277,3 +283,8 @@ def vectors(table: pa.Table, column: str = "embedding") -> np.ndarray:
     array = table.column(column)
     chunk = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
     return chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, array.type.list_size)
+
+
+def _fitted_to_split(row: dict) -> bool:
+    """Whether a models row's encoder was fitted on one split's training side only."""
+    return json.loads(row["config"]).get("fit_sequences") is not None

@@ -50,6 +50,8 @@ CONSISTENCY = timedelta(0)
 # A patch row is committed when an ok images row has its image, content hash and slot.
 _PATCH_KEYS = ("image_id", "content_hash", "row")
 _VOUCHED = ["image_id", "content_hash", "slot"]
+# Layouts whose tables exist once per vector width (``<layout>_<dim>``).
+_SIZED_LAYOUTS = ("embeddings", "sequence_embeddings")
 
 
 class StoreVersionError(ClanetError):
@@ -57,9 +59,10 @@ class StoreVersionError(ClanetError):
 
 
 def table_layout(table: str) -> str:
-    """The schema file a table follows: ``embeddings_<dim>`` tables follow ``embeddings``."""
-    base, _, dim = table.partition("_")
-    return base if base == "embeddings" and dim.isdigit() else table
+    """The schema file a table follows: ``embeddings_<dim>`` tables follow ``embeddings``,
+    ``sequence_embeddings_<dim>`` tables ``sequence_embeddings``."""
+    base, _, dim = table.rpartition("_")
+    return base if base in _SIZED_LAYOUTS and dim.isdigit() else table
 
 
 def write_meta(path: Path, meta: dict) -> None:

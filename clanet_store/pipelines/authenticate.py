@@ -1,0 +1,233 @@
+"""``authenticate``: judge new sequences against a reference library held in the store.
+
+Reads one encoder's sequence vectors (`stores.sequence_embeddings`; brought up to date first,
+under the writer lock, when a source table changed since their last update), splits them into the
+new selection and the reference library (default: everything else), and applies the rules of
+`learn.authentication` (calibration inside the library, verdicts per sequence and per batch).
+Filters are the typed expressions of `stores.filters` on the sequence table's columns.
+``evaluate_store`` measures the rules on the library itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from lancedb.expr import Expr, col
+
+from clanet_store.errors import ClanetError
+from clanet_store.learn.authentication import (
+    FALSE_ALARM,
+    TOP_M,
+    Authentication,
+    Library,
+    LibraryEvaluation,
+    Verdict,
+    authenticate,
+    calibrate,
+    evaluate_library,
+    unit_keys,
+    unit_vectors,
+)
+from clanet_store.models.health import EmbeddingHealth
+from clanet_store.pipelines.evaluate_encoder import Encoder, sample_health
+from clanet_store.schemas import load_schema
+from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.filters import parse_filters
+from clanet_store.stores.lock import writer_lock
+from clanet_store.stores.sequence_embeddings import (
+    is_current,
+    read_sequences,
+    update_sequence_embeddings,
+)
+
+
+@dataclass(frozen=True)
+class StoreAuthentication:
+    """``authenticate``'s result: the encoder and the verdicts."""
+
+    encoder: Encoder
+    reference_sequences: int
+    result: Authentication
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder.as_dict(),
+            "reference_sequences": self.reference_sequences,
+            **self.result.as_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class StoreEvaluation:
+    """``authenticate --evaluate``'s result: the encoder, its health and the verdict rates."""
+
+    encoder: Encoder
+    health: EmbeddingHealth | None
+    evaluation: LibraryEvaluation
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder.as_dict(),
+            "health": self.health.as_dict() if self.health else None,
+            **self.evaluation.as_dict(),
+        }
+
+
+def sequence_filter(texts: Sequence[str]) -> Expr | None:
+    """``--new`` / ``--reference`` filters typed by the sequence table's columns."""
+    return parse_filters(texts, load_schema("sequence_embeddings"))
+
+
+def current_store(store_path: str | Path, model_id: str | None, wait: bool) -> EmbeddingStore:
+    """The store, with the model's sequence vectors brought up to date if they are stale."""
+    store = EmbeddingStore(store_path)
+    if not is_current(store, model_id):
+        with writer_lock(store.path, wait=wait):
+            update_sequence_embeddings(store, model_id)
+    return store
+
+
+def reference_library(
+    model_id: str, keys: pl.DataFrame, x: np.ndarray, units: np.ndarray | None = None
+) -> Library:
+    """A `Library` of sequence rows (``read_sequences``); ``units`` default to the rows' own
+    (`unit_keys` of these rows alone)."""
+    return Library(
+        model_id=model_id,
+        vectors=unit_vectors(x),
+        lines=keys["cell_line"].to_numpy().astype(str),
+        units=unit_keys(keys["cell_line"], keys["batch"], keys["well"]) if units is None else units,
+        sequences=keys["sequence_id"].to_numpy().astype(str),
+        images=keys["image_id"].to_numpy().astype(str),
+    )
+
+
+def with_paths(store: EmbeddingStore, result: Authentication) -> Authentication:
+    """The verdicts with each nearest reference sequence's image path filled in (read for
+    those images only: the whole images table takes ~1 s at 100,000 images)."""
+    ids = sorted({n.image_id for v in (*result.sequences, *result.batches) for n in v.nearest})
+    found = store.images(["image_id", "path"], where=col("image_id").isin(ids)) if ids else None
+    paths = dict(found.iter_rows()) if found is not None else {}
+
+    def fill(verdicts: tuple[Verdict, ...]) -> tuple[Verdict, ...]:
+        return tuple(
+            replace(v, nearest=tuple(replace(n, path=paths.get(n.image_id)) for n in v.nearest))
+            for v in verdicts
+        )
+
+    return replace(result, sequences=fill(result.sequences), batches=fill(result.batches))
+
+
+def authenticate_store(
+    store_path: str | Path,
+    new: Sequence[str],
+    claimed: str | None = None,
+    reference: Sequence[str] = (),
+    model_id: str | None = None,
+    allow_new_line: bool = False,
+    false_alarm: float = FALSE_ALARM,
+    top_m: int = TOP_M,
+    wait: bool = False,
+) -> StoreAuthentication:
+    """Verdicts for the sequences ``new`` selects, each claimed to be ``claimed`` (None: its
+    own stored cell line), against the sequences ``reference`` selects minus the new ones.
+    Raises ClanetError for an empty selection or library, or a claimed line the library lacks
+    (unless ``allow_new_line``)."""
+    if not new:
+        raise ClanetError("give --new filters selecting the sequences to authenticate")
+    store = current_store(store_path, model_id, wait)
+    model = store.model_row(model_id)
+    mid = model["model_id"]
+    new_keys, new_x = read_sequences(store, mid, sequence_filter(new))
+    if new_keys.height == 0:
+        raise ClanetError(f"{store.path}: --new {' '.join(new)} selects no sequence of {mid}")
+    ref_keys, ref_x = read_sequences(store, mid, sequence_filter(reference))
+    keep = ~ref_keys["row_id"].is_in(new_keys["row_id"].implode()).to_numpy()
+    ref_keys, ref_x = ref_keys.filter(pl.Series(keep)), ref_x[keep]
+    if ref_keys.height == 0:
+        raise ClanetError(f"{store.path}: the reference library of {mid} is empty")
+    everything = pl.concat([ref_keys, new_keys])
+    # Units over both sides: a line whose one reference batch is joined by a new one is split
+    # by batch, not by well, on both.
+    units = unit_keys(everything["cell_line"], everything["batch"], everything["well"])
+    library = reference_library(mid, ref_keys, ref_x, units[: ref_keys.height])
+    claims = new_keys["cell_line"].to_list() if claimed is None else [claimed] * new_keys.height
+    absent = sorted(set(claims) - set(library.line_names))
+    if absent and not allow_new_line:
+        raise ClanetError(
+            f"claimed line(s) {', '.join(map(repr, absent))} not in the reference library "
+            f"({len(library.line_names)} lines); --allow-new-line authenticates a line it lacks"
+        )
+    result = authenticate(
+        library,
+        calibrate(library, false_alarm, top_m),
+        new_x,
+        units[ref_keys.height :],
+        claims,
+        new_keys["sequence_id"].to_list(),
+        mid,
+    )
+    return StoreAuthentication(Encoder.from_row(model), ref_keys.height, with_paths(store, result))
+
+
+def evaluate_store(
+    store_path: str | Path,
+    reference: Sequence[str] = (),
+    model_id: str | None = None,
+    false_alarm: float = FALSE_ALARM,
+    top_m: int = TOP_M,
+    wait: bool = False,
+) -> StoreEvaluation:
+    """`learn.authentication.evaluate_library` on the sequences ``reference`` selects."""
+    store = current_store(store_path, model_id, wait)
+    model = store.model_row(model_id)
+    keys, x = read_sequences(store, model["model_id"], sequence_filter(reference))
+    if keys.height == 0:
+        raise ClanetError(f"{store.path}: the reference library of {model['model_id']} is empty")
+    library = reference_library(model["model_id"], keys, x)
+    return StoreEvaluation(
+        Encoder.from_row(model),
+        sample_health(store, model["model_id"]),
+        evaluate_library(library, false_alarm, top_m),
+    )
+
+
+def held_out_verdicts(
+    store_path: str | Path,
+    model_id: str | None = None,
+    limit: int = 8,
+    false_alarm: float = FALSE_ALARM,
+    top_m: int = TOP_M,
+) -> tuple[list[Verdict], pl.DataFrame]:
+    """Leave one batch out, for the report: each of the first ``limit`` units (sorted) whose
+    line has another unit, judged under its own label against the rest of the store (calibrated
+    without it); and the sequence rows (``sequence_id``, ``image_id``). Units whose rest cannot
+    be calibrated are left out."""
+    store = current_store(store_path, model_id, wait=False)
+    mid = store.model_row(model_id)["model_id"]
+    keys, x = read_sequences(store, mid)
+    library = reference_library(mid, keys, x)
+    verdicts = []
+    for unit in np.unique(library.units):
+        held = library.units == unit
+        line = str(library.lines[held][0])
+        if len(verdicts) == limit:
+            break
+        if not np.any(library.lines[~held] == line):
+            continue
+        rest = library.subset(~held)
+        try:
+            cal = calibrate(rest, false_alarm, top_m)
+        except ClanetError:
+            continue
+        n = int(held.sum())
+        result = authenticate(
+            rest, cal, x[held], library.units[held], [line] * n, library.sequences[held], mid
+        )
+        verdicts.append(result.batches[0])
+    return verdicts, keys.select("sequence_id", "image_id")

@@ -1,0 +1,248 @@
+"""Sequence embeddings: one pooled vector per (sequence, model_id, pooling), for ``authenticate``.
+
+Pooling ``mean-rank<10``: the mean of the sequence's patch embeddings of CCS rank < 10 (the bags'
+default k), over the patches the ``patches`` table still lists (as in `stores.sequences`). Each
+row keeps a fingerprint of the patch ids it pooled. `update_sequence_embeddings` reads only the
+keys of the model's patch embeddings, recomputes every sequence's fingerprint and pools again
+only the sequences that are new or whose fingerprint changed, in one streamed pass over the
+vectors (``STREAM_ROWS`` rows at a time: memory holds one batch and one running sum per pooled
+sequence, never the patch vectors); rows of sequences that lost every patch are deleted. Rows are
+written with `lance.upsert` (key ``row_id``, de-duplicated) and the table is compacted once.
+``encode`` calls it after every run; ``rebuild`` pools every sequence again. store.json records
+the versions of the ``patches``, ``images`` and embeddings tables each update saw, so a reader
+knows in milliseconds that nothing changed since (`is_current`); ``repair`` drops the record,
+which costs one update.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from lancedb.expr import Expr, col
+
+from clanet_store.errors import ClanetError
+from clanet_store.exports.scan import short_hash
+from clanet_store.learn.encoder_metrics import sum_by_code
+from clanet_store.stores import lance
+from clanet_store.stores.embedding_store import (
+    EmbeddingStore,
+    embeddings_schema,
+    embeddings_table_name,
+    vectors,
+)
+from clanet_store.stores.patch_store import read_meta, write_meta
+
+LAYOUT = "sequence_embeddings"
+POOL_K = 10
+POOLING = f"mean-rank<{POOL_K}>"
+STREAM_ROWS = 32_768  # patch vectors per streamed batch: 200 MB at 1536-d
+# Above this many sequences to pool, one scan of every vector beats a long ``IN`` list.
+IN_LIST_MAX = 1000
+# store.json key: per model, the versions of the source tables at its last update.
+SOURCES_KEY = "sequence_sources"
+SEQUENCE_KEYS = ("sequence_id", "cell_line", "batch", "well", "location", "crop")
+ROW_KEYS = (
+    *SEQUENCE_KEYS,
+    "time_start_h",
+    "time_end_h",
+    "n_images",
+    "n_patches",
+    "fingerprint",
+    "image_id",
+)
+
+
+@dataclass(frozen=True)
+class SequenceTableUpdate:
+    """What one update of a model's sequence vectors did."""
+
+    model_id: str
+    table: str
+    pooling: str
+    sequences: int  # rows of the model after the update
+    pooled: int  # sequences (re)pooled
+    removed: int  # rows deleted (the sequence has no patch left)
+    patches_read: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sequence_table_name(dim: int) -> str:
+    """``sequence_embeddings`` for 1536-d vectors, ``sequence_embeddings_<dim>`` otherwise."""
+    return embeddings_table_name(dim, LAYOUT)
+
+
+def current_sequences(store: EmbeddingStore, model_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Every sequence of the model as the table would hold it (``ROW_KEYS``, no vector), and
+    the pooled patches (``patch_id``, ``sequence_id``), from the keys alone."""
+    keys = store.embeddings(
+        col("rank") < POOL_K,
+        ["patch_id", "image_id", *SEQUENCE_KEYS, "timepoint_h"],
+        model_id,
+    )
+    live = store.patches_table(["patch_id"], where=col("rank") < POOL_K)
+    keys = keys.join(live, on="patch_id", how="semi").sort("sequence_id", "timepoint_h", "image_id")
+    rows = keys.group_by("sequence_id", maintain_order=True).agg(
+        pl.col(*SEQUENCE_KEYS[1:]).first(),
+        time_start_h=pl.col("timepoint_h").min(),
+        time_end_h=pl.col("timepoint_h").max(),
+        n_images=pl.col("image_id").n_unique().cast(pl.Int32),
+        n_patches=pl.len().cast(pl.Int32),
+        fingerprint=pl.col("patch_id").sort().str.join(",").hash(seed=0).cast(pl.String),
+        image_id=pl.col("image_id").first(),
+    )
+    return rows.select(ROW_KEYS), keys.select("patch_id", "sequence_id")
+
+
+def _model_rows(model_id: str) -> Expr:
+    return (col("model_id") == model_id) & (col("pooling") == POOLING)
+
+
+def _source_versions(store: EmbeddingStore, model: dict) -> dict[str, int]:
+    """The versions of the tables a model's sequence vectors are computed from."""
+    return {name: store.table(name).version for name in ("patches", "images", model["table"])}
+
+
+def is_current(store: EmbeddingStore, model_id: str | None = None) -> bool:
+    """Whether no table the model's sequence vectors come from changed since their last update
+    (store.json records the versions; a store without the record is not current)."""
+    model = store.model_row(model_id)
+    recorded = read_meta(store.path).get(SOURCES_KEY, {}).get(model["model_id"])
+    return recorded == _source_versions(store, model)
+
+
+def update_sequence_embeddings(
+    store: EmbeddingStore,
+    model_id: str | None = None,
+    rebuild: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> SequenceTableUpdate:
+    """Bring the model's sequence vectors up to date (see the module doc). The caller holds
+    the writer lock."""
+    start = time.perf_counter()
+    model = store.model_row(model_id)
+    mid, dim = model["model_id"], model["embedding_dim"]
+    sources = _source_versions(store, model)
+    name = sequence_table_name(dim)
+    table = lance.open_table(store.db, name, create=True, schema=embeddings_schema(dim, LAYOUT))
+    store.register_table(name)
+    current, pooled_patches = current_sequences(store, mid)
+    stored = lance.read(table, ["row_id", "sequence_id", "fingerprint"], _model_rows(mid))
+    pairs = ["sequence_id", "fingerprint"]
+    todo = current if rebuild else current.join(stored, on=pairs, how="anti")
+    gone = stored.join(current, on="sequence_id", how="anti")["row_id"].to_list()
+    means, read = _pool(store, model, todo, pooled_patches, progress)
+    if todo.height:
+        lance.upsert(table, _rows(todo, means, mid, dim), "row_id")
+    lance.delete_where_in(table, "row_id", gone)
+    if todo.height or gone:
+        table.optimize()
+    meta = read_meta(store.path)
+    meta.setdefault(SOURCES_KEY, {})[mid] = sources
+    write_meta(store.path, meta)
+    store.meta = meta
+    return SequenceTableUpdate(
+        model_id=mid,
+        table=name,
+        pooling=POOLING,
+        sequences=current.height,
+        pooled=todo.height,
+        removed=len(gone),
+        patches_read=read,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _pool(
+    store: EmbeddingStore,
+    model: dict,
+    todo: pl.DataFrame,
+    pooled_patches: pl.DataFrame,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[np.ndarray, int]:
+    """The mean vector of each sequence of ``todo`` (in its order), streamed; and the number of
+    patch vectors read."""
+    dim = model["embedding_dim"]
+    sums = np.zeros((todo.height, dim), np.float64)
+    if todo.height == 0:
+        return sums.astype(np.float32), 0
+    codes = pooled_patches.join(
+        todo.select("sequence_id").with_row_index("code"), on="sequence_id"
+    ).select("patch_id", "code")
+    where = _pooled_patch_rows(model["model_id"])
+    if todo.height <= IN_LIST_MAX:
+        where = where & col("sequence_id").isin(todo["sequence_id"].to_list())
+    reader = (
+        store.table(model["table"])
+        .search()
+        .where(where)
+        .select(["patch_id", "embedding"])
+        .limit(None)
+        .to_batches(STREAM_ROWS)
+    )
+    read = 0
+    for batch in reader:
+        found = (
+            pl.from_arrow(pa.table({"patch_id": batch.column("patch_id")}))
+            .with_row_index("i")
+            .join(codes, on="patch_id")
+        )
+        read += found.height
+        if found.height:
+            vecs = vectors(pa.table({"embedding": batch.column("embedding")}))[found["i"]]
+            groups, local = np.unique(found["code"].to_numpy(), return_inverse=True)
+            sums[groups] += sum_by_code(vecs, local, len(groups))
+        if progress is not None:
+            progress(read, codes.height)
+    if read != codes.height:
+        raise ClanetError(
+            f"{store.path}: read {read} of {codes.height} patch embeddings of model "
+            f"{model['model_id']} (a writer changed them?); run the same command again"
+        )
+    counts = todo["n_patches"].to_numpy().astype(np.float64)
+    return (sums / counts[:, None]).astype(np.float32), read
+
+
+def _pooled_patch_rows(model_id: str) -> Expr:
+    return (col("model_id") == model_id) & (col("rank") < POOL_K)
+
+
+def _rows(todo: pl.DataFrame, means: np.ndarray, model_id: str, dim: int) -> pa.Table:
+    """The table rows of the pooled sequences."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    row_ids = [short_hash(f"{s}|{model_id}|{POOLING}") for s in todo["sequence_id"]]
+    frame = todo.with_columns(
+        row_id=pl.Series(row_ids, dtype=pl.String),
+        model_id=pl.lit(model_id),
+        pooling=pl.lit(POOLING),
+        created_at=pl.lit(now, dtype=pl.Datetime("us")),
+    ).to_arrow()
+    flat = pa.array(np.ascontiguousarray(means, dtype=np.float32).ravel())
+    frame = frame.append_column("embedding", pa.FixedSizeListArray.from_arrays(flat, dim))
+    return lance.to_arrow(frame, embeddings_schema(dim, LAYOUT))
+
+
+def read_sequences(
+    store: EmbeddingStore, model_id: str, where: Expr | None = None
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """The model's sequence rows selected by ``where`` (keys without the vector) and their
+    vectors (n, dim) float32."""
+    model = store.model_row(model_id)
+    name = sequence_table_name(model["embedding_dim"])
+    if name not in store.db.list_tables(limit=10_000).tables:
+        raise ClanetError(f"{store.path}: no sequence vectors yet (run clanet-store encode)")
+    query = _model_rows(model["model_id"])
+    if where is not None:
+        query = query & where
+    table = store.table(name).search().where(query).limit(None).to_arrow()
+    keys = pl.from_arrow(table.drop_columns(["embedding"]))
+    return keys, np.asarray(vectors(table)) if table.num_rows else np.zeros((0, 0), np.float32)

@@ -1,0 +1,65 @@
+"""The package's shape (docs/architecture.md): each subpackage states its public modules in
+``__all__``, and imports only go down the layers (core <- stores <- pipelines <- face)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import clanet_store
+
+PACKAGE = Path(clanet_store.__file__).parent
+SUBPACKAGES = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+CORE = {"exports", "imaging", "models", "learn", "qc", "schemas", "errors", "textout", "torchfile"}
+# What each layer may import from clanet_store (by top-level name); the face imports anything.
+MAY_IMPORT = {
+    "core": CORE,
+    "stores": CORE | {"stores"},
+    "pipelines": CORE | {"stores", "pipelines"},
+}
+LAYER = {name: "core" for name in CORE} | {"stores": "stores", "pipelines": "pipelines"}
+
+
+def _public_modules(package: str) -> list[str]:
+    return sorted(p.stem for p in (PACKAGE / package).glob("*.py") if not p.stem.startswith("_"))
+
+
+@pytest.mark.parametrize("package", [p for p in SUBPACKAGES if p != "cli"])
+def test_subpackage_all_lists_its_public_modules(package: str) -> None:
+    module = importlib.import_module(f"clanet_store.{package}")
+    assert module.__all__ == _public_modules(package), (
+        f"clanet_store/{package}/__init__.py: __all__ must list its public modules"
+    )
+    assert module.__doc__, f"clanet_store/{package}/__init__.py needs a docstring"
+
+
+def _imported_packages(path: Path) -> set[str]:
+    """The top-level clanet_store names a module imports (the package uses absolute imports)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module]
+            if node.module == "clanet_store":
+                modules += [f"clanet_store.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        else:
+            continue
+        names |= {m.split(".")[1] for m in modules if m.startswith("clanet_store.")}
+    return names
+
+
+def test_imports_only_go_down_the_layers() -> None:
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        top = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        layer = LAYER.get(top)
+        if layer is None:  # the face (cli, report, runs) and the package root
+            continue
+        for name in sorted(_imported_packages(path) - MAY_IMPORT[layer] - {"__version__"}):
+            where = path.relative_to(PACKAGE.parent)
+            wrong.append(f"{where} ({layer}) imports clanet_store.{name}")
+    assert not wrong, "\n".join(wrong)
