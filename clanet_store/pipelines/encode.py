@@ -283,24 +283,12 @@ def encode(
         todo = patches.join(done, on="patch_id", how="anti").sort("row")
         meta = todo.select(META_COLUMNS).to_arrow()
         rows = todo["row"].to_numpy()
-        pending: list[pa.Table] = []
-        encoded = 0
         if remote is None:
             batches = _local_vectors(store, encoder, rows, batch_size)
         else:
             batches = remote.vectors(rows, batch_size)
-        for vectors in batches:
-            pending.append(
-                embedding_rows(meta.slice(encoded, len(vectors)), vectors, encoder.model_id, schema)
-            )
-            encoded += len(vectors)
-            if sum(t.num_rows for t in pending) >= commit_every:
-                table.add(pa.concat_tables(pending))
-                pending = []
-            if progress is not None:
-                progress(encoded, todo.height)
-        if pending:
-            table.add(pa.concat_tables(pending))
+        encoded = _commit_batches(table, batches, meta, encoder.model_id, schema, commit_every,
+                                  progress)  # fmt: skip
         if encoded or removed:
             table.optimize()
         update_sequence_embeddings(store, encoder.model_id)
@@ -321,6 +309,32 @@ def encode(
         device=remote.describe() if remote else str(encoder.device),
         workers=remote.workers if remote else 0,
     )
+
+
+def _commit_batches(
+    table: Any,
+    batches: Iterator[np.ndarray],
+    meta: pa.Table,
+    model_id: str,
+    schema: pa.Schema,
+    commit_every: int,
+    progress: Progress | None,
+) -> int:
+    """Add each batch's vectors with their ``meta`` rows (in order), one commit per
+    ``commit_every`` rows and one for the rest; returns how many rows were added."""
+    pending: list[pa.Table] = []
+    encoded = 0
+    for vectors in batches:
+        pending.append(embedding_rows(meta.slice(encoded, len(vectors)), vectors, model_id, schema))
+        encoded += len(vectors)
+        if sum(t.num_rows for t in pending) >= commit_every:
+            table.add(pa.concat_tables(pending))
+            pending = []
+        if progress is not None:
+            progress(encoded, meta.num_rows)
+    if pending:
+        table.add(pa.concat_tables(pending))
+    return encoded
 
 
 def embedding_rows(
