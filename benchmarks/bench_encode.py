@@ -19,6 +19,12 @@ paper's 1.65 M patches. Run: ``.venv/bin/python benchmarks/bench_encode.py [--im
 (opening tables, the work list, the final compaction) weigh about as in real use rather than
 dominating a 12-second run. ``--encoders classic`` skips the ViT's end-to-end encode (the bare
 forward, the baseline, always runs; ``--bare-batches N`` shortens it).
+
+``--workers 1,2`` (issue 22) also times `encode` on a Dask LocalCluster of each many
+single-threaded worker processes (each encoder of ``--encoders``, a fresh store each), as the
+steady rate from the first returned batch to the last (the cluster's start-up and the first
+batch excluded), and prints each rate's ratio to the first count's. Target: 2 workers >= 1.7x
+one, which needs two otherwise idle cores.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from bench_forward import PAPER_PATCHES, bare_forward_rate
 from shared_data import AZGCB
 
 from clanet_store.pipelines.encode import classic_encoder, encode, load_encoder
+from clanet_store.pipelines.encode_workers import Cluster
 from clanet_store.pipelines.ingest import ingest
 
 
@@ -54,6 +61,7 @@ def main() -> None:
     parser.add_argument(
         "--bare-batches", type=int, help="batches of the bare forward (default: as many patches)"
     )
+    parser.add_argument("--workers", help="e.g. 1,2: also time encode on Dask workers (see above)")
     args = parser.parse_args()
     encoders = args.encoders.split(",")
     encoder = load_encoder(None, args.arch, args.device)
@@ -80,6 +88,14 @@ def main() -> None:
             patches = report.patches_encoded
             n_batches = args.bare_batches or max(1, patches // args.batch_size)
             rates["bare forward"].append(bare_forward_rate(encoder, args.batch_size, n_batches))
+            for kind in encoders if args.workers else ():
+                for n in map(int, args.workers.split(",")):
+                    store = _fresh(tmp, r, f"{kind}-w{n}")
+                    chosen = classic_encoder(store) if kind == "classic" else encoder
+                    label = f"{kind}, {n} workers"
+                    rates.setdefault(label, []).append(
+                        _steady_rate(store, chosen, args.batch_size, Cluster(workers=n))
+                    )
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), device {encoder.device}; "
@@ -89,7 +105,7 @@ def main() -> None:
     median = {label: statistics.median(x) for label, x in rates.items() if x}
     for label, rate in median.items():
         each = ", ".join(f"{x:.1f}" for x in rates[label])
-        print(f"  {label:<12} : {rate:7.1f} patches/s  (rounds: {each})")
+        print(f"  {label:<18} : {rate:7.1f} patches/s  (rounds: {each})")
     b = median["bare forward"]
     if "encode" in median:
         print(f"  encode / bare = {median['encode'] / b:.2f}x (target >= 0.9)")
@@ -106,6 +122,26 @@ def main() -> None:
         print(
             f"  classic, projected for the paper's 1.65 M patches: {PAPER_PATCHES / c / 3600:.1f} h"
         )
+    for kind in encoders if args.workers else ():
+        counts = args.workers.split(",")
+        first = median[f"{kind}, {counts[0]} workers"]
+        for n in counts[1:]:
+            ratio = median[f"{kind}, {n} workers"] / first
+            print(f"  {kind}: {n} workers / {counts[0]} = {ratio:.2f}x (target >= 1.7 for 2 / 1)")
+
+
+def _steady_rate(store: Path, encoder, batch_size: int, cluster: Cluster) -> float:
+    """Patches/s of a cluster encode from its first returned batch to its last."""
+    seen: list[tuple[float, int]] = []
+    encode(
+        store,
+        encoder,
+        batch_size,
+        progress=lambda done, _: seen.append((time.perf_counter(), done)),
+        cluster=cluster,
+    )
+    (t0, n0), (t1, n1) = seen[0], seen[-1]
+    return (n1 - n0) / (t1 - t0)
 
 
 def _fresh(tmp: Path, round_: int, label: str) -> Path:

@@ -38,6 +38,23 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def two_image_store(tmp_path_factory, shared_data) -> Path:
+    """A store ingested from two real images (40 patches), one per test module: modules encode
+    into it."""
+    import shutil
+
+    from clanet_store.pipelines.ingest import ingest
+
+    root = tmp_path_factory.mktemp("export")
+    for rel in ("A431/A431_B1_1_00d00h00m.jpg", "HCC 2279/HCC 2279_G7_1_06d04h00m.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / "azgcb_sample" / rel, root / rel)
+    path = tmp_path_factory.mktemp("store") / "store"
+    ingest(root, path, workers=1)
+    return path
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     global _realdata_passed
     if report.when == "call" and report.passed and "realdata" in report.keywords:

@@ -22,28 +22,16 @@ from clanet_store.pipelines.ingest import ingest
 from clanet_store.stores.embedding_store import EmbeddingStore, vectors
 
 BIN = Path(sys.executable).parent
-IMAGES = ("A431/A431_B1_1_00d00h00m.jpg", "HCC 2279/HCC 2279_G7_1_06d04h00m.jpg")
-
-
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory, shared_data):
-    root = tmp_path_factory.mktemp("export")
-    for rel in IMAGES:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shared_data / "azgcb_sample" / rel, root / rel)
-    path = tmp_path_factory.mktemp("store") / "store"
-    ingest(root, path, workers=1)
-    return path
 
 
 @pytest.mark.realdata
-def test_stored_embedding_equals_direct_forward_intermediates(store_path, tmp_path):
+def test_stored_embedding_equals_direct_forward_intermediates(two_image_store, tmp_path):
     model = timm.create_model("vit_small_patch8_224", pretrained=False, img_size=112, num_classes=0)
     weights = tmp_path / "vits8.pth"
     torch.save(model.state_dict(), weights)
     encoder = load_encoder(weights, None, "cpu")
-    report = encode(store_path, encoder, batch_size=16)
-    store = EmbeddingStore(store_path)
+    report = encode(two_image_store, encoder, batch_size=16)
+    store = EmbeddingStore(two_image_store)
     n_patches = store.patches_table().height
     assert report.patches_encoded == n_patches > 0
     assert (report.embedding_dim, report.table, report.random_init) == (1536, "embeddings", False)
@@ -55,12 +43,12 @@ def test_stored_embedding_equals_direct_forward_intermediates(store_path, tmp_pa
     pixels = store.patches(ids)
     expected = reference_features(model.eval(), torch.from_numpy(pixels)).numpy()
     np.testing.assert_allclose(got[:5], expected, atol=1e-5, rtol=0)
-    again = encode(store_path, encoder, batch_size=16)
+    again = encode(two_image_store, encoder, batch_size=16)
     assert (again.patches_encoded, again.patches_skipped) == (0, n_patches)
 
 
 @pytest.mark.realdata
-def test_dino_and_timm_checkpoints_share_model_id_and_rows(store_path, tmp_path):
+def test_dino_and_timm_checkpoints_share_model_id_and_rows(two_image_store, tmp_path):
     torch.manual_seed(3)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
     timm_file = tmp_path / "timm.pth"
@@ -69,12 +57,12 @@ def test_dino_and_timm_checkpoints_share_model_id_and_rows(store_path, tmp_path)
     state = {f"module.backbone.{k}": v for k, v in model.state_dict().items()}
     head = {"module.head.last_layer.weight": torch.zeros(8, 192)}
     torch.save({"teacher": {**state, **head}, "student": {}, "epoch": 3}, dino_file)
-    first = encode(store_path, load_encoder(timm_file, "vit_tiny_patch16_224", "cpu"), 32)
-    second = encode(store_path, load_encoder(dino_file, "vit_tiny_patch16_224", "cpu"), 32)
+    first = encode(two_image_store, load_encoder(timm_file, "vit_tiny_patch16_224", "cpu"), 32)
+    second = encode(two_image_store, load_encoder(dino_file, "vit_tiny_patch16_224", "cpu"), 32)
     assert first.model_id == second.model_id
     assert (first.table, first.embedding_dim) == ("embeddings_768", 768)
     assert second.patches_encoded == 0 and second.patches_skipped == first.patches_encoded
-    models = EmbeddingStore(store_path).models()
+    models = EmbeddingStore(two_image_store).models()
     assert models.filter(pl.col("model_id") == first.model_id)["weights_format"].to_list() == [
         "timm"
     ]
@@ -122,9 +110,9 @@ def kill_and_resume(cmd: list[str], path: Path, table: str, model: pl.Expr) -> t
 
 
 @pytest.mark.realdata
-def test_sigkill_midrun_then_rerun_gives_one_row_per_patch(store_path, tmp_path):
+def test_sigkill_midrun_then_rerun_gives_one_row_per_patch(two_image_store, tmp_path):
     path = tmp_path / "store"
-    shutil.copytree(store_path, path)
+    shutil.copytree(two_image_store, path)
     cmd = [str(BIN / "clanet-store"), "encode", "--store", str(path), "--arch"]
     cmd += ["vit_small_patch8_224", "--batch-size", "4", "--commit-every", "4", "--seed", "7"]
     model_id, report = kill_and_resume(cmd, path, "embeddings", pl.col("weights_source") == SEED7)

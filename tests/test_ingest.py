@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import polars as pl
 import pytest
 import tifffile
 import zarr
+from dask_processes import dask_processes
 
 from clanet_store.errors import ClanetError
 from clanet_store.exports.scan import scan_export
@@ -241,58 +241,14 @@ def test_newer_store_version_is_refused(tmp_path):
         PatchStore(path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.realdata
 def test_external_scheduler_with_two_workers(tmp_path, shared_data):
     root = _copy_subset(shared_data, tmp_path / "export", lines=SUBSET[2:])
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    procs = [
-        subprocess.Popen(
-            [
-                str(BIN / "dask"),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-dashboard",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
-    try:
-        for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        _wait_for_workers(address, 2)
+    with dask_processes(2) as address:
         report = ingest(root, tmp_path / "store", scheduler=address)
-        assert report.workers == 2
-        assert report.images_added == 3
-        _crop_check(PatchStore(tmp_path / "store"), root)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
-
-
-def _wait_for_workers(address: str, n: int) -> None:
-    from distributed import Client
-
-    with Client(address, timeout="30s") as client:
-        client.wait_for_workers(n, timeout=60)
+    assert report.workers == 2
+    assert report.images_added == 3
+    _crop_check(PatchStore(tmp_path / "store"), root)
 
 
 def test_task_batches_cover_every_image_once_and_end_with_single_images():

@@ -1,5 +1,6 @@
 """The package's shape (docs/architecture.md): each subpackage states its public modules in
-``__all__``, and imports only go down the layers (core <- stores <- pipelines <- face)."""
+``__all__``, imports only go down the layers (core <- stores <- pipelines <- face), and no
+function is longer than 60 lines."""
 
 from __future__ import annotations
 
@@ -63,3 +64,29 @@ def test_imports_only_go_down_the_layers() -> None:
             where = path.relative_to(PACKAGE.parent)
             wrong.append(f"{where} ({layer}) imports clanet_store.{name}")
     assert not wrong, "\n".join(wrong)
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from ``def`` to the function's last line, its docstring left out."""
+    lines = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    value = first.value if isinstance(first, ast.Expr) else None
+    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
+def test_no_function_over_60_lines() -> None:
+    """Issue 20: no function in clanet_store/ longer than 60 lines, docstring excluded (what a
+    reader must hold in mind at once). Listed with their length when some are."""
+    long = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({_body_lines(node)})"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and _body_lines(node) > MAX_FUNCTION_LINES
+    ]
+    assert not long, "\n".join(long)

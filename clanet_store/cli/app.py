@@ -70,6 +70,17 @@ wait_option = click.option(
 )
 
 
+workers_option = click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="local Dask worker processes (ingest: one per core by default; encode: none by default, "
+    "the encoder runs in this process)",
+)
+scheduler_option = click.option(
+    "--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786"
+)
+
+
 @contextmanager
 def progress(desc: str, unit: str, total: int | None = None):
     """A progress bar on stderr (silent when stderr is not a terminal)."""

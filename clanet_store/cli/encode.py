@@ -11,8 +11,10 @@ from clanet_store.cli.app import (
     format_option,
     main,
     progress_callback,
+    scheduler_option,
     store_option,
     wait_option,
+    workers_option,
 )
 
 
@@ -32,7 +34,12 @@ from clanet_store.cli.app import (
 )
 @click.option("--arch", help="timm ViT name (default: from an ssl-train checkpoint, else ViT-S/8)")
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="where the encoder runs (with --workers / --scheduler: on each worker; cuda asks for "
+    "the worker resource GPU=1)",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the random init")
@@ -45,6 +52,8 @@ from clanet_store.cli.app import (
     show_default=True,
     help="patches per table commit (at most this much work is redone after a crash)",
 )
+@workers_option
+@scheduler_option
 @format_option
 def encode(
     store: Path,
@@ -57,24 +66,32 @@ def encode(
     normalize: bool,
     wait: bool,
     commit_every: int,
+    workers: int | None,
+    scheduler: str | None,
     fmt: str,
 ) -> None:
     """Embed every stored patch that has no embedding for this encoder yet (1536-d for ViT-S/8,
     89-d for classic)."""
     from clanet_store.pipelines.encode import classic_encoder, load_encoder
     from clanet_store.pipelines.encode import encode as run_encode
+    from clanet_store.pipelines.encode_workers import Cluster
     from clanet_store.pipelines.evaluate_encoder import sample_health
     from clanet_store.stores.embedding_store import EmbeddingStore
 
+    if workers and scheduler:
+        raise click.UsageError("--workers starts a local cluster: not with --scheduler")
+    cluster = Cluster(workers, scheduler, device) if workers or scheduler else None
     if kind == "classic":
         given = [name for name, value in (("--weights", weights), ("--arch", arch)) if value]
         if given or normalize:
             raise click.UsageError(f"{', '.join(given or ['--normalize'])}: only for --encoder vit")
         encoder = classic_encoder(store)
     else:
-        encoder = load_encoder(weights, arch, device, seed, normalize)
+        # On a cluster the driver only ships the weights: each worker moves them to its device.
+        local = device if cluster is None else "cpu"
+        encoder = load_encoder(weights, arch, local, seed, normalize)
     with progress_callback("encoding", "patch") as update:
-        report = run_encode(store, encoder, batch_size, wait, update, commit_every)
+        report = run_encode(store, encoder, batch_size, wait, update, commit_every, cluster)
     r = report.as_dict()
     health = sample_health(EmbeddingStore(store), r["model_id"])
     r["health"] = health.as_dict() if health else None

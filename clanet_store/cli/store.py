@@ -13,8 +13,10 @@ from clanet_store.cli.app import (
     interruptible,
     main,
     progress_callback,
+    scheduler_option,
     store_option,
     wait_option,
+    workers_option,
 )
 from clanet_store.textout import render_table
 
@@ -23,10 +25,8 @@ from clanet_store.textout import render_table
 @click.argument("export_root", type=click.Path(path_type=Path))
 @store_option
 @click.option("--plate-map", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--workers", type=click.IntRange(min=1), help="local worker processes (default: one per core)"
-)
-@click.option("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+@workers_option
+@scheduler_option
 @wait_option
 @click.option("--strict", is_flag=True, help="exit non-zero if any image is rejected")
 @click.option(

@@ -48,6 +48,7 @@ from clanet_store.models.encoder import (
     select_device,
 )
 from clanet_store.models.protocol import Encoder
+from clanet_store.pipelines.encode_workers import Cluster, remote_encoder
 from clanet_store.pipelines.ingest import IMAGE_KEYS
 from clanet_store.stores import lance
 from clanet_store.stores.embedding_store import (
@@ -83,6 +84,7 @@ class EncodeReport:
     embedding_dim: int
     table: str
     device: str
+    workers: int  # Dask workers that ran the encoder; 0: in this process
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -214,6 +216,19 @@ def _batches(store: EmbeddingStore, rows: np.ndarray, batch_size: int) -> Iterat
                 thread.join(0.05)
 
 
+def _local_vectors(
+    store: EmbeddingStore, encoder: Encoder, rows: np.ndarray, batch_size: int
+) -> Iterator[np.ndarray]:
+    """Embeddings of ``rows`` batch by batch, computed in this process."""
+    device = encoder.device
+    with inference_context(device):
+        for pixels in _batches(store, rows, batch_size):
+            x = torch.from_numpy(pixels)
+            if device.type == "cuda":
+                x = x.pin_memory()
+            yield encoder(x.to(device, non_blocking=True)).cpu().numpy()
+
+
 def _register_model(store: EmbeddingStore, encoder: Encoder, table: str) -> None:
     if not store.models().filter(pl.col("model_id") == encoder.model_id).is_empty():
         return
@@ -241,14 +256,22 @@ def encode(
     wait: bool = False,
     progress: Progress | None = None,
     commit_every: int = 2048,
+    cluster: Cluster | None = None,
 ) -> EncodeReport:
-    """Embed the store's patches that lack an embedding for ``encoder``; see the module doc."""
+    """Embed the store's patches that lack an embedding for ``encoder``; see the module doc.
+    With ``cluster`` the encoder runs on Dask workers (`pipelines.encode_workers`); this process
+    still writes every row."""
     start = time.perf_counter()
     store = EmbeddingStore(store_path)
     dim = encoder.embedding_dim
     name = embeddings_table_name(dim)
     schema = embeddings_schema(dim)
-    with writer_lock(store.path, wait=wait):
+    with writer_lock(store.path, wait=wait), contextlib.ExitStack() as stack:
+        # The cluster first: one that cannot run the encoder fails before anything is written.
+        remote = None
+        if cluster is not None:
+            location = str(store.path.absolute())  # workers may run in another folder
+            remote = stack.enter_context(remote_encoder(cluster, location, encoder))
         table = lance.open_table(store.db, name, create=True, schema=schema)
         store.register_table(name)
         _register_model(store, encoder, name)
@@ -259,28 +282,13 @@ def encode(
         done = lance.read(table, ["patch_id"], where=col("model_id") == encoder.model_id)
         todo = patches.join(done, on="patch_id", how="anti").sort("row")
         meta = todo.select(META_COLUMNS).to_arrow()
-        pending: list[pa.Table] = []
-        encoded = 0
-        device = encoder.device
-        with inference_context(device):
-            for pixels in _batches(store, todo["row"].to_numpy(), batch_size):
-                x = torch.from_numpy(pixels)
-                if device.type == "cuda":
-                    x = x.pin_memory()
-                vectors = encoder(x.to(device, non_blocking=True)).cpu().numpy()
-                pending.append(
-                    embedding_rows(
-                        meta.slice(encoded, len(vectors)), vectors, encoder.model_id, schema
-                    )
-                )
-                encoded += len(vectors)
-                if sum(t.num_rows for t in pending) >= commit_every:
-                    table.add(pa.concat_tables(pending))
-                    pending = []
-                if progress is not None:
-                    progress(encoded, todo.height)
-        if pending:
-            table.add(pa.concat_tables(pending))
+        rows = todo["row"].to_numpy()
+        if remote is None:
+            batches = _local_vectors(store, encoder, rows, batch_size)
+        else:
+            batches = remote.vectors(rows, batch_size)
+        encoded = _commit_batches(table, batches, meta, encoder.model_id, schema, commit_every,
+                                  progress)  # fmt: skip
         if encoded or removed:
             table.optimize()
         update_sequence_embeddings(store, encoder.model_id)
@@ -298,8 +306,35 @@ def encode(
         arch=encoder.config.arch,
         embedding_dim=dim,
         table=name,
-        device=str(device),
+        device=remote.describe() if remote else str(encoder.device),
+        workers=remote.workers if remote else 0,
     )
+
+
+def _commit_batches(
+    table: Any,
+    batches: Iterator[np.ndarray],
+    meta: pa.Table,
+    model_id: str,
+    schema: pa.Schema,
+    commit_every: int,
+    progress: Progress | None,
+) -> int:
+    """Add each batch's vectors with their ``meta`` rows (in order), one commit per
+    ``commit_every`` rows and one for the rest; returns how many rows were added."""
+    pending: list[pa.Table] = []
+    encoded = 0
+    for vectors in batches:
+        pending.append(embedding_rows(meta.slice(encoded, len(vectors)), vectors, model_id, schema))
+        encoded += len(vectors)
+        if sum(t.num_rows for t in pending) >= commit_every:
+            table.add(pa.concat_tables(pending))
+            pending = []
+        if progress is not None:
+            progress(encoded, meta.num_rows)
+    if pending:
+        table.add(pa.concat_tables(pending))
+    return encoded
 
 
 def embedding_rows(
@@ -307,7 +342,8 @@ def embedding_rows(
 ) -> pa.Table:
     """Arrow rows of the embeddings layout for one batch."""
     n, dim = vectors.shape
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+    # Aligned too: arrays unpickled from a Dask worker may not be, which Arrow rejects (a panic).
+    flat = pa.array(np.require(vectors, np.float32, ["C_CONTIGUOUS", "ALIGNED"]).ravel())
     columns = {
         **{name: meta.column(name) for name in META_COLUMNS},
         "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),

@@ -37,6 +37,7 @@ import polars as pl
 from distributed import Client, LocalCluster, as_completed
 from lancedb.expr import col
 
+from clanet_store.errors import ClanetError
 from clanet_store.exports.scan import scan_export, short_hash
 from clanet_store.imaging.extract import extract_files, extractor_params
 from clanet_store.imaging.params import (
@@ -133,17 +134,26 @@ def _main_script_hidden() -> Iterator[None]:
 
 @contextmanager
 def dask_client(
-    workers: int | None, scheduler: str | None, dashboard: bool = False
+    workers: int | None,
+    scheduler: str | None,
+    dashboard: bool = False,
+    resources: dict[str, float] | None = None,
 ) -> Iterator[Client]:
     """A client on an existing scheduler, or on a LocalCluster of single-threaded processes.
 
     The local cluster listens on 127.0.0.1 only and serves Dask's dashboard only when asked
     (``dashboard``; port 8787 or a free one): its scheduler's HTTP server otherwise takes a free
     port, so two ingests never warn about port 8787. Its processes start with SIGINT ignored:
-    Ctrl-C reaches the driver alone, which stops the cluster (no worker tracebacks).
+    Ctrl-C reaches the driver alone, which stops the cluster (no worker tracebacks). Each local
+    worker holds ``resources`` (e.g. ``{"GPU": 1}``, which encode's tasks ask for on CUDA).
     """
     if scheduler:
-        with Client(scheduler, timeout="30s") as client:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, ValueError) as exc:  # unreachable, or not an address
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ClanetError(f"{scheduler}: no Dask scheduler reachable ({reason})") from None
+        with client:
             yield client
         return
     n = workers or os.cpu_count() or 1
@@ -158,6 +168,7 @@ def dask_client(
                 dashboard_address=None,
                 scheduler_kwargs=http,
                 silence_logs=logging.ERROR,
+                resources=resources,
             )
         with cluster, Client(cluster) as client:
             yield client
