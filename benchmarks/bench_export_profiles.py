@@ -8,7 +8,7 @@ resident memory is its own, from ``getrusage``):
 * **read**: the baseline, the same embeddings and keys streamed out of LanceDB in the same chunks
   and dropped (what any export pays before writing a byte);
 * **parquet** / **anndata**: ``export-profiles --level patch`` end to end into a file;
-* **image**: ``--level image --format parquet`` (whole sequences per chunk, rank < 10).
+* **image**: ``--level image --to parquet`` (whole sequences per chunk, rank < 10).
 
 Rows per CPU second count the process's own CPU time (all its threads), which a loaded machine
 does not inflate as it does wall time.

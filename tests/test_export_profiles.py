@@ -173,8 +173,8 @@ def test_cli_writes_and_reports(tmp_path):
     path = tmp_path / "store"
     _store(path, images=6)
     out = tmp_path / "s.h5ad"
-    args = ["export-profiles", "--store", str(path), "--level", "sequence", "--format"]
-    report = json.loads(_ok([*args, "anndata", "--out", str(out), "--print", "json"]).output)
+    args = ["export-profiles", "--store", str(path), "--level", "sequence", "--to"]
+    report = json.loads(_ok([*args, "anndata", "--out", str(out), "--format", "json"]).output)
     assert report["rows"] == 2 and report["level"] == "sequence" and report["features"] == DIM
     assert anndata.read_h5ad(out).shape == (2, DIM)
     text = _ok([*args, "parquet", "--out", str(tmp_path / "s.parquet")]).output

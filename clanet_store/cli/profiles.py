@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from clanet_store.cli.app import emit, main, progress_callback, store_option
+from clanet_store.cli.app import emit, format_option, main, progress_callback, store_option
 from clanet_store.cli.encoders import encoder_banner, top_k_option
 
 
@@ -21,30 +21,22 @@ from clanet_store.cli.encoders import encoder_banner, top_k_option
     help="one row per patch, per image (mean of its top-k patches) or per sequence",
 )
 @click.option(
-    "--format",
+    "--to",
     "file_format",
     type=click.Choice(["parquet", "anndata"]),
-    default="parquet",
-    show_default=True,
-    help="Parquet with Metadata_ columns (pycytominer) or AnnData .h5ad (scanpy)",
+    help="Parquet with Metadata_ columns (pycytominer) or AnnData .h5ad (scanpy); default: "
+    "anndata for an --out ending in .h5ad, else parquet",
 )
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="file to write"
 )
 @top_k_option
-@click.option(
-    "--print",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="what to print: human-readable text or JSON (--format names the file's format)",
-)
+@format_option
 def export_profiles(
     store: Path,
     model_id: str | None,
     level: str,
-    file_format: str,
+    file_format: str | None,
     out: Path,
     top_k: int,
     fmt: str,
@@ -52,6 +44,7 @@ def export_profiles(
     """Write one row per patch, image or sequence: keys as metadata, the embedding as features."""
     from clanet_store.pipelines.export_profiles import export_profiles as run
 
+    file_format = file_format or ("anndata" if out.suffix.lower() == ".h5ad" else "parquet")
     with progress_callback("exporting", "patch") as update:
         r = run(store, out, level, file_format, model_id, top_k, progress=update).as_dict()
     lines = [

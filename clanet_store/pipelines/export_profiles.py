@@ -273,25 +273,10 @@ def export_profiles(
         if level == "patch"
         else _level_chunks(store, model_id, level, top_k, chunk_rows)
     )
-    writer: _ParquetWriter | _AnnDataWriter | None = None
-    rows = done = 0
     try:
-        for x, keys, patches in chunks:
-            keys = _with_paths(store, level, keys)
-            if writer is None:
-                schema = keys.to_arrow().schema
-                writer = (
-                    _ParquetWriter(tmp, schema, dim)
-                    if fmt == "parquet"
-                    else _AnnDataWriter(tmp, schema, dim, LEVEL_ID[level])
-                )
-            writer.write(x, keys)
-            rows, done = rows + len(x), done + patches
-            if progress is not None:
-                progress(done, total)
-        if writer is None:
+        rows = _write_chunks(tmp, chunks, store, level, fmt, dim, total, progress)
+        if rows is None:
             raise ClanetError(f"{store.path}: model {model_id} has no rows at level {level}")
-        writer.close()
         tmp.replace(out)
     except OSError as exc:
         raise ClanetError(f"{out}: cannot write: {exc.strerror or exc}") from None
@@ -308,3 +293,36 @@ def export_profiles(
         features=dim,
         seconds=time.perf_counter() - start,
     )
+
+def _write_chunks(
+    tmp: Path,
+    chunks: Iterator[tuple[np.ndarray, pl.DataFrame, int]],
+    store: EmbeddingStore,
+    level: str,
+    fmt: str,
+    dim: int,
+    total: int,
+    progress: Progress | None,
+) -> int | None:
+    """Write every chunk (vectors, keys, patches read) to ``tmp`` in ``fmt``; the rows written,
+    None when there was no chunk (nothing written)."""
+    writer: _ParquetWriter | _AnnDataWriter | None = None
+    rows = done = 0
+    for x, keys, patches in chunks:
+        keys = _with_paths(store, level, keys)
+        if writer is None:
+            schema = keys.to_arrow().schema
+            writer = (
+                _ParquetWriter(tmp, schema, dim)
+                if fmt == "parquet"
+                else _AnnDataWriter(tmp, schema, dim, LEVEL_ID[level])
+            )
+        writer.write(x, keys)
+        rows, done = rows + len(x), done + patches
+        if progress is not None:
+            progress(done, total)
+    if writer is None:
+        return None
+    writer.close()
+    return rows
+

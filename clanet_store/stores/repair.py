@@ -3,10 +3,12 @@
 ``store.json`` only repeats facts the store holds elsewhere: the format and patch geometry (the
 Zarr array's attributes and shape), the tables and their layouts (the LanceDB database, checked
 against ``schemas/``), the creation time and export roots (copies in the array's attributes).
-Before writing it, the array and the tables must agree: every committed image has a slot inside
-the array whose chunk was written, no two images share a slot, and its patch rows lie in its slot,
-as many as its ``patch_count``. Anything else is refused, naming the first disagreement, and
-nothing is written.
+One entry is left out: ``sequence_sources``, the versions of the tables the sequence vectors were
+last pooled from (a cache; without it the next ``authenticate`` or ``encode`` re-checks the
+sequence vectors and records it again). Before writing it, the array and the tables must agree:
+every committed image has a slot inside the array whose chunk was written, no two images share a
+slot, and its patch rows lie in its slot, as many as its ``patch_count``. Anything else is
+refused, naming the first disagreement, and nothing is written.
 """
 
 from __future__ import annotations
