@@ -294,6 +294,7 @@ def export_profiles(
         seconds=time.perf_counter() - start,
     )
 
+
 def _write_chunks(
     tmp: Path,
     chunks: Iterator[tuple[np.ndarray, pl.DataFrame, int]],
@@ -325,4 +326,3 @@ def _write_chunks(
         return None
     writer.close()
     return rows
-
