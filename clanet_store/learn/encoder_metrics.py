@@ -1,45 +1,16 @@
 """How much cell-line signal an encoder's embeddings carry across batches, and how much batch.
 
-SPEC 9. Every metric treats the **group** as the unit of exclusion: the (cell_line, batch) pair,
-or, for a line imaged in a single batch, the (cell_line, batch, well) triple (other wells stand
-in for other batches; ``group_by`` and ``lines_by_well`` say so). Images of one time-lapse field
-are correlated, so a query's neighbours are never taken from its own group, whatever their
-distance: a row-level exclusion would let the query's neighbouring frames answer for it.
-
-* ``knn_accuracy_cross_batch``: DINO's weighted k-NN (``eval_knn.py``): L2-normalised vectors,
-  the k = 20 most cosine-similar rows outside the query's group vote for their cell line with
-  weight exp(cos / 0.07); correct when the vote's winner is the query's line.
-  ``_chance``: what a ranking that knows the groups but not the lines scores. The same
-  neighbours, weights and clumps (the neighbours that come from one group), each clump given a
-  group drawn at random from the query's candidate groups, without replacement and in
-  proportion to group size (what a random ranking of rows would give the first neighbour);
-  mean accuracy over ``CHANCE_DRAWS`` draws. The design stays as it is (each line's groups and
-  their sizes); only where the groups rank is random. Drawing rows one by one instead would
-  understate chance: neighbours come in clumps (frames of one field, patches of one batch), and
-  a vote of one clump picks the query's line as often as a random row is of it, far more often
-  than a plurality of 20 random rows would.
-* ``map_cross_batch``: mean over queries of the average precision of ranking the query's
-  candidates (every row outside its group) by cosine similarity, positives = the same line.
-  ``_chance``: the exact expected AP of a random ranking with the query's numbers of positives
-  and candidates (the formula of ``copairs.map.normalization.expected_ap``), averaged likewise.
-  copairs computes the same AP (``tests/test_encoder_eval.py`` checks it against
-  ``copairs.map.average_precision``) but materialises every positive and negative pair, ~5e9
-  pairs for 100,000 patches, and cannot limit the queries to a sample; hence this vectorised
-  version over query chunks.
-* ``batch_effect_index``: among each query's k nearest rows **of its own line** outside its own
-  field (sequence: a time-lapse field's frames are neighbours for reasons that have nothing to
-  do with batches), the share ``o`` from its own group, against the share ``e`` a random choice
-  would give (own-group candidates / candidates), and the largest share ``m`` possible (all
-  own-group candidates first; below 1 when the group has fewer than k rows outside the field).
-  Index = (mean o - mean e) / (mean m - mean e), like Cohen's kappa: 0 = the nearest same-line
-  neighbours come from the query's batch no more often than chance (no batch effect), 1 = the
-  query's own batch always comes first (paper Fig. 1 / 7: each batch an island), negative =
-  less often than chance. Only queries of lines with at least two groups and with own-group
-  candidates outside their field count (``batch_effect_queries``); null when none does, or
-  when every candidate is among the k anyway (``m`` = ``e``).
-
-Queries are a seeded sample of at most ``max_queries`` rows of lines with at least two groups
-(all such rows below that); candidates are always every row.
+SPEC 9. The **group** is the unit of exclusion: the (cell_line, batch) pair, or (cell_line,
+batch, well) for a line imaged in a single batch (other wells stand in for other batches;
+``group_by`` and ``lines_by_well`` say so): frames of one time-lapse field are correlated, so a
+query's neighbours never come from its own group. The metrics, each next to its chance:
+``knn_accuracy_cross_batch`` (DINO's weighted k-NN, k = 20, T = 0.07; chance from random group
+rankings that keep the neighbours' clumps), ``map_cross_batch`` (equal to copairs' average
+precision, vectorised over query chunks; chance copairs' ``expected_ap``) and
+``batch_effect_index`` (0 = the nearest same-line neighbours come from the query's own batch no
+more often than chance, 1 = always). Queries: a seeded sample of at most ``max_queries`` rows of
+lines with at least two groups; candidates: every row. The full definitions and why:
+docs/evaluate-encoder.md.
 """
 
 from __future__ import annotations
