@@ -55,7 +55,7 @@ from clanet_store.pipelines.inductive import encoder_training
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.sequences import filter_schema, list_sequences, load_bags, sequence_filter
-from clanet_store.textout import percent_mean_std
+from clanet_store.textout import ablation_markdown
 
 if TYPE_CHECKING:
     from clanet_store.models.protocol import Encoder
@@ -470,66 +470,6 @@ def _batch_rows(
             keys, batch_labels, _ranked(means, model_classes, threshold), strict=True
         )
     ]
-
-
-def ablation_markdown(report: dict[str, Any]) -> str:
-    """The ablation as a Markdown table: a row per variant, per split sequence- and batch-level
-    accuracy and macro F1, mean ± std over repeats in % (layout of the paper's Table 4), then
-    the encoder of every split: its model_id and whether it saw the test side."""
-    names = ("sequence Acc", "sequence F1", "batch Acc", "batch F1")  # as metrics.SCALAR_SCORES
-    head = ["Aggregation", "TSS"] + [
-        f"{kind.capitalize()}: {name}" if i == 0 else name
-        for kind in SPLIT_KINDS
-        for i, name in enumerate(names)
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * 2 * len(names)]
-    for row in report["summary"]:
-        cells = [row["name"], "✓" if row["tss"] else "–"]
-        cells += [
-            percent_mean_std(row[kind][key])
-            for kind in SPLIT_KINDS
-            for key in metrics.SCALAR_SCORES
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    sizes = "; ".join(
-        f"{kind}: {', '.join(str(n) for n in report['test_sequences'][kind])}"
-        for kind in SPLIT_KINDS
-    )
-    encoder = (
-        f"`{report['encoder_model_id']}` ({report['encoder_arch']}, {report['embedding_dim']}-d, "
-        f"{'RANDOM INIT' if report['encoder_random_init'] else report['encoder_weights']})"
-    )
-    how = {
-        "inductive": "each split scored on an encoder refitted on its training side where "
-        "anything of it is fitted",
-        "transductive": "every split scored on this one encoder (--transductive)",
-    }[report["protocol"]]
-    per_split = [
-        f"- {e['split']}: `{e['model_id']}` {e['encoder_training'].upper()} "
-        f"({e['encoder_training_why']}; refitted: {e['refit']}"
-        + (f"; collapsed: {e['collapsed']}" if e["collapsed"] else "")
-        + ")"
-        for e in report["encoders"]
-    ]
-    return "\n".join(
-        [
-            f"# MIL ablation: {report['store']}",
-            "",
-            f"Encoder {encoder}, protocol {report['protocol']}: {how}. {report['sequences']} "
-            f"sequences, {report['batches']} batches, {len(report['classes'])} cell lines; k = "
-            f"{report['k']} patches per image; {report['epochs']} epochs; {report['repeats']} "
-            f"repeats per split (split and training seed = repeat number). Test side of each "
-            f"split, mean ± std (population) over repeats, in %. Test sequences per repeat: "
-            f"{sizes}. Encoders: {' / '.join(report['encoder_training'])} (below).",
-            "",
-            *lines,
-            "",
-            "Encoder of each split (did it see the test side?):",
-            "",
-            *per_split,
-            "",
-        ]
-    )
 
 
 def ablation(
