@@ -148,9 +148,9 @@ def test_export_and_archive_of_the_same_images_give_the_same_patches(two_stores)
 
 
 @pytest.mark.realdata
-def test_patches_open_with_plain_zarr_as_in_the_readme(two_stores):
-    """The README's napari recipe: the patch array and one image's patches with plain zarr (the
-    image's slot and patch count from its LanceDB row)."""
+def test_patches_open_with_plain_zarr_as_in_the_docs(two_stores):
+    """The napari recipe of docs/formats.md: the patch array and one image's patches with plain
+    zarr (the image's slot and patch count from its LanceDB row)."""
     path = two_stores["archive"][0]
     patches = zarr.open_array(path / "patches.zarr", mode="r")
     assert patches.shape[1:] == (112, 112) and patches.dtype == np.uint8

@@ -5,7 +5,7 @@ sequence table, pipeline and command on a small synthetic store encoded by the c
 The verdict acceptance (known batch consistent, wrong label mismatch naming the true line, a
 removed line unknown, false-alarm rate held) is asserted on the generated vectors: the classic
 encoder's mean-pooled sequence vectors of the synthetic export carry too little cross-batch
-signal for verdicts (README, Authenticate: its leave-one-batch-out table), so the store tests
+signal for verdicts (docs/authenticate.md: its leave-one-batch-out table), so the store tests
 check the mechanics and the bad-input errors there."""
 
 from __future__ import annotations
