@@ -29,7 +29,7 @@ from clanet_store.learn.splits import Split
 from clanet_store.models.classic import CLASSIC_ARCH
 from clanet_store.models.encoder import SSL_FORMAT
 from clanet_store.stores.patch_store import PatchStore
-from clanet_store.stores.sequences import SequenceRecord, sequence_filter
+from clanet_store.stores.sequences import SEQUENCE_KEYS, SequenceRecord, sequence_filter
 from clanet_store.torchfile import load_torch_file
 
 ENCODER_TRAINING = ("inductive", "transductive", "unknown")
@@ -45,11 +45,7 @@ def patch_sequences(store: PatchStore) -> list[SequenceRecord]:
     """The store's sequences from its patches table (no embeddings needed), as `list_sequences`
     gives them: the same keys, batches, positions and label order, so a split drawn from them
     before encoding is the split `train` draws (and reuses) afterwards."""
-    frame = (
-        store.patches_table(["sequence_id", "cell_line", "batch", "well", "location", "crop"])
-        .unique("sequence_id")
-        .sort("sequence_id")
-    )
+    frame = store.patches_table(list(SEQUENCE_KEYS)).unique("sequence_id").sort("sequence_id")
     classes = {name: i for i, name in enumerate(sorted(frame["cell_line"].unique().to_list()))}
     return [
         SequenceRecord(

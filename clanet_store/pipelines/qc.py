@@ -72,6 +72,7 @@ from clanet_store.stores.embedding_store import (
 )
 from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.lock import writer_lock
+from clanet_store.stores.sequences import SEQUENCE_KEYS
 
 GROUP_COLUMNS = {"image": "image_id", "sequence": "sequence_id"}
 PERMUTE_BY = ("auto", *GROUP_COLUMNS)
@@ -80,7 +81,6 @@ MIN_SEQUENCES = 5
 # An image (sequence) is also flagged when at least this share of its patches is: a fault that
 # shifts every patch a little (defocus) raises no single patch above the reference's image maxima.
 MAJORITY_FLAGGED = 0.5
-SEQUENCE_KEYS = ("sequence_id", "cell_line", "batch", "well", "location", "crop")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 

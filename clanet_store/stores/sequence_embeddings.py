@@ -38,6 +38,7 @@ from clanet_store.stores.embedding_store import (
     vectors,
 )
 from clanet_store.stores.patch_store import read_meta, write_meta
+from clanet_store.stores.sequences import SEQUENCE_KEYS
 
 LAYOUT = "sequence_embeddings"
 POOL_K = 10
@@ -47,7 +48,6 @@ STREAM_ROWS = 32_768  # patch vectors per streamed batch: 200 MB at 1536-d
 IN_LIST_MAX = 1000
 # store.json key: per model, the versions of the source tables at its last update.
 SOURCES_KEY = "sequence_sources"
-SEQUENCE_KEYS = ("sequence_id", "cell_line", "batch", "well", "location", "crop")
 ROW_KEYS = (
     *SEQUENCE_KEYS,
     "time_start_h",

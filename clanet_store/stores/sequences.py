@@ -38,6 +38,8 @@ from clanet_store.stores.embedding_store import KEY_COLUMNS, EmbeddingStore
 
 # Rows per step of the vector scatter: bounds the temporary copy to ~100 MB at 1536-d.
 _SCATTER_ROWS = 16_384
+# What names a sequence (a field's time-lapse) and where it was imaged: its key columns.
+SEQUENCE_KEYS = ("sequence_id", "cell_line", "batch", "well", "location", "crop")
 
 
 @dataclass(frozen=True)
