@@ -361,8 +361,16 @@ def test_training_learns_separable_bags_and_is_deterministic(tmp_path: Path) -> 
     train, test = separable_bags(rng, 60), separable_bags(rng, 30)
     config = MILConfig(k=4, epochs=25, lr=0.05, batch_bags=8, seed=1, tss_prior="fitted")
     seen = []
-    model, history = train_mil(train, ["a", "b", "c"], config, progress=seen.append)
-    assert [s["epoch"] for s in seen] == list(range(1, 26)) and history["epochs"] == seen
+
+    def progress(stage: str, epoch: int, epochs: int | None, /, **numbers: float) -> None:
+        seen.append({"stage": stage, "epoch": epoch, "of": epochs, **numbers})
+
+    model, history = train_mil(train, ["a", "b", "c"], config, progress=progress)
+    assert [s["epoch"] for s in seen] == list(range(1, 26)) and {s["of"] for s in seen} == {25}
+    keys = ("epoch", "loss", "accuracy")
+    assert [{k: e[k] for k in keys} for e in history["epochs"]] == [
+        {k: s[k] for k in keys} for s in seen
+    ]
     mus = [floor_mean_gap(b.times) for b in train]
     assert history["tss_candidates"] == sorted(set(mus)) and len(set(mus)) > 1
     assert history["tss_sigma"] == pytest.approx(np.std(mus))

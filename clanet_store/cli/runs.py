@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from clanet_store.cli.app import emit, format_option, main, progress_callback
+from clanet_store.cli.app import emit, format_option, main
+from clanet_store.cli.progress import progress_bars
 from clanet_store.runs.config import STAGES
 
 stage_choice = click.Choice(STAGES)
@@ -53,7 +54,8 @@ def _run(
 
     config = load_config(config_path, overrides)
     click.echo(f"pipeline {config.name} ({config.path}) -> {out.resolve()}", err=True)
-    r = run_pipeline(config, out, store, export, start_from, until, progress_callback, _event)
+    with progress_bars("step") as update:
+        r = run_pipeline(config, out, store, export, start_from, until, update, _event)
     lines = [_stage_line(s) for s in r["stages"]]
     chosen = next((s for s in r["stages"] if s["stage"] == "choose_encoder"), None)
     for choice in chosen["summary"]["choices"] if chosen else []:

@@ -30,6 +30,7 @@ from clanet_store.learn.tss import (
     never_subsampled,
     tss_sample,
 )
+from clanet_store.progress import Progress
 from clanet_store.torchfile import load_torch_file
 
 MODEL_FORMAT = "clanet-mil"
@@ -246,11 +247,11 @@ def train_mil(
     bags: Sequence[Bag],
     classes: Sequence[str],
     config: MILConfig,
-    progress: Callable[[dict[str, float]], None] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[MILAggregator, dict[str, Any]]:
     """Train a bag classifier on ``bags`` (labels index ``classes``); deterministic for a seed.
 
-    ``progress`` receives each epoch's stats (epoch, loss, accuracy, seconds). Returns the model
+    ``progress("training", epoch, epochs, loss=, accuracy=)`` follows the epochs. Returns the model
     in eval mode and the history: ``tss_candidates``, ``tss_sigma`` (the prior used, None without
     TSS), ``tss_subsampled_share`` (the share of bag-epochs TSS actually subsampled, None without
     TSS), ``warnings`` (TSS that cannot sample) and ``epochs`` (the stats).
@@ -281,10 +282,9 @@ def train_mil(
         batches = plan_epoch(bags, mus, prior, config, rng)
         subsampled += sum(index is not None for batch in batches for index in batch.indices)
         stats = train_epoch(model, optimizer, batches)
-        stats = {"epoch": epoch, **stats, "seconds": time.perf_counter() - start}
-        history["epochs"].append(stats)
+        history["epochs"].append({"epoch": epoch, **stats, "seconds": time.perf_counter() - start})
         if progress is not None:
-            progress(stats)
+            progress("training", epoch, config.epochs, **stats)
     if prior is not None and config.epochs:
         history["tss_subsampled_share"] = subsampled / (config.epochs * len(bags))
     return model.eval(), history

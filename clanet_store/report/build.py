@@ -30,6 +30,7 @@ from clanet_store import __version__
 from clanet_store.errors import ClanetError
 from clanet_store.models.health import MIN_EFFECTIVE_RANK, MIN_MEDIAN_DISTANCE
 from clanet_store.pipelines.evaluate_encoder import HEALTH_ROWS, EncoderSummary
+from clanet_store.pipelines.mil import evaluate
 from clanet_store.qc.heatmap import plate_heatmap
 from clanet_store.report import collect, figures, page
 from clanet_store.stores.embedding_store import EmbeddingStore
@@ -81,7 +82,8 @@ def write_report(
     variants = {}
     if models:
         say("evaluating models")
-        variants = collect.model_evaluations(store.path, models, ssl_checkpoint)
+        evaluations = [evaluate(store.path, path, ssl_checkpoint) for path in models]
+        variants = collect.model_evaluations(evaluations)
     qc = collect.latest_qc(store)
     uses = _uses(encoder, variants, qc)
     sections.append(_encoders(store.path, summaries, sequence_evals, uses, encoder_notes))
