@@ -28,8 +28,6 @@ from clanet_store.learn.splits import (
     apply_split,
     make_split,
     make_splits,
-    read_split,
-    write_split,
 )
 from clanet_store.learn.training import (
     MILConfig,
@@ -56,6 +54,7 @@ from clanet_store.learn.tss import (
     tss_weight,
     window_ids,
 )
+from clanet_store.pipelines.split_files import read_split, write_split
 
 
 def make_bag(

@@ -14,7 +14,7 @@ from clanet_store.cli.progress import progress
 from clanet_store.textout import render_table
 
 if TYPE_CHECKING:
-    from clanet_store.pipelines.mil import Split
+    from clanet_store.pipelines.split_files import Split
     from clanet_store.pipelines.ssl_train import CollapseProbe, TrainProgress
 
 
@@ -82,7 +82,7 @@ def ssl_train(
     After every epoch the teacher is probed for collapse; a collapsed run stops with the reason
     and exits non-zero, keeping the checkpoint of the epoch before.
     """
-    from clanet_store.pipelines.mil import load_split
+    from clanet_store.pipelines.split_files import load_split
     from clanet_store.pipelines.ssl_train import TrainingCollapsed
     from clanet_store.pipelines.ssl_train import ssl_train as run_ssl_train
 

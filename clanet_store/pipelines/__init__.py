@@ -18,5 +18,6 @@ __all__ = [
     "qc",
     "search",
     "split_encoder",
+    "split_files",
     "ssl_train",
 ]

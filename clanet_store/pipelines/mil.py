@@ -38,9 +38,6 @@ from clanet_store.learn.splits import (
     SPLIT_KINDS,
     Split,
     apply_split,
-    make_split,
-    read_split,
-    write_split,
 )
 from clanet_store.learn.training import (
     MILConfig,
@@ -61,6 +58,7 @@ from clanet_store.pipelines.mil_reports import (
     PredictReport,
     TrainReport,
 )
+from clanet_store.pipelines.split_files import split_for
 from clanet_store.progress import Progress
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.filters import parse_filters
@@ -71,7 +69,6 @@ if TYPE_CHECKING:
     from clanet_store.models.protocol import Encoder
     from clanet_store.pipelines.split_encoder import SplitEncoder
 
-SPLIT_SEED = 0
 LOW_PROBABILITY = 0.5
 # The rows of the ablation table: (aggregator, TSS, name), CLANet first (paper Tables 3-4).
 ABLATION_VARIANTS = (
@@ -81,36 +78,6 @@ ABLATION_VARIANTS = (
     ("max", False, "Max pooling"),
     ("patch-vote", False, "Patch classifier + majority vote"),
 )
-
-
-def split_path(directory: Path, kind: str, repeat: int) -> Path:
-    """Where repeat ``repeat`` of split ``kind`` lives in ``directory``."""
-    return directory / f"split-{kind}-r{repeat}.json"
-
-
-def split_for(
-    sequences: Sequence[Any], kind: str, repeat: int, directory: Path
-) -> tuple[Split, Path, bool]:
-    """The split file's split if it exists (reused: True), else a new one written there."""
-    path = split_path(directory, kind, repeat)
-    if not path.exists():
-        split = make_split(sequences, kind, repeat, SPLIT_SEED)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_split(path, split)
-        return split, path, False
-    split = load_split(path)
-    if (split.kind, split.repeat) != (kind, repeat):
-        raise ClanetError(f"{path}: holds {split.kind} repeat {split.repeat}, not {kind} {repeat}")
-    return split, path, True
-
-
-def load_split(path: str | Path) -> Split:
-    """The split file at ``path`` (`learn.splits.read_split`), a one-line error naming it when
-    it cannot be read."""
-    try:
-        return read_split(path)
-    except ValueError as error:
-        raise ClanetError(str(error)) from None
 
 
 def _sides(sequences: Sequence[Any], split: Split, path: Path) -> tuple[list[Any], list[Any]]:

@@ -157,7 +157,7 @@ def _run_splits(run: Run) -> dict[str, Any]:
     """The train stage's splits by name (``KIND-rR``), drawn from the patches table into
     OUT/models or read from there: ssl_train, choose_encoder and train use the same ones."""
     from clanet_store.pipelines.inductive import patch_sequences
-    from clanet_store.pipelines.mil import split_for
+    from clanet_store.pipelines.split_files import split_for
     from clanet_store.stores.patch_store import PatchStore
 
     records = patch_sequences(PatchStore(run.store))
