@@ -56,14 +56,14 @@ def _run(
     click.echo(f"pipeline {config.name} ({config.path}) -> {out.resolve()}", err=True)
     with progress_bars("step") as update:
         r = run_pipeline(config, out, store, export, start_from, until, update, _event)
-    lines = [_stage_line(s) for s in r["stages"]]
-    chosen = next((s for s in r["stages"] if s["stage"] == "choose_encoder"), None)
+    lines = [_stage_line(s) for s in r.stages]
+    chosen = next((s for s in r.stages if s["stage"] == "choose_encoder"), None)
     for choice in chosen["summary"]["choices"] if chosen else []:
         lines.append(f"models of {choice['split']} trained on {choice['reason']}")
-    lines.append(f"total {_duration(r['seconds'])}; store {r['store']}")
-    if r["report"]:
-        lines.append(f"report: {r['report']}")
-    emit(fmt, r, "\n".join(lines))
+    lines.append(f"total {_duration(r.seconds)}; store {r.store}")
+    if r.report:
+        lines.append(f"report: {r.report}")
+    emit(fmt, r.as_dict(), "\n".join(lines))
 
 
 def _duration(seconds: float) -> str:

@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,24 @@ def _up_to_date(record: dict[str, Any] | None, key: str) -> bool:
     return bool(record) and record["key"] == key and all(Path(f).exists() for f in record["files"])
 
 
+@dataclass(frozen=True)
+class RunReport:
+    """One run of a pipeline: where it wrote, and per stage its number, status (ran / up to
+    date), time and summary."""
+
+    config: str
+    pipeline: str
+    out: str
+    store: str
+    export: str | None
+    report: str | None
+    stages: list[dict[str, Any]]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 def run_pipeline(
     config: PipelineConfig,
     out: str | Path,
@@ -112,7 +131,7 @@ def run_pipeline(
     until: str | None = None,
     progress: Progress | None = None,
     on_event: Event | None = None,
-) -> dict[str, Any]:
+) -> RunReport:
     """Run ``config``'s stages into ``out`` (store default: OUT/store; export default: the synth
     stage's OUT/export). ``on_event`` hears each stage start and end; ``progress`` follows
     the stages' work. Returns every stage's status, time and summary."""
@@ -152,16 +171,16 @@ def run_pipeline(
         results.append(item)
         previous = key
     report = run.out / "report.html"
-    return {
-        "config": str(config.path),
-        "pipeline": config.name,
-        "out": str(out),
-        "store": str(run.store),
-        "export": str(run.export) if run.export else None,
-        "report": str(report) if report.exists() and until in (None, "report") else None,
-        "stages": results,
-        "seconds": time.perf_counter() - start,
-    }
+    return RunReport(
+        config=str(config.path),
+        pipeline=config.name,
+        out=str(out),
+        store=str(run.store),
+        export=str(run.export) if run.export else None,
+        report=str(report) if report.exists() and until in (None, "report") else None,
+        stages=results,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _new_run(

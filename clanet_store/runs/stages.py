@@ -253,7 +253,7 @@ def index(run: Run, p: dict[str, Any]) -> Done:
     """Scalar and vector indexes; compaction."""
     from clanet_store.pipelines.search import build_index
 
-    return Done(build_index(run.store, run.model_id), [run.store])
+    return Done(build_index(run.store, run.model_id).as_dict(), [run.store])
 
 
 def model_path(run: Run, name: str, split: str, repeat: int) -> Path:
@@ -368,7 +368,7 @@ def report(run: Run, p: dict[str, Any]) -> Done:
         notes,
         encoder_notes=[f"Models of {c['split']} trained on {c['reason']}" for c in choices],
     )
-    return Done(r, [Path(r["report"])])
+    return Done(r.as_dict(), [Path(r.report)])
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[Run, dict[str, Any]], Done]] = {
