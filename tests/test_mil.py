@@ -14,6 +14,7 @@ import torch
 from clanet_store.learn import aggregators
 from clanet_store.learn.aggregators import AGGREGATORS, GatedAttention, build_aggregator
 from clanet_store.learn.bags import Bag, collate, padded_size
+from clanet_store.learn.inference import predict_proba
 from clanet_store.learn.metrics import (
     accuracy_by_fraction,
     batch_proba,
@@ -23,6 +24,7 @@ from clanet_store.learn.metrics import (
     macro_f1,
     mean_std,
 )
+from clanet_store.learn.model_file import load_model, save_model, training_record
 from clanet_store.learn.splits import (
     Split,
     apply_split,
@@ -34,12 +36,8 @@ from clanet_store.learn.training import (
     MiniBatch,
     batched_backward,
     init_model,
-    load_model,
     per_bag_backward,
-    predict_proba,
-    save_model,
     train_mil,
-    training_record,
 )
 from clanet_store.learn.tss import (
     REFERENCE_CANDIDATES,

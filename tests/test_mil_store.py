@@ -18,7 +18,9 @@ from clanet_store.cli import main
 from clanet_store.cli import mil as cli_mil
 from clanet_store.exports.synth import synth_export
 from clanet_store.learn.aggregators import AGGREGATORS
-from clanet_store.learn.training import MILConfig, load_model, save_model
+from clanet_store.learn.model_file import load_model, save_model
+from clanet_store.learn.splits import SPLIT_KINDS
+from clanet_store.learn.training import MILConfig
 from clanet_store.learn.tss import TSS_PRIOR_KINDS
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
@@ -247,4 +249,5 @@ def test_ablation_writes_the_table(store_path, tmp_path):
 
 def test_cli_choices_and_defaults_are_the_cores():
     assert cli_mil.AGGREGATORS == AGGREGATORS and cli_mil.TSS_PRIOR_KINDS == TSS_PRIOR_KINDS
+    assert cli_mil.SPLIT_KINDS == SPLIT_KINDS
     assert (MILConfig.k, MILConfig.epochs) == (cli_mil.DEFAULT_K, cli_mil.DEFAULT_EPOCHS)

@@ -34,20 +34,14 @@ from clanet_store.errors import ClanetError
 from clanet_store.learn import metrics
 from clanet_store.learn.aggregators import MILAggregator
 from clanet_store.learn.bags import Bag
+from clanet_store.learn.inference import predict_proba
+from clanet_store.learn.model_file import MILModel, load_model, save_model, training_record
 from clanet_store.learn.splits import (
     SPLIT_KINDS,
     Split,
     apply_split,
 )
-from clanet_store.learn.training import (
-    MILConfig,
-    MILModel,
-    load_model,
-    predict_proba,
-    save_model,
-    train_mil,
-    training_record,
-)
+from clanet_store.learn.training import MILConfig, train_mil
 from clanet_store.pipelines.evaluate_encoder import Encoder
 from clanet_store.pipelines.inductive import encoder_training
 from clanet_store.pipelines.mil_reports import (
