@@ -194,7 +194,8 @@ def test_stale_split_and_foreign_encoder_are_refused(store_path, tmp_path):
     split_file = tmp_path / "split-batch-stratified-r2.json"
     out = tmp_path / "m.pt"
     train = "train --store {store} --split batch-stratified --repeat 2 --epochs 1 --out {out}"
-    run(train, store=store_path, out=out)
+    text = run(train, store=store_path, out=out)
+    assert "TSS (reference prior, candidates [1, 2, 3, 4, 5, 6, 7, 8] h, sigma 2.29)" in text
     split = json.loads(split_file.read_text())
     split_file.write_text(json.dumps({**split, "test": [*split["test"], "0000000000000000"]}))
     message = run(train, 1, store=store_path, out=out)

@@ -113,7 +113,7 @@ def train_text(r: TrainReport) -> str:
         lines.append(f"{r.sequences_outside_split} stored sequences are not in the split file")
     if r.tss_subsampled_share is not None:
         lines.append(
-            f"TSS ({c['tss_prior']} prior, candidates {r.tss_candidates} h, sigma "
+            f"TSS ({c['tss_prior']['kind']} prior, candidates {r.tss_candidates} h, sigma "
             f"{r.tss_sigma:.2f}): {100 * r.tss_subsampled_share:.1f} % of bag-epochs subsampled"
         )
     return "\n".join(lines)
