@@ -89,9 +89,23 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
 @click.option("--positions", type=int, default=2, show_default=True, help="positions per batch")
 @click.option("--timepoints", type=int, default=4, show_default=True, help="images per position")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--batch-effects",
+    type=click.FloatRange(0, 1),
+    default=1.0,
+    show_default=True,
+    help="scale of the batch effects (1: the paper's spread, 0: none)",
+)
 @format_option
 def synth(
-    out: Path, lines: int, batches: int, positions: int, timepoints: int, seed: int, fmt: str
+    out: Path,
+    lines: int,
+    batches: int,
+    positions: int,
+    timepoints: int,
+    seed: int,
+    batch_effects: float,
+    fmt: str,
 ) -> None:
     """Write a synthetic Incucyte-like export (deterministic for a seed)."""
     from clanet_store.exports.synth import synth_export
@@ -100,7 +114,14 @@ def synth(
     with progress("rendering", "image", total=max(total, 0)) as bar:
         try:
             result = synth_export(
-                out, lines, batches, positions, timepoints, seed, on_image=lambda _: bar.update()
+                out,
+                lines,
+                batches,
+                positions,
+                timepoints,
+                seed,
+                on_image=lambda _: bar.update(),
+                batch_effects=batch_effects,
             )
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
