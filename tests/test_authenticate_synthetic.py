@@ -13,20 +13,24 @@ signal are asserted first: every verdict test fails, never skips, without them.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import polars as pl
 import pytest
-from click.testing import CliRunner
 from scipy.stats import binom
+from test_authenticate import _ok, _run
 
-from clanet_store.cli import main
 from clanet_store.exports.synth import _LINE_RANGES, line_styles, synth_export
 from clanet_store.learn.authentication import CONSISTENT, MISMATCH, UNKNOWN
-from clanet_store.pipelines.authenticate import held_out_verdicts
+from clanet_store.learn.training import bag_vectors, load_model
+from clanet_store.pipelines.authenticate import held_out_verdicts, mil_pooling
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.sequence_embeddings import (
+    is_current,
+    read_sequences,
+    update_sequence_embeddings,
+)
+from clanet_store.stores.sequences import load_bags
 
 LINES, SEED = 5, 0
 RATE = 0.1  # 24 library sequences: 5 % would need 19 scores per held-out library
@@ -58,16 +62,6 @@ ABSENT = _farthest(ALL_LINES)
 LIBRARY_LINES = [n for n in ALL_LINES if n != ABSENT]
 KNOWN = _farthest(LIBRARY_LINES)
 LIBRARY = ["--reference", f"cell_line!={ABSENT}", "--false-alarm", str(RATE)]
-
-
-def _run(args: list[str]):
-    return CliRunner().invoke(main, [*args, "--format", "json"])
-
-
-def _ok(args: list[str]) -> dict:
-    result = _run(args)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +146,49 @@ def test_bad_input(healthy):
     nothing = _run(["authenticate", "--store", healthy, "--new", f"batch={batch}", "--claimed",
                     KNOWN, "--reference", f"batch={batch}"])  # fmt: skip
     assert nothing.exit_code == 1 and "reference library" in nothing.output
+
+
+def _by_sequence(read: tuple[pl.DataFrame, np.ndarray], keys: pl.DataFrame) -> np.ndarray:
+    """The vectors of ``read`` in the order of ``keys``' sequences."""
+    row = {s: i for i, s in enumerate(read[0]["sequence_id"])}
+    return read[1][[row[s] for s in keys["sequence_id"]]]
+
+
+def test_mil_pooling_is_its_bag_vector_kept_apart_from_the_mean(healthy, tmp_path):
+    """``--mil``: each sequence's vector is the trained MIL's bag vector z of its bag, stored
+    under its own ``pooling`` key beside the mean rows (which it leaves alone), rebuildable;
+    a model of another encoder, or one without a bag vector, is refused."""
+    model = tmp_path / "mil.pt"
+    _ok(["train", "--store", healthy, "--split", "batch-separated", "--repeat", "1",
+         "--epochs", "3", "--out", str(model)])  # fmt: skip
+    store = EmbeddingStore(healthy)
+    pooling, mid = mil_pooling(model, None)
+    mean_before = read_sequences(store, mid)
+    r = _ok(["authenticate", "--store", healthy, "--evaluate", "--mil", str(model),
+             "--false-alarm", str(RATE)])  # fmt: skip
+    assert r["pooling"] == pooling.name and pooling.name.startswith("mil:")
+    assert r["known"]["batch"]["n"] == LINES * 3
+    keys, x = read_sequences(store, mid, pooling=pooling)
+    assert keys.height == mean_before[0].height == LINES * 3 * 2
+    assert set(keys["pooling"]) == {pooling.name} and keys["row_id"].n_unique() == keys.height
+    mil = load_model(model)
+    bags, _ = load_bags(store, k=mil.config.k, model_id=mid)
+    by_key = {bag.key: bag for bag in bags}
+    expected = bag_vectors(mil.model, [by_key[k] for k in keys["sequence_id"]])
+    np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(x, _by_sequence(mean_before, keys), atol=1e-3)
+    np.testing.assert_array_equal(
+        _by_sequence(read_sequences(store, mid), keys), _by_sequence(mean_before, keys)
+    )
+    assert is_current(store, mid, pooling)
+    assert update_sequence_embeddings(store, mid, pooling=pooling).pooled == 0
+    assert update_sequence_embeddings(store, mid, rebuild=True, pooling=pooling).pooled == 30
+    np.testing.assert_allclose(read_sequences(store, mid, pooling=pooling)[1], x, atol=1e-6)
+    other = _run(["authenticate", "--store", healthy, "--evaluate", "--mil", str(model),
+                  "--model-id", "feedfeedfeedfeed"])  # fmt: skip
+    assert other.exit_code == 1 and "not feedfeedfeedfeed" in other.output
+    vote = tmp_path / "vote.pt"
+    _ok(["train", "--store", healthy, "--split", "batch-separated", "--repeat", "1",
+         "--aggregator", "patch-vote", "--epochs", "1", "--out", str(vote)])  # fmt: skip
+    refused = _run(["authenticate", "--store", healthy, "--evaluate", "--mil", str(vote)])
+    assert refused.exit_code == 1 and "pools no bag vector" in refused.output

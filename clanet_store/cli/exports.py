@@ -82,6 +82,9 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
     emit(fmt, payload, "\n".join(lines))
 
 
+BATCH_EFFECTS_HELP = "scale of the batch effects, 0 (none) to 1 (the paper's spread)  [default: 1]"
+
+
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--lines", type=int, default=4, show_default=True, help="cell lines")
@@ -89,13 +92,7 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
 @click.option("--positions", type=int, default=2, show_default=True, help="positions per batch")
 @click.option("--timepoints", type=int, default=4, show_default=True, help="images per position")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--batch-effects",
-    type=click.FloatRange(0, 1),
-    default=1.0,
-    show_default=True,
-    help="scale of the batch effects (1: the paper's spread, 0: none)",
-)
+@click.option("--batch-effects", type=click.FloatRange(0, 1), default=1.0, help=BATCH_EFFECTS_HELP)
 @format_option
 def synth(
     out: Path,
