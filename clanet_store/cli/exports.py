@@ -93,6 +93,10 @@ BATCH_EFFECTS_HELP = "scale of the batch effects, 0 (none) to 1 (the paper's spr
 @click.option("--timepoints", type=int, default=4, show_default=True, help="images per position")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-effects", type=click.FloatRange(0, 1), default=1.0, help=BATCH_EFFECTS_HELP)
+@click.option(
+    "--size", type=(click.IntRange(min=224), click.IntRange(min=448)), default=(1040, 1408),
+    help="frame height and width, e.g. --size 520 704 for fast tests  [default: 1040 1408]",
+)  # fmt: skip
 @format_option
 def synth(
     out: Path,
@@ -102,6 +106,7 @@ def synth(
     timepoints: int,
     seed: int,
     batch_effects: float,
+    size: tuple[int, int],
     fmt: str,
 ) -> None:
     """Write a synthetic Incucyte-like export (deterministic for a seed)."""
@@ -119,6 +124,7 @@ def synth(
                 seed,
                 on_image=lambda _: bar.update(),
                 batch_effects=batch_effects,
+                size=size,
             )
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
