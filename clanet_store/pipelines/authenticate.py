@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import torch
 from lancedb.expr import Expr, col
 
 from clanet_store.errors import ClanetError
@@ -100,7 +101,8 @@ def mil_pooling(path: str | Path, model_id: str | None) -> tuple[Pooling, str]:
     model, a model without a bag vector, or a ``model_id`` other than its encoder's."""
     try:
         mil = load_model(path)
-        mil.model.bag_vector(*_one_patch(mil.model.classifier.in_features))
+        dim = mil.model.classifier.in_features  # a one-patch bag: has the model a bag vector?
+        mil.model.bag_vector(torch.zeros(1, 1, dim), torch.ones(1, 1, dtype=torch.bool))
     except ValueError as error:
         raise ClanetError(f"{path}: {error}") from None
     if model_id is not None and model_id != mil.encoder_model_id:
@@ -111,13 +113,6 @@ def mil_pooling(path: str | Path, model_id: str | None) -> tuple[Pooling, str]:
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     pooling = Pooling(f"mil:{digest}", mil.config.k, lambda bags: bag_vectors(mil.model, bags))
     return pooling, mil.encoder_model_id
-
-
-def _one_patch(dim: int) -> tuple[Any, Any]:
-    """A one-patch bag (x, mask) as tensors, to ask a model for its bag vector."""
-    import torch
-
-    return torch.zeros(1, 1, dim), torch.ones(1, 1, dtype=torch.bool)
 
 
 def current_store(
@@ -139,11 +134,12 @@ def _pooling(mil: str | Path | None, model_id: str | None) -> tuple[Pooling, str
 def reference_library(
     model_id: str, keys: pl.DataFrame, x: np.ndarray, units: np.ndarray | None = None
 ) -> Library:
-    """A `Library` of sequence rows (``read_sequences``); ``units`` default to the rows' own
-    (`unit_keys` of these rows alone)."""
+    """A `Library` of sequence rows (``read_sequences``) and their vectors ``x``, scaled to unit
+    length (in place when ``x`` is writeable: it becomes the library's); ``units`` default to
+    the rows' own (`unit_keys` of these rows alone)."""
     return Library(
         model_id=model_id,
-        vectors=unit_vectors(x),
+        vectors=unit_vectors(x, in_place=True),
         lines=keys["cell_line"].to_numpy().astype(str),
         units=unit_keys(keys["cell_line"], keys["batch"], keys["well"]) if units is None else units,
         sequences=keys["sequence_id"].to_numpy().astype(str),
