@@ -156,11 +156,11 @@ def _with_paths(store: EmbeddingStore, level: str, keys: pl.DataFrame) -> pl.Dat
     return keys.select(LEVEL_METADATA[level])
 
 
-def feature_columns(x: np.ndarray) -> list[pa.Array]:
+def feature_columns(x: np.ndarray, out: np.ndarray | None = None) -> list[pa.Array]:
     """The columns of an (n, dim) matrix as ``dim`` float32 Arrow arrays, views of one transposed
-    copy (`_transpose_into`)."""
+    copy (`_transpose_into`), into ``out`` (a (dim, n) float32 buffer) when given."""
     n, dim = x.shape
-    columns = np.empty((dim, n), np.float32)
+    columns = np.empty((dim, n), np.float32) if out is None else out
     _transpose_into(np.ascontiguousarray(x, dtype=np.float32), columns, TRANSPOSE_TILE)
     buffer = pa.py_buffer(columns)
     size = n * 4
@@ -197,6 +197,7 @@ class _ParquetWriter:
         # Dictionaries and statistics for the metadata only: random-looking floats gain nothing
         # from them and the writer would spend most of its time trying.
         names = [f.name for f in fields]
+        self.buffer = np.empty((0, 0), np.float32)
         self.writer = pq.ParquetWriter(
             path,
             self.schema,
@@ -206,7 +207,11 @@ class _ParquetWriter:
         )
 
     def write(self, x: np.ndarray, keys: pl.DataFrame) -> None:
-        arrays = [*keys.to_arrow().columns, *feature_columns(x)]
+        # One transpose buffer for every chunk of the same size: a fresh one cost the kernel
+        # zeroing 200 MB of new pages per chunk.
+        if self.buffer.shape != x.shape[::-1]:
+            self.buffer = np.empty(x.shape[::-1], np.float32)
+        arrays = [*keys.to_arrow().columns, *feature_columns(x, self.buffer)]
         self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
 
     def close(self) -> None:
