@@ -141,3 +141,21 @@ def test_ome_tiff_ingests_into_the_same_patches_as_an_export(ome_and_tiff_stores
     plate = root.parent / "plate.csv"
     again = ingest(root, ome_and_tiff_stores["ome"][0], plate, workers=1)
     assert (again.images_added, again.images_replaced, again.images_skipped) == (0, 0, 4)
+
+
+def test_middle_z_plane_and_scenes_as_fields(tmp_path):
+    """Z: the middle plane is the image; a file with two scenes and no field in its name gives
+    fields 1 and 2 of its well."""
+    rng = np.random.default_rng(2)
+    stack = rng.integers(0, 60000, (2, 1, 3, 16, 24), dtype=np.uint16)  # T, C, Z, Y, X
+    path = tmp_path / "VID9_C2.ome.tif"
+    metadata = {"axes": "TCZYX", "Channel": {"Name": ["BF"]}, "TimeIncrement": 1.0}
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for scene in range(2):
+            tif.write(stack + scene, metadata={**metadata, "TimeIncrementUnit": "h"})
+    plate = write_plate_map(tmp_path / "plate.csv", [("VID9", "C2", "A549", "b1")])
+    m = scan_export(tmp_path, plate).manifest.sort("path")
+    assert m["path"].to_list() == [f"VID9_C2.ome.tif#S{s}T{t}C0Z1" for s in (0, 1) for t in (0, 1)]
+    assert m["location"].to_list() == [1, 1, 2, 2]
+    assert m["timepoint_h"].to_list() == [0.0, 1.0, 0.0, 1.0]
+    np.testing.assert_array_equal(read_plane(str(tmp_path / m["path"][3])), stack[1, 0, 1] + 1)
