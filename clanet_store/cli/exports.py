@@ -68,7 +68,7 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
         ),
     ]
     if result.fluorescence_ignored:
-        lines += ["", f"{result.fluorescence_ignored} fluorescence images ignored (archive)"]
+        lines += ["", f"{result.fluorescence_ignored} fluorescence images ignored"]
     if result.cell_line_from_prefix:
         lines += [
             "",
