@@ -52,7 +52,7 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
         ),
     ]
     if r.fluorescence_ignored:
-        lines += ["", f"{r.fluorescence_ignored} fluorescence images ignored (archive)"]
+        lines += ["", f"{r.fluorescence_ignored} fluorescence images ignored"]
     if r.cell_line_from_prefix:
         lines += [
             "",
@@ -66,6 +66,9 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
     emit(fmt, r.as_dict(), "\n".join(lines))
 
 
+BATCH_EFFECTS_HELP = "scale of the batch effects, 0 (none) to 1 (the paper's spread)  [default: 1]"
+
+
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--lines", type=int, default=4, show_default=True, help="cell lines")
@@ -73,15 +76,31 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
 @click.option("--positions", type=int, default=2, show_default=True, help="positions per batch")
 @click.option("--timepoints", type=int, default=4, show_default=True, help="images per position")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-effects", type=click.FloatRange(0, 1), default=1.0, help=BATCH_EFFECTS_HELP)
+@click.option(
+    "--size", type=(click.IntRange(min=224), click.IntRange(min=448)), default=(1040, 1408),
+    help="frame height and width, e.g. --size 520 704 for fast tests  [default: 1040 1408]",
+)  # fmt: skip
 @format_option
 def synth(
-    out: Path, lines: int, batches: int, positions: int, timepoints: int, seed: int, fmt: str
+    out: Path,
+    lines: int,
+    batches: int,
+    positions: int,
+    timepoints: int,
+    seed: int,
+    batch_effects: float,
+    size: tuple[int, int],
+    fmt: str,
 ) -> None:
     """Write a synthetic Incucyte-like export (deterministic for a seed)."""
     from clanet_store.pipelines.exports import synth as run_synth
 
     with progress_bars("image") as update:
-        r = run_synth(out, lines, batches, positions, timepoints, seed, update)
+        r = run_synth(
+            out, lines, batches, positions, timepoints, seed, update, batch_effects=batch_effects,
+            size=size,
+        )  # fmt: skip
     rows = r.batches
     human = (
         f"{out}: {r.cell_lines} cell lines, {len(rows)} batches, {r.sequences} "

@@ -15,6 +15,7 @@ __all__ = [
     "mil",
     "mil_reports",
     "patches",
+    "prefetch",
     "qc",
     "search",
     "split_encoder",

@@ -11,7 +11,7 @@ from typing import Any
 from clanet_store.errors import ClanetError
 from clanet_store.exports.scan import scan_export
 from clanet_store.exports.summary import batch_summary, export_summary
-from clanet_store.exports.synth import synth_export
+from clanet_store.exports.synth import IMAGE_SIZE, synth_export
 from clanet_store.progress import Progress
 from clanet_store.stores.manifest import write_manifest
 
@@ -95,6 +95,8 @@ def synth(
     timepoints: int,
     seed: int,
     progress: Progress | None = None,
+    batch_effects: float = 1.0,
+    size: tuple[int, int] = IMAGE_SIZE,
 ) -> SynthReport:
     """Write a synthetic export (`exports.synth.synth_export`) into ``out``."""
     total = max(lines * batches * positions * timepoints, 0)
@@ -105,7 +107,9 @@ def synth(
             progress("rendering", next(done), total)
 
     try:
-        result = synth_export(out, lines, batches, positions, timepoints, seed, on_image=on_image)
+        result = synth_export(
+            out, lines, batches, positions, timepoints, seed, on_image, batch_effects, size
+        )
     except ValueError as exc:
         raise ClanetError(str(exc)) from None
     rows = [
