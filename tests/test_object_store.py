@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import obstore
 import polars as pl
 import pytest
 from click.testing import CliRunner
@@ -23,6 +24,9 @@ from test_encode import SEED7, kill_and_resume
 
 from clanet_store.cli import main
 from clanet_store.errors import ClanetError
+from clanet_store.exports.synth import synth_export
+from clanet_store.pipelines.encode import classic_encoder, encode
+from clanet_store.pipelines.ingest import ingest
 from clanet_store.stores.embedding_store import EmbeddingStore, vectors
 from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.lock import LEASE, StoreBusyError, writer_lock
@@ -224,3 +228,30 @@ def test_bad_endpoint_credentials_or_bucket_fail_in_one_line(
     assert not StoreLocation.parse("s3://clanet/x").entries()  # nothing written
     with pytest.raises(ClanetError, match="no such bucket"):
         StoreLocation.parse("s3://no-such-bucket/x").entries()
+
+
+def _upload(folder: Path, url: str) -> None:
+    """Copy a local store's files under an s3:// prefix (the layout is the same)."""
+    store = StoreLocation.parse(url).object_store()
+    for file in folder.rglob("*"):
+        if file.is_file():
+            obstore.put(store, file.relative_to(folder).as_posix(), file.read_bytes())
+
+
+def test_train_on_s3_equals_train_on_a_local_store(s3, tmp_path):
+    root = tmp_path / "synth"
+    synth_export(root / "export", 3, 2, 2, 1, seed=0)  # 12 images, 12 sequences
+    local, remote = root / "store", "s3://clanet/train/store"
+    ingest(root / "export", local, workers=1)
+    encode(local, classic_encoder(local))
+    _upload(local, remote)
+    reports = {}
+    for store in (str(local), remote):
+        out = tmp_path / ("local" if store == str(local) else "s3") / "mil.pt"
+        args = ["train", "--store", store, "--split", "batch-separated", "--repeat", "1"]
+        reports[store] = _ok([*args, "--epochs", "2", "--out", str(out)])
+    a, b = reports[str(local)], reports[remote]
+    assert (b["train_sequences"], b["test_sequences"]) == (
+        a["train_sequences"],
+        a["test_sequences"],
+    )
