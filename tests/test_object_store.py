@@ -124,8 +124,10 @@ def test_ingest_encode_search_on_s3_equal_a_local_store(stores):
     assert b.column("patch_id").to_pylist() == ids == a.column("patch_id").to_pylist()
     np.testing.assert_allclose(vectors(b), vectors(a), atol=1e-6)
     found = {s: _ok(["search", "--store", s, "--patch-id", ids[3], "-k", "5"]) for s in stores}
-    assert len(found[local]["queries"][0]["found"]) == 5
-    assert found[remote]["queries"] == found[local]["queries"]
+    hits = {s: pl.DataFrame(found[s]["results"]) for s in stores}
+    assert hits[local].height == 5 and found[remote]["queries"] == found[local]["queries"]
+    assert hits[remote].drop("distance").equals(hits[local].drop("distance"))
+    np.testing.assert_allclose(hits[remote]["distance"], hits[local]["distance"], atol=1e-6)
     info = {store: _ok(["info", "--store", store]) for store in stores}
     assert info[remote]["patches"] == info[local]["patches"] == len(ids)
     assert info[remote]["size_bytes"] > 0
