@@ -213,7 +213,7 @@ def authenticating_s3():
     proc.wait()
 
 
-@pytest.mark.parametrize("command", ["ingest", "info"])
+@pytest.mark.parametrize("command", ["ingest", "info", "repair"])
 @pytest.mark.realdata
 def test_bad_endpoint_credentials_or_bucket_fail_in_one_line(
     s3, authenticating_s3, export, monkeypatch, command
@@ -224,7 +224,7 @@ def test_bad_endpoint_credentials_or_bucket_fail_in_one_line(
         ("s3://no-such-bucket/x", {}, "no such bucket"),
     ]
     for url, env, reason in cases:
-        args = ["ingest", str(export), "--workers", "1"] if command == "ingest" else ["info"]
+        args = ["ingest", str(export), "--workers", "1"] if command == "ingest" else [command]
         with monkeypatch.context() as mp:
             for key, value in env.items():
                 mp.setenv(key, value)

@@ -201,13 +201,14 @@ def object_store_reason(exc: Exception, options: Mapping[str, str]) -> str:
     endpoint = options.get("endpoint", "the default endpoint")
     if "NoSuchBucket" in text:
         return "no such bucket"
-    if type(exc).__name__ in ("PermissionDeniedError", "UnauthenticatedError") or "403" in text:
+    if "error sending request" in text:
+        return f"cannot reach {endpoint} (check AWS_ENDPOINT_URL or --storage-option endpoint=)"
+    denied = ("PermissionDeniedError", "UnauthenticatedError")
+    if type(exc).__name__ in denied or "403 Forbidden" in text:
         return (
             "access denied: check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or "
             "--storage-option)"
         )
-    if "error sending request" in text or "connect" in text.lower():
-        return f"cannot reach {endpoint} (check AWS_ENDPOINT_URL or --storage-option endpoint=)"
     return text.splitlines()[0][:200]
 
 

@@ -116,12 +116,18 @@ class _Lease:
                 # another writer took the expired lease over first: look again
 
     def _put(self, mode: str | dict) -> bool:
-        """Write the lease with a conditional put; False if the condition failed."""
+        """Write the lease with a conditional put; False if the condition failed (for a
+        replacement also when the lease is gone; for ``create`` a missing object means a
+        missing bucket, which `StoreLocation.errors` reports)."""
+        store = self.location.object_store()
         try:
-            self.etag = obstore.put(self.location.object_store(), LEASE, self.body(), mode=mode)[
-                "e_tag"
-            ]
-        except (AlreadyExistsError, PreconditionError, FileNotFoundError):
+            self.etag = obstore.put(store, LEASE, self.body(), mode=mode)["e_tag"]
+        except (AlreadyExistsError, PreconditionError):
+            return False
+        except FileNotFoundError:
+            if mode == "create":
+                self.location.entries()  # raises the bucket's one-line error
+                raise
             return False
         return True
 
