@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -181,6 +182,31 @@ def test_a_dead_writers_lease_lets_the_next_writer_in_once_it_expired(s3, monkey
     time.sleep(2.2)
     with writer_lock(url):  # taken over (If-Match on the expired lease's ETag)
         assert json.loads(StoreLocation.parse(url).read_bytes(LEASE))["holder"].endswith(")")
+
+
+def test_of_writers_racing_for_an_expired_lease_exactly_one_wins(s3, monkeypatch):
+    monkeypatch.setenv("CLANET_STORE_LEASE_S", "30")
+    url = "s3://clanet/race/store"
+    expired = b'{"holder": "dead", "expires": "2000-01-01T00:00:00+00:00"}'
+    StoreLocation.parse(url).write_bytes(LEASE, expired)
+    outcomes: list[str] = []
+    start = threading.Barrier(4)
+
+    def writer() -> None:
+        start.wait()
+        try:
+            with writer_lock(url):
+                outcomes.append("won")
+                time.sleep(1)  # hold it while the others try
+        except StoreBusyError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["refused"] * 3 + ["won"]
 
 
 def test_a_writer_whose_lease_was_taken_over_stops(s3, monkeypatch):
