@@ -17,7 +17,7 @@ import functools
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,9 @@ from clanet_store.errors import ClanetError
 
 SCHEMES = ("s3", "gs", "az")
 # Environment variables read for s3:// locations, and the option each one sets.
-AWS_ENV = {
-    "AWS_ENDPOINT_URL": "endpoint",
+AWS_ENV = {  # a later variable wins over an earlier one for the same option
     "AWS_ENDPOINT": "endpoint",
+    "AWS_ENDPOINT_URL": "endpoint",
     "AWS_ACCESS_KEY_ID": "access_key_id",
     "AWS_SECRET_ACCESS_KEY": "secret_access_key",
     "AWS_SESSION_TOKEN": "token",
@@ -54,7 +54,7 @@ class StoreLocation:
     ``options`` the object-store options (endpoint, credentials, region, ...)."""
 
     url: str
-    options: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # credentials
 
     @classmethod
     def parse(
