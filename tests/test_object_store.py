@@ -286,3 +286,21 @@ def test_train_on_s3_equals_train_on_a_local_store(s3, tmp_path):
         a["train_sequences"],
         a["test_sequences"],
     )
+
+
+def test_a_location_takes_the_environment_then_the_storage_options(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://from-env:9000")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    where = StoreLocation.parse("s3://bucket/a/b/", ["endpoint=http://given:9000", "Timeout=5s"])
+    assert str(where) == "s3://bucket/a/b" and where.child("lance") == "s3://bucket/a/b/lance"
+    options = dict(where.options)
+    assert options["endpoint"] == "http://given:9000" and options["region"] == "eu-west-1"
+    assert options["timeout"] == "5s" and "given" not in repr(where)  # credentials stay out
+    assert str(StoreLocation.parse(Path("some/folder/"))) == str(Path("some/folder"))
+    for bad, message in [("ftp://host/x", "not a local path"), ("s3://", "not a local path")]:
+        with pytest.raises(ClanetError, match=message):
+            StoreLocation.parse(bad)
+    with pytest.raises(ClanetError, match="applies to s3://"):
+        StoreLocation.parse("folder", ["region=x"])
+    with pytest.raises(ClanetError, match="is not KEY=VALUE"):
+        StoreLocation.parse("s3://bucket/x", ["region"])
