@@ -79,18 +79,17 @@ def _start_server() -> subprocess.Popen:
         AWS_REGION="us-east-1",
         AWS_ALLOW_HTTP="true",
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("moto server did not start") from None
-            time.sleep(0.2)
     import boto3
 
-    boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="bench")
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    for _ in range(300):  # until the server answers (its start-up takes a few seconds)
+        try:
+            client.create_bucket(Bucket="bench")
+            break
+        except Exception:
+            time.sleep(0.2)
+    else:
+        raise SystemExit("moto server did not start")
     return server
 
 

@@ -21,6 +21,7 @@ import obstore
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from dask_processes import free_port
 from test_encode import SEED7, kill_and_resume
 
 from clanet_store.cli import main
@@ -37,12 +38,6 @@ IMAGES = ("A431/A431_B1_1_00d00h00m.jpg", "HCC 2279/HCC 2279_G7_1_06d04h00m.jpg"
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on 127.0.0.1 with the bucket ``clanet``; the AWS_* variables point at
@@ -50,7 +45,7 @@ def s3():
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     env = {**KEYS, "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_REGION": "us-east-1"}
@@ -222,7 +217,7 @@ def test_a_writer_whose_lease_was_taken_over_stops(s3, monkeypatch):
 @pytest.fixture(scope="module")
 def authenticating_s3():
     """A second moto server that checks credentials (none are valid)."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -245,7 +240,7 @@ def test_bad_endpoint_credentials_or_bucket_fail_in_one_line(
     s3, authenticating_s3, export, monkeypatch, command
 ):
     cases = [
-        ("s3://clanet/x", {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}, "reach"),
+        ("s3://clanet/x", {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}, "reach"),
         ("s3://clanet/x", {"AWS_ENDPOINT_URL": authenticating_s3}, "access denied"),
         ("s3://no-such-bucket/x", {}, "no such bucket"),
     ]
