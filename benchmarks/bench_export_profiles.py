@@ -81,17 +81,17 @@ def main() -> None:
             print(f"store with {args.patches} x {DIM} embeddings of model {MODEL_ID} built in "
                   f"{time.perf_counter() - start:.1f} s")  # fmt: skip
         for r in range(args.rounds):
-            base = None
+            base = cpu_base = None
             for what in ("read", "patch-parquet", "patch-anndata", "image-parquet"):
                 out = Path(tmp) / f"out.{'h5ad' if what.endswith('anndata') else 'parquet'}"
                 m = run(store, out, what)
                 size = out.stat().st_size / 2**30 if out.exists() else 0.0
                 out.unlink(missing_ok=True)
                 rate, cpu_rate = m["rows"] / m["seconds"], m["rows"] / m["cpu"]
-                base = base or rate
+                base, cpu_base = base or rate, cpu_base or cpu_rate
                 print(f"round {r + 1} {what:14s} {m['rows']:8d} rows in {m['seconds']:6.1f} s = "
                       f"{rate:7.0f} rows/s ({rate / base:.2f}x read), {cpu_rate:7.0f} rows per "
-                      f"CPU s, peak RSS "
+                      f"CPU s ({cpu_rate / cpu_base:.2f}x read), peak RSS "
                       f"{m['peak'] / 2**30:.2f} GB, file {size:.2f} GB, "
                       f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
 

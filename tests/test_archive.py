@@ -11,12 +11,12 @@ import polars as pl
 import pytest
 import tifffile
 import zarr
+from same_patches import assert_same_patches, ingest_each, write_plate_map
 
 from clanet_store.exports.archive import parse_archive_path
 from clanet_store.exports.names import NameParseError
 from clanet_store.exports.scan import scan_export
 from clanet_store.imaging.decode import read_grey
-from clanet_store.pipelines.ingest import ingest
 from clanet_store.stores.patch_store import PatchStore
 
 SCAN = ("EssenFiles", "ScanData")
@@ -45,12 +45,6 @@ def _tif(path: Path, pixels: np.ndarray) -> None:
     tifffile.imwrite(path, pixels)
 
 
-def _plate_map(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
-    lines = ["experiment,well,cell_line,batch", *(",".join(r) for r in rows)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def test_scan_reads_times_keys_and_rejects(tmp_path):
     """Two vessels, scans over a month boundary, fluorescence ignored, bad paths rejected."""
     root = tmp_path / "EssenFiles"
@@ -63,7 +57,7 @@ def test_scan_reads_times_keys_and_rejects(tmp_path):
     _tif(root / "ScanData/2311/32/0800/VID1/B2-1-Ph.tif", pixels)  # no 32 November
     _tif(root / "ScanData/2311/01/0800/VID1/B2_1_Ph.tif", pixels)  # export-style name
     _tif(root / "ScanData/2311/01/0800/VID1/D4-1-Ph.tif", pixels)  # no plate-map entry
-    plate = _plate_map(
+    plate = write_plate_map(
         tmp_path / "plate.csv",
         [
             ("VID1", "B2", "A549", "b1"),
@@ -120,13 +114,8 @@ def two_stores(tmp_path_factory, shared_data) -> dict:
         scan = archive / "ScanData" / "2401" / "15" / f"{8 + 2 * i:02d}00" / "VID7"
         _tif(scan / "B1-1-Ph.tif", pixels)
     _tif(archive / "ScanData" / "2401" / "15" / "2500" / "VID7" / "B1-1-Ph.tif", pixels)
-    plate = _plate_map(tmp / "plate.csv", [("VID7", "B1", "A431", "b1")])
-    out = {}
-    for name, root in (("export", export), ("archive", archive)):
-        report = ingest(root, tmp / f"{name}.store", plate, workers=1)
-        assert report.images_added == 2 and report.patches_added > 0, report.rejects
-        out[name] = (tmp / f"{name}.store", report)
-    return out
+    plate = write_plate_map(tmp / "plate.csv", [("VID7", "B1", "A431", "b1")])
+    return ingest_each(tmp, {"export": export, "archive": archive}, plate, 2)
 
 
 @pytest.mark.realdata
@@ -135,16 +124,7 @@ def test_export_and_archive_of_the_same_images_give_the_same_patches(two_stores)
     assert [r["reason"] for r in two_stores["archive"][1].rejects] == [
         "bad file name: time path 2401/15/2500 is not a valid date: hour must be in 0..23"
     ]
-    snapshots = []
-    for path, _ in two_stores.values():
-        store = PatchStore(path)
-        images = store.images().filter(pl.col("status") == "ok").select("image_id", "timepoint_h")
-        patches = store.patches_table().join(images, on="image_id").sort("timepoint_h", "rank")
-        keys = patches.select("cell_line", "batch", "well", "location", "timepoint_h", "x", "y")
-        snapshots.append((keys, store.read_rows(patches["row"].to_numpy())))
-    (keys_a, pixels_a), (keys_b, pixels_b) = snapshots
-    assert keys_a.equals(keys_b) and set(keys_a["timepoint_h"]) == {0.0, 2.0}
-    np.testing.assert_array_equal(pixels_a, pixels_b)
+    assert_same_patches([path for path, _ in two_stores.values()], {0.0, 2.0})
 
 
 @pytest.mark.realdata

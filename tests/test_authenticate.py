@@ -3,10 +3,11 @@ of a known distribution (lines = centres, batches = offsets, sequences = noise),
 sequence table, pipeline and command on a small synthetic store encoded by the classic encoder.
 
 The verdict acceptance (known batch consistent, wrong label mismatch naming the true line, a
-removed line unknown, false-alarm rate held) is asserted on the generated vectors: the classic
-encoder's mean-pooled sequence vectors of the synthetic export carry too little cross-batch
-signal for verdicts (docs/authenticate.md: its leave-one-batch-out table), so the store tests
-check the mechanics and the bad-input errors there."""
+removed line unknown, false-alarm rate held) is asserted here on the generated vectors and in
+test_authenticate_synthetic.py on a synthetic export with milder batch effects, where the
+classic encoder carries cross-batch signal; at the export's full batch effects (this module's
+small store) it carries too little for verdicts (docs/authenticate.md), so the store tests here
+check the mechanics and the bad-input errors."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from clanet_store.pipelines.export_profiles import (
     export_profiles,
     feature_names,
 )
+from clanet_store.pipelines.prefetch import prefetched
 from clanet_store.stores import lance
 from clanet_store.stores.embedding_store import EmbeddingStore, embeddings_schema
 from clanet_store.stores.patch_store import PatchStore
@@ -189,3 +190,27 @@ def test_cli_writes_and_reports(tmp_path):
         bad = CliRunner().invoke(main, [*args, fmt, "--out", str(missing)])
         assert bad.exit_code == 1 and "cannot write" in bad.output, bad.output
         assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_prefetched_keeps_order_raises_and_stops():
+    """The read-ahead thread of export-profiles (and encode): items in order, an error of the
+    producer raised in the consumer, and a consumer that stops early ends the thread."""
+    assert list(prefetched(iter(range(50)), 2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(prefetched(failing(), 1))
+    produced = []
+
+    def endless():
+        for i in range(10**9):
+            produced.append(i)
+            yield i
+
+    items = prefetched(endless(), 1)
+    assert next(items) == 0
+    items.close()  # returns once the thread has ended
+    assert len(produced) <= 3  # the item taken, the queued one and the one blocked on put

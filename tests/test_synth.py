@@ -210,6 +210,27 @@ def test_batch_effects_vary_between_batches() -> None:
     assert np.ptp(backgrounds) > 3.0
 
 
+def test_batch_effects_scale_toward_a_typical_batch(tmp_path: Path) -> None:
+    """0.1 keeps each batch's direction at a tenth of its distance; 0 makes batches alike but
+    for their names and wells; ``size`` renders small frames."""
+    line = line_style(0, seed=SEED)
+    full, mild, none = (
+        [batch_style(line, 0, b, 2, SEED, batch_effects=s) for b in range(4)] for s in (1, 0.1, 0)
+    )
+    for a, b, c in zip(full, mild, none, strict=True):
+        assert (b.name, b.wells, b.prefix) == (a.name, a.wells, a.prefix)
+        assert b.brightness - 98 == pytest.approx(0.1 * (a.brightness - 98))
+        assert np.log(b.contrast) == pytest.approx(0.1 * np.log(a.contrast))
+        assert b.interval_h == round(4 + 0.1 * (a.interval_h - 4))
+        assert dataclasses.replace(c, name="", prefix="", wells=()) == dataclasses.replace(
+            none[0], name="", prefix="", wells=()
+        )
+    with pytest.raises(ValueError, match="batch_effects"):
+        batch_style(line, 0, 0, 1, SEED, batch_effects=1.5)
+    small = synth_export(tmp_path / "s", 1, 1, 1, 1, SEED, batch_effects=0, size=SMALL)
+    assert Image.open(small.paths[0]).size == SMALL[::-1]
+
+
 def test_positions_follow_both_well_conventions() -> None:
     line = line_style(0, seed=SEED)
     one_well = batch_style(line, 0, 0, 3, seed=SEED)

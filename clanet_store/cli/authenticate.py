@@ -24,6 +24,11 @@ FILTER_HELP = "typed filter on the sequence table, e.g. cell_line=A549,batch=b2 
     "--reference", multiple=True, help=f"the library (default: all but --new): {FILTER_HELP}"
 )
 @click.option("--model-id", help="which encoder's sequence vectors (default: the latest)")
+@click.option(
+    "--mil",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="pool each sequence with this trained MIL model's bag vector (its own encoder)",
+)
 @click.option("--allow-new-line", is_flag=True, help="accept a claimed line the library lacks")
 @click.option(
     "--evaluate", is_flag=True, help="measure the verdicts on the library instead (no --new)"
@@ -45,6 +50,7 @@ def authenticate(
     claimed_from_labels: bool,
     reference: tuple[str, ...],
     model_id: str | None,
+    mil: Path | None,
     allow_new_line: bool,
     evaluate: bool,
     false_alarm: float,
@@ -58,29 +64,30 @@ def authenticate(
     if evaluate:
         if new or claimed or claimed_from_labels:
             raise click.UsageError("--evaluate judges the library itself: drop --new / --claimed")
-        r = evaluate_store(store, reference, model_id, false_alarm, top_m, wait)
+        r = evaluate_store(store, reference, model_id, false_alarm, top_m, wait, mil)
         emit(fmt, r.as_dict(), _evaluation_text(r.as_dict()))
         return
     if (claimed is None) == (not claimed_from_labels):
         raise click.UsageError("give exactly one of --claimed LINE and --claimed-from-labels")
     r = authenticate_store(
-        store, new, claimed, reference, model_id, allow_new_line, false_alarm, top_m, wait
+        store, new, claimed, reference, model_id, allow_new_line, false_alarm, top_m, wait, mil
     )
     emit(fmt, r.as_dict(), _authentication_text(r.as_dict()))
 
 
-def _encoder_line(encoder: dict) -> str:
+def _encoder_line(r: dict) -> str:
+    encoder = r["encoder"]
     warning = " RANDOM INIT: verdicts carry no evidence" if encoder["random_init"] else ""
     return (
         f"model {encoder['model_id']} ({encoder['arch']}, {encoder['embedding_dim']}-d, "
-        f"weights {encoder['weights']}){warning}"
+        f"weights {encoder['weights']}), sequences pooled by {r['pooling']}{warning}"
     )
 
 
 def _authentication_text(r: dict) -> str:
     cal = r["calibration"]
     lines = [
-        _encoder_line(r["encoder"]),
+        _encoder_line(r),
         f"library: {r['reference_sequences']} sequences, {cal['lines']} lines, {cal['units']} "
         f"batches; thresholds at {cal['false_alarm']:.0%} false alarms (leave one batch out, "
         f"{cal['genuine_scores']} sequences): unknown below {cal['unknown_threshold']:.3f}, "
@@ -107,7 +114,7 @@ def _evaluation_text(r: dict) -> str:
     state = "no health sample" if health is None else f"collapsed: {health['collapsed']}"
     return "\n".join(
         [
-            f"{_encoder_line(r['encoder'])}; {state}",
+            f"{_encoder_line(r)}; {state}",
             f"{r['sequences']} sequences, {r['lines']} lines, {r['units']} batches; "
             f"false-alarm rate {r['false_alarm']:.0%} per threshold, top {r['top_m']}; "
             f"{r['units_skipped']} batches and {r['lines_skipped']} lines could not be held out",

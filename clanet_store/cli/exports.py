@@ -68,7 +68,7 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
         ),
     ]
     if result.fluorescence_ignored:
-        lines += ["", f"{result.fluorescence_ignored} fluorescence images ignored (archive)"]
+        lines += ["", f"{result.fluorescence_ignored} fluorescence images ignored"]
     if result.cell_line_from_prefix:
         lines += [
             "",
@@ -82,6 +82,9 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
     emit(fmt, payload, "\n".join(lines))
 
 
+BATCH_EFFECTS_HELP = "scale of the batch effects, 0 (none) to 1 (the paper's spread)  [default: 1]"
+
+
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--lines", type=int, default=4, show_default=True, help="cell lines")
@@ -89,9 +92,22 @@ def scan(export_root: Path, plate_map: Path | None, out: Path | None, fmt: str) 
 @click.option("--positions", type=int, default=2, show_default=True, help="positions per batch")
 @click.option("--timepoints", type=int, default=4, show_default=True, help="images per position")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-effects", type=click.FloatRange(0, 1), default=1.0, help=BATCH_EFFECTS_HELP)
+@click.option(
+    "--size", type=(click.IntRange(min=224), click.IntRange(min=448)), default=(1040, 1408),
+    help="frame height and width, e.g. --size 520 704 for fast tests  [default: 1040 1408]",
+)  # fmt: skip
 @format_option
 def synth(
-    out: Path, lines: int, batches: int, positions: int, timepoints: int, seed: int, fmt: str
+    out: Path,
+    lines: int,
+    batches: int,
+    positions: int,
+    timepoints: int,
+    seed: int,
+    batch_effects: float,
+    size: tuple[int, int],
+    fmt: str,
 ) -> None:
     """Write a synthetic Incucyte-like export (deterministic for a seed)."""
     from clanet_store.exports.synth import synth_export
@@ -100,7 +116,15 @@ def synth(
     with progress("rendering", "image", total=max(total, 0)) as bar:
         try:
             result = synth_export(
-                out, lines, batches, positions, timepoints, seed, on_image=lambda _: bar.update()
+                out,
+                lines,
+                batches,
+                positions,
+                timepoints,
+                seed,
+                on_image=lambda _: bar.update(),
+                batch_effects=batch_effects,
+                size=size,
             )
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None

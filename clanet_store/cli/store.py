@@ -75,7 +75,7 @@ def ingest(
         f"{r['seconds']:.1f} s, {r['images_per_s']:.2f} images/s on {r['workers']} workers",
     ]
     if r["fluorescence_ignored"]:
-        lines.append(f"{r['fluorescence_ignored']} fluorescence images ignored (archive)")
+        lines.append(f"{r['fluorescence_ignored']} fluorescence images ignored")
     if r["recovered_rows"]:
         lines.append(
             f"recovered from an interrupted run: {r['recovered_rows']} orphan rows removed"

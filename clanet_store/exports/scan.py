@@ -35,6 +35,7 @@ import pyarrow as pa
 from clanet_store.errors import ClanetError
 from clanet_store.exports.archive import is_archive_path, parse_archive_path
 from clanet_store.exports.headers import HeaderError, read_header
+from clanet_store.exports.microscopy import PLUGINS, MicroscopyError, planes, suffix_of
 from clanet_store.exports.names import EXTENSIONS, NameParseError, parse_name
 from clanet_store.schemas import load_schema
 
@@ -124,9 +125,9 @@ def _walk(root: str) -> tuple[list[tuple[str, tuple[str, ...]]], int, list[tuple
             except OSError as exc:
                 rejects.append(("/".join((*parts, entry.name)), _reason(exc)))
                 continue
-            if is_dir:
+            if is_dir and suffix_of(entry.name) is None:
                 stack.append((entry.path, (*parts, entry.name)))
-            elif entry.name.lower().endswith(_IMAGE_SUFFIXES):
+            elif entry.name.lower().endswith(_IMAGE_SUFFIXES) or suffix_of(entry.name):
                 found.append(("/".join((*parts, entry.name)), parts))
             else:
                 ignored += 1
@@ -157,22 +158,21 @@ def scan_export(
         if on_file is not None:
             on_file()
         try:
-            row = _image_row(str(root), rel, parts, plates)
-        except _Fluorescence:
-            fluorescence += 1
-            continue
-        except (NameParseError, HeaderError, OSError, _Reject) as exc:
+            found, ignored_planes = _file_rows(str(root), rel, parts, plates)
+        except (NameParseError, HeaderError, MicroscopyError, OSError, _Reject) as exc:
             rejects.append((rel, _reason(exc)))
             continue
-        key = (row["sequence_id"], row["acquired_at"] or row["timepoint_h"])
-        if key in seen:
-            rejects.append((rel, f"same sequence and time point as {seen[key]}"))
-            continue
-        seen[key] = rel
-        from_prefix += not parts and (row["experiment"], row["well"]) not in plates
-        archive.append(is_archive_path(parts, root.name))
-        for name, value in row.items():
-            rows[name].append(value)
+        fluorescence += ignored_planes
+        for row in found:
+            key = (row["sequence_id"], row["acquired_at"] or row["timepoint_h"])
+            if key in seen:
+                rejects.append((row["path"], f"same sequence and time point as {seen[key]}"))
+                continue
+            seen[key] = row["path"]
+            from_prefix += not parts and (row["experiment"], row["well"]) not in plates
+            archive.append(is_archive_path(parts, root.name))
+            for name, value in row.items():
+                rows[name].append(value)
 
     table = pa.Table.from_pydict(rows, schema=load_schema("manifest"))
     manifest = _relative_absolute_times(pl.from_arrow(table), archive)
@@ -193,29 +193,41 @@ class _Reject(Exception):
     """A file that parses but cannot be placed (layout or plate map)."""
 
 
-class _Fluorescence(Exception):
-    """An archive image of a fluorescence channel: ignored and counted."""
-
-
 def _reason(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return f"cannot read file: {exc.strerror or exc}"
     prefix = "bad file name: " if isinstance(exc, NameParseError) else ""
     if isinstance(exc, HeaderError):
         prefix = "bad image header: "
+    if isinstance(exc, MicroscopyError):
+        prefix = "bad microscopy file: "
     return prefix + str(exc)
 
 
-def _image_row(
+def _file_rows(
     root: str, rel: str, parts: tuple[str, ...], plates: dict[tuple[str, str], tuple[str, str]]
-) -> dict:
+) -> tuple[list[dict], int]:
+    """The manifest rows of one file (a microscopy file gives one per scene and time point) and
+    how many fluorescence images it holds (ignored)."""
     name = rel.rsplit("/", 1)[-1]
+    full = os.path.join(root, rel)
+    if suffix_of(name) is not None:
+        return _microscopy_rows(full, rel, plates)
     if is_archive_path(parts, os.path.basename(root)):
         keys = _archive_keys(os.path.basename(root), name, parts, plates)
+        if keys is None:
+            return [], 1
     else:
         keys = _export_keys(name, parts, plates)
-    full = os.path.join(root, rel)
     header = read_header(full)
+    size = (header.format, header.width, header.height, header.bits, header.channels)
+    return [_row(full, rel, keys, *size)], 0
+
+
+def _row(
+    full: str, rel: str, keys: dict, kind: str, width: int, height: int, bits: int, channels: int
+) -> dict:
+    """A manifest row: the image's keys, its size and the file's size and mtime."""
     stat = os.stat(full)
     sequence = (keys["cell_line"], keys["batch"], keys["well"], keys["location"], keys["crop"])
     return {
@@ -223,14 +235,41 @@ def _image_row(
         "path": rel,
         **keys,
         "sequence_id": sequence_key(*sequence),
-        "format": header.format,
-        "width": header.width,
-        "height": header.height,
-        "bits": header.bits,
-        "channels": header.channels,
+        "format": kind,
+        "width": width,
+        "height": height,
+        "bits": bits,
+        "channels": channels,
         "file_size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
     }
+
+
+def _microscopy_rows(
+    full: str, rel: str, plates: dict[tuple[str, str], tuple[str, str]]
+) -> tuple[list[dict], int]:
+    """One row per plane a microscopy file gives (``exports.microscopy``); cell line and batch
+    from the plate map by (experiment, well)."""
+    found, ignored = planes(full, rel)
+    kind = PLUGINS[suffix_of(rel)][0]
+    rows = []
+    for plane in found:
+        plate = plates.get((plane.experiment, plane.well))
+        if plate is None:
+            raise _Reject(f"no plate-map entry for experiment {plane.experiment} well {plane.well}")
+        keys = {
+            "cell_line": plate[0],
+            "batch": plate[1],
+            "experiment": plane.experiment,
+            "channel": plane.channel,
+            "well": plane.well,
+            "location": plane.location,
+            "crop": None,
+            "timepoint_h": plane.timepoint_h,
+            "acquired_at": plane.acquired_at,
+        }
+        rows.append(_row(full, plane.ref, keys, kind, plane.width, plane.height, plane.bits, 1))
+    return rows, ignored
 
 
 def _export_keys(
@@ -266,12 +305,13 @@ def _archive_keys(
     file_name: str,
     parts: tuple[str, ...],
     plates: dict[tuple[str, str], tuple[str, str]],
-) -> dict:
+) -> dict | None:
     """An archive image's keys: time and vessel from its folders, cell line and batch from the
-    plate map by vessel and well (hours since the vessel's first scan are set per manifest)."""
+    plate map by vessel and well (hours since the vessel's first scan are set per manifest);
+    None for a fluorescence image."""
     image = parse_archive_path(parts, file_name, root_name)
     if image.fluorescence:
-        raise _Fluorescence
+        return None
     plate = plates.get((image.vessel, image.well))
     if plate is None:
         raise _Reject(f"no plate-map entry for vessel {image.vessel} well {image.well}")

@@ -199,16 +199,37 @@ def _check_count(name: str, value: int, high: int) -> None:
         raise ValueError(f"{name} must be an integer from 1 to {high}, got {value!r}")
 
 
+def _toward(typical: float, value: float, strength: float, log: bool = False) -> float:
+    """``value`` moved toward ``typical``: strength 1 keeps it, 0 gives ``typical`` (in log
+    space when ``log``)."""
+    if strength == 1:
+        return value
+    if log:
+        return float(np.exp(np.log(typical) + strength * (np.log(value) - np.log(typical))))
+    return typical + strength * (value - typical)
+
+
 def batch_style(
-    line: LineStyle, line_index: int, batch_index: int, positions: int, seed: int = 0
+    line: LineStyle,
+    line_index: int,
+    batch_index: int,
+    positions: int,
+    seed: int = 0,
+    batch_effects: float = 1.0,
 ) -> BatchStyle:
     """The batch effects of batch ``batch_index`` of a line, deterministic for the arguments.
 
     The experiment id is unique per (line, batch) for up to 100 batches per line. Even batches
     image ``positions`` locations of one well, odd batches one well per position (location 1), so
     both real conventions appear. About half of the batches use the experiment id as file prefix.
+    ``batch_effects`` scales every batch effect's distance from its typical value (seeding 224
+    per mm2, a 4 h interval from 0 h, brightness 98, contrast 1, blur 0.55 px, noise 3,
+    vignetting 4): 1 the paper's spread, 0 none (the same draws, so milder exports keep their
+    batches' directions).
     """
     _check_count("positions", positions, MAX_POSITIONS)
+    if not 0 <= batch_effects <= 1:
+        raise ValueError(f"batch_effects must be from 0 to 1, got {batch_effects!r}")
     rng = np.random.default_rng([seed, 11, line_index, batch_index])
     experiment = f"VID{1501 + 100 * line_index + batch_index}"
     first = int(rng.integers(1, 7)) * WELL_COLUMNS + int(rng.integers(0, 12))
@@ -218,14 +239,23 @@ def batch_style(
         name=experiment,
         prefix=experiment if rng.random() < 0.5 else line.prefix,
         wells=wells,
-        seeding_per_mm2=float(np.exp(rng.uniform(np.log(100.0), np.log(500.0)))),
-        interval_h=int(rng.integers(1, 9)),
-        start_min=0 if rng.random() < 0.3 else int(rng.integers(60, 72 * 60)),
-        brightness=float(np.clip(rng.normal(98.0, 6.0), 80.0, 118.0)),
-        contrast=float(np.exp(rng.uniform(np.log(0.7), np.log(1.35)))),
-        blur_px=float(rng.uniform(0.2, 0.9)),
-        noise=float(rng.uniform(1.0, 5.0)),
-        vignetting=float(rng.uniform(0.0, 8.0)),
+        seeding_per_mm2=_toward(
+            math.sqrt(100.0 * 500.0),
+            float(np.exp(rng.uniform(np.log(100.0), np.log(500.0)))),
+            batch_effects,
+            log=True,
+        ),
+        interval_h=round(_toward(4, int(rng.integers(1, 9)), batch_effects)),
+        start_min=round(
+            batch_effects * (0 if rng.random() < 0.3 else int(rng.integers(60, 72 * 60)))
+        ),
+        brightness=_toward(98.0, float(np.clip(rng.normal(98.0, 6.0), 80.0, 118.0)), batch_effects),
+        contrast=_toward(
+            1.0, float(np.exp(rng.uniform(np.log(0.7), np.log(1.35)))), batch_effects, log=True
+        ),
+        blur_px=_toward(0.55, float(rng.uniform(0.2, 0.9)), batch_effects),
+        noise=_toward(3.0, float(rng.uniform(1.0, 5.0)), batch_effects),
+        vignetting=_toward(4.0, float(rng.uniform(0.0, 8.0)), batch_effects),
     )
 
 
@@ -679,6 +709,8 @@ def synth_export(
     timepoints: int = 4,
     seed: int = 0,
     on_image: Callable[[Path], None] | None = None,
+    batch_effects: float = 1.0,
+    size: tuple[int, int] = IMAGE_SIZE,
 ) -> SynthResult:
     """Write a synthetic export tree ``out/<cell_line>/<batch>/<files>``.
 
@@ -686,6 +718,8 @@ def synth_export(
     ``<prefix>_<well>_<location>_<DDdHHhMMm>.jpg``. Same arguments, byte-identical files; a
     (line, batch, position) renders the same whatever the counts. ``on_image(path)`` is called
     after each file is written. ``out`` must not exist or must be an empty directory.
+    ``batch_effects`` scales the batch effects (`batch_style`); ``size`` (height, width): smaller
+    frames for fast tests (the overlays keep their real geometry from the bottom corners).
     """
     _check_count("lines", lines, 1000)
     _check_count("batches", batches, 100)
@@ -698,7 +732,9 @@ def synth_export(
         raise ValueError(f"{out} already exists and is not an empty directory")
     styles = line_styles(lines, seed)
     by_line = {
-        line.name: tuple(batch_style(line, li, bi, positions, seed) for bi in range(batches))
+        line.name: tuple(
+            batch_style(line, li, bi, positions, seed, batch_effects) for bi in range(batches)
+        )
         for li, line in enumerate(styles)
     }
     written: list[Path] = []
@@ -711,7 +747,7 @@ def synth_export(
                 names = position_names(batch, p, timepoints)
                 for name, elapsed in zip(names, minutes, strict=True):
                     rng = np.random.default_rng([seed, 13, li, bi, p])  # same field every time
-                    grey = render_image(line, batch, elapsed / 60.0, rng)
+                    grey = render_image(line, batch, elapsed / 60.0, rng, size)
                     path = folder / format_name(name)
                     rgb = Image.fromarray(grey).convert("RGB")
                     rgb.save(path, quality=JPEG_QUALITY, dpi=(96, 96))

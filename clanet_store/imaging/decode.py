@@ -6,6 +6,8 @@
 * 8-bit images are kept as they are; 16-bit (raw TIFF archives), other integer and float images
   are scaled to 8 bit linearly from their 0.1th to their 99.9th percentile (clipped), so that a few
   hot or dead pixels do not squash the contrast.
+* A microscopy plane reference (``<file>#S<s>T<t>C<c>Z<z>``, `exports.microscopy`) is read
+  through bioio and decoded the same way.
 * 1280 x 944 exports are resized (bilinear) to 1408 x 1040 as the reference does; every other size,
   including the 704 x 520 LIVECell quarter crops (same pixel size), is kept at its native scale.
 
@@ -22,6 +24,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from clanet_store.exports import microscopy
 from clanet_store.imaging.params import DecodeParams
 
 LUMA = (2125, 7154, 721)  # rgb2gray weights x 10000: integer arithmetic, exact rounding
@@ -34,7 +37,8 @@ class ImageDecodeError(ValueError):
 def read_grey(path: str | Path, *, params: DecodeParams | None = None) -> np.ndarray:
     """The image at ``path`` as a uint8 (H, W) grey array at working scale (``params``: default
     `DecodeParams()`)."""
-    params = params or DecodeParams()
+    if microscopy.split_ref(str(path)) is not None:
+        return grey_of_array(str(path), read_plane(str(path)), params=params)
     path = Path(path)
     try:
         array = _decode(path)
@@ -42,6 +46,23 @@ def read_grey(path: str | Path, *, params: DecodeParams | None = None) -> np.nda
         raise ImageDecodeError(
             f"{path}: cannot decode image ({type(exc).__name__}: {exc})"
         ) from exc
+    return grey_of_array(str(path), array, params=params)
+
+
+def read_plane(ref: str) -> np.ndarray:
+    """The raw pixels of a microscopy plane reference (``exports.microscopy``: a file through
+    bioio, ``<file>#S<s>T<t>C<c>Z<z>``); ``ImageDecodeError`` naming it otherwise."""
+    try:
+        return microscopy.read_plane(ref)
+    except microscopy.MicroscopyError as exc:
+        raise ImageDecodeError(f"{ref}: {exc}") from exc
+
+
+def grey_of_array(
+    path: str, array: np.ndarray, *, params: DecodeParams | None = None
+) -> np.ndarray:
+    """A decoded pixel array (of the file ``path``, for errors) as uint8 grey at working scale."""
+    params = params or DecodeParams()
     try:
         grey = to_grey8(array, params.scale_percentiles)
     except ValueError as exc:

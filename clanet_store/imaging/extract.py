@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from clanet_store.exports.microscopy import split_ref
 from clanet_store.imaging import ccs, decode, mask, overlays
 from clanet_store.imaging.params import (
     FIXED,
@@ -91,15 +92,26 @@ def extract_file(
     pipeline, so that a Dask worker unpickling it imports only the imaging core (NumPy, SciPy,
     scikit-image), not LanceDB and Zarr (seconds of start-up per worker)."""
     params = params or ExtractorParams()
+    plane = None
     try:
-        with open(path, "rb") as f:
-            content_hash = hashlib.sha1(f.read()).hexdigest()[:16]
+        if split_ref(path) is not None:  # a microscopy plane: its pixels are its content
+            plane = decode.read_plane(path)
+            content = np.ascontiguousarray(plane).tobytes() + str(plane.shape).encode()
+        else:
+            with open(path, "rb") as f:
+                content = f.read()
     except OSError as exc:
         return {"status": "rejected", "error": f"cannot read file: {exc.strerror or exc}"}
+    except decode.ImageDecodeError as exc:
+        return {"status": "rejected", "error": str(exc)}
+    content_hash = hashlib.sha1(content).hexdigest()[:16]
     if content_hash == known_hash:
         return {"status": "unchanged", "content_hash": content_hash}
     try:
-        grey = decode.read_grey(path, params=params.decode)
+        if plane is None:
+            grey = decode.read_grey(path, params=params.decode)
+        else:
+            grey = decode.grey_of_array(path, plane, params=params.decode)
         result = extract(
             grey,
             k=k,

@@ -60,6 +60,10 @@ class MILAggregator(nn.Module):
         logits = self(x, mask)
         return F.cross_entropy(logits, y, reduction="none"), logits
 
+    def bag_vector(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The pooled bag representation z (B, D) the classifier reads; `PatchVote` has none."""
+        raise ValueError(f"{type(self).__name__} pools no bag vector (it votes per patch)")
+
 
 class GatedAttention(MILAggregator):
     """Gated-attention MIL (Ilse et al. 2018; CLANet Sec. 4.3, SPEC 6).
@@ -105,20 +109,30 @@ class GatedAttention(MILAggregator):
         z = torch.bmm(attention.unsqueeze(1), x).squeeze(1)
         return self.classifier(z), attention
 
+    def bag_vector(self, x: Tensor, mask: Tensor) -> Tensor:
+        """z = sum_i a_i h_i (`pool`'s, before the classifier)."""
+        attention = self.attention(x, mask)
+        return torch.bmm(attention.unsqueeze(1), x).squeeze(1)
+
 
 class MeanPooling(MILAggregator):
     """Baseline: the mean of the valid instances, then a linear classifier D -> C."""
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        return self.classifier(_masked_mean(x, mask))
+        return self.classifier(self.bag_vector(x, mask))
+
+    def bag_vector(self, x: Tensor, mask: Tensor) -> Tensor:
+        return _masked_mean(x, mask)
 
 
 class MaxPooling(MILAggregator):
     """Baseline: the element-wise maximum over the valid instances, then a linear classifier."""
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        z = x.masked_fill(~mask.unsqueeze(2), float("-inf")).amax(dim=1)
-        return self.classifier(z)
+        return self.classifier(self.bag_vector(x, mask))
+
+    def bag_vector(self, x: Tensor, mask: Tensor) -> Tensor:
+        return x.masked_fill(~mask.unsqueeze(2), float("-inf")).amax(dim=1)
 
 
 class PatchVote(MILAggregator):

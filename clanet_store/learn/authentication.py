@@ -104,11 +104,13 @@ def unit_keys(lines: np.ndarray, batches: np.ndarray, wells: np.ndarray) -> np.n
     return np.where(single, by_well, units)
 
 
-def unit_vectors(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32; zero rows stay zero)."""
+def unit_vectors(x: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """Rows scaled to unit length (float32; zero rows stay zero); ``in_place``: into ``x``
+    itself when it is a writeable float32 array (a 10,000 x 1536 library: no second 61 MB)."""
     x = np.asarray(x, dtype=np.float32)
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
-    return x / np.where(norms > 0, norms, 1)
+    out = x if in_place and x.flags.writeable else None
+    return np.divide(x, np.where(norms > 0, norms, 1), out=out)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ __all__ = [
     "inductive",
     "ingest",
     "mil",
+    "prefetch",
     "qc",
     "search",
     "split_encoder",

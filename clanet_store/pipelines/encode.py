@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ from clanet_store.models.encoder import (
 from clanet_store.models.protocol import Encoder
 from clanet_store.pipelines.encode_workers import Cluster, remote_encoder
 from clanet_store.pipelines.ingest import IMAGE_KEYS
+from clanet_store.pipelines.prefetch import prefetched
 from clanet_store.stores import lance
 from clanet_store.stores.embedding_store import (
     EmbeddingStore,
@@ -187,33 +186,8 @@ def encoder_for_model(model: dict, weights: str | Path | None, device: str = "au
 
 def _batches(store: EmbeddingStore, rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     """Patch pixels batch by batch, read by a background thread a few batches ahead."""
-    out: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
-    stop = threading.Event()
-
-    def reader() -> None:
-        try:
-            for start in range(0, len(rows), batch_size):
-                if stop.is_set():
-                    return
-                out.put(store.read_rows(rows[start : start + batch_size]))
-            out.put(None)
-        except Exception as exc:  # handed to the consumer, which raises it
-            out.put(exc)
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    try:
-        while (item := out.get()) is not None:
-            if isinstance(item, Exception):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a reader waiting on a full queue
-            try:
-                out.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
+    starts = range(0, len(rows), batch_size)
+    return prefetched((store.read_rows(rows[s : s + batch_size]) for s in starts), PREFETCH_BATCHES)
 
 
 def _local_vectors(
