@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
 
 from clanet_store import __version__
 from clanet_store.errors import ClanetError
+from clanet_store.stores.location import StoreLocation
 from clanet_store.textout import escape_controls, to_json
 
 INTERRUPTED = "interrupted; the store is consistent; run the same command to continue"
@@ -92,13 +93,33 @@ def main() -> None:
     """clanet-store: a feature store for cross-batch cell line authentication (CLANet)."""
 
 
-store_option = click.option(
-    "--store",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="CLANET_STORE",
-    required=True,
-    help="store directory (default: $CLANET_STORE)",
-)
+def store_option(command: Callable) -> Callable:
+    """``--store`` (a folder or an ``s3://`` / ``gs://`` / ``az://`` URL, kept as a string:
+    ``click.Path`` would turn ``s3://`` into ``s3:/``) and ``--storage-option KEY=VALUE``; the
+    command gets ``store`` as a `StoreLocation`."""
+
+    @functools.wraps(command)
+    def with_location(*args: Any, store: str, storage_options: tuple[str, ...], **kwargs: Any):
+        try:
+            location = StoreLocation.parse(store, storage_options)
+        except ClanetError as exc:
+            raise click.ClickException(escape_controls(str(exc))) from None
+        return command(*args, store=location, **kwargs)
+
+    with_location = click.option(
+        "--storage-option",
+        "storage_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="object-store option for an s3:// / gs:// / az:// store, e.g. endpoint=URL "
+        "(repeatable; default: the AWS_* environment variables)",
+    )(with_location)
+    return click.option(
+        "--store",
+        envvar="CLANET_STORE",
+        required=True,
+        help="store directory or s3:// / gs:// / az:// URL (default: $CLANET_STORE)",
+    )(with_location)
 
 
 def human_size(n: float) -> str:

@@ -243,7 +243,7 @@ def encode(
         # The cluster first: one that cannot run the encoder fails before anything is written.
         remote = None
         if cluster is not None:
-            location = str(store.path.absolute())  # workers may run in another folder
+            location = store.path.absolute()  # workers may run in another folder
             remote = stack.enter_context(remote_encoder(cluster, location, encoder))
         table = lance.open_table(store.db, name, create=True, schema=schema)
         store.register_table(name)

@@ -26,6 +26,7 @@ from clanet_store.models.classic import ClassicEncoder
 from clanet_store.models.encoder import inference_context, select_device
 from clanet_store.models.protocol import Encoder
 from clanet_store.pipelines.ingest import dask_client
+from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.patch_store import PatchStore
 
 # The store a worker process has open, for one run (a later run reopens it: ingest may have
@@ -47,7 +48,7 @@ class Cluster:
 
 
 def embed_rows(
-    run: str, store_path: str, rows: np.ndarray, encoder: Encoder, device: str
+    run: str, store_path: str | StoreLocation, rows: np.ndarray, encoder: Encoder, device: str
 ) -> tuple[np.ndarray, str]:
     """Worker task: the embeddings of the patches at array ``rows`` of the store, float32
     [len(rows), D], and the device they were computed on."""
@@ -69,7 +70,9 @@ def embed_rows(
 class RemoteEncoder:
     """Batches of array rows -> embeddings, computed by the workers of ``client``."""
 
-    def __init__(self, client: Client, store_path: str, encoder: Encoder, device: str) -> None:
+    def __init__(
+        self, client: Client, store_path: str | StoreLocation, encoder: Encoder, device: str
+    ) -> None:
         self.client = client
         self.store_path = store_path
         self.device = device
@@ -128,7 +131,9 @@ def _shippable(encoder: Encoder) -> Encoder:
 
 
 @contextmanager
-def remote_encoder(cluster: Cluster, store_path: str, encoder: Encoder) -> Iterator[RemoteEncoder]:
+def remote_encoder(
+    cluster: Cluster, store_path: str | StoreLocation, encoder: Encoder
+) -> Iterator[RemoteEncoder]:
     """A `RemoteEncoder` on the cluster ``cluster`` describes, closed (with a local cluster's
     processes) on exit."""
     resources = {"GPU": 1} if cluster.device == "cuda" and not cluster.scheduler else None

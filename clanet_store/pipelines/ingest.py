@@ -50,6 +50,7 @@ from clanet_store.imaging.params import (
 )
 from clanet_store.progress import Progress
 from clanet_store.stores import lance
+from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.lock import writer_lock
 from clanet_store.stores.patch_store import SLOT_SIZE, PatchStore, check_creatable
 
@@ -296,10 +297,11 @@ def ingest(
     scan = scan_export(export_root, plate_map)
     params = parse_params(mask_params, ccs_params, decode_params, overlay_params)
     record = extractor_params(SLOT_SIZE, params=params)
-    store_path = Path(store_path)
-    if not (store_path / "store.json").exists():
+    store_path = StoreLocation.parse(store_path)
+    if not store_path.exists("store.json"):
         check_creatable(store_path)  # before the lock file is added to the folder
-        store_path.mkdir(parents=True, exist_ok=True)
+        if store_path.is_local:
+            store_path.local_path.mkdir(parents=True, exist_ok=True)
     with writer_lock(store_path, wait=wait):
         store = PatchStore(store_path, create=True, extractor=record)
         store.record_export(export_root)

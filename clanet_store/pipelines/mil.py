@@ -56,6 +56,7 @@ from clanet_store.pipelines.split_files import split_for
 from clanet_store.progress import Progress
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.filters import parse_filters
+from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.sequences import filter_schema, list_sequences, load_bags, sequence_filter
 from clanet_store.textout import ablation_markdown
 
@@ -248,7 +249,7 @@ def _ranked(proba: np.ndarray, classes: Sequence[str], threshold: float) -> list
 
 
 def _export_encoder(
-    store_path: Path, mil: MILModel, model_path: Path, weights: Path | None, seed: int
+    store_path: StoreLocation, mil: MILModel, model_path: Path, weights: Path | None, seed: int
 ) -> Encoder:
     """The encoder of ``mil``'s embeddings, rebuilt from ``weights`` / ``seed``; refused unless
     its model_id is the model's. The arch comes from the store's record of that encoder when it
@@ -258,7 +259,7 @@ def _export_encoder(
     from clanet_store.pipelines.encode import encoder_for_model, load_encoder
 
     recorded = None
-    if (store_path / "store.json").exists():
+    if store_path.exists("store.json"):
         models = EmbeddingStore(store_path).models()
         found = models.filter(pl.col("model_id") == mil.encoder_model_id)
         recorded = found.row(0, named=True) if found.height else None
@@ -279,7 +280,7 @@ def _export_encoder(
 
 
 def _add_export(
-    store_path: Path,
+    store_path: StoreLocation,
     export: Path,
     encoder: Encoder,
     plate_map: Path | None,
@@ -327,7 +328,7 @@ def predict(
     ``["batch=b3"]``, every stored sequence when empty). Batch level: the mean softmax of the
     batch's sequences (SPEC 7). ``progress`` follows ingest and encode.
     """
-    store_path, model_path = Path(store_path), Path(model_path)
+    store_path, model_path = StoreLocation.parse(store_path), Path(model_path)
     mil = _load_mil(model_path)
     added = None
     if export is not None:

@@ -254,7 +254,13 @@ class EmbeddingStore(PatchStore):
         the table's schema three times (blob column checks): 3 ms of a ~19 ms search at 1 M rows
         (bench_search.py store, the same queries in turn: median 16.2 ms async, 19.3 ms sync)."""
         if self._async is None:
-            db = LOOP.run(connect_async(self.path / "lance", read_consistency_interval=CONSISTENCY))
+            where = self.path
+            connect = connect_async(
+                where.child("lance"),
+                storage_options=where.lance_options(),
+                read_consistency_interval=CONSISTENCY,
+            )
+            db = LOOP.run(connect)
             self._async = (db, {})
         db, tables = self._async
         if name not in tables:

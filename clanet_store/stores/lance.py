@@ -32,7 +32,8 @@ def open_table(
             raise ClanetError(f"{db.uri}: table {name!r} does not exist (nothing written yet?)")
         return db.create_table(name, schema=expected)
     table = db.open_table(name)
-    missing = [f.name for f in expected if f.name not in table.schema.names]
+    names = set(table.schema.names)  # one read: on object storage each is a request
+    missing = [f.name for f in expected if f.name not in names]
     if missing:
         raise ClanetError(f"{db.uri}: table {name!r} lacks column(s) {', '.join(missing)}")
     return table

@@ -1,4 +1,5 @@
-"""The patch store on disk: ``store.json``, a Zarr v3 patch array and LanceDB tables.
+"""The patch store: ``store.json``, a Zarr v3 patch array and LanceDB tables, in a folder or
+under a prefix on object storage (``stores.location``).
 
 Layout of a store directory::
 
@@ -6,6 +7,7 @@ Layout of a store directory::
     patches.zarr/    Zarr v3 array (rows, 112, 112) uint8, Blosc/zstd, one chunk = 20 rows
     lance/           LanceDB database: tables ``images`` and ``patches`` (layouts in schemas/)
     .write.lock      advisory lock held by the one writer (see ``stores.lock``)
+    .write.lease     on object storage: the one writer's lease (see ``stores.lock``)
 
 Each image owns one *slot*: the 20-row block ``slot*20 .. slot*20+19`` of the patch array, which is
 exactly one Zarr chunk, so writing an image is one aligned, whole-chunk write (no read-modify-write,
@@ -17,13 +19,11 @@ be opened with ``zarr.open_array`` directly.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import lancedb
 import numpy as np
 import polars as pl
 import zarr
@@ -33,6 +33,7 @@ from zarr.codecs import BloscCodec
 from clanet_store.errors import ClanetError
 from clanet_store.schemas import load_schema, schema_version
 from clanet_store.stores import lance
+from clanet_store.stores.location import StoreLocation
 
 STORE_FORMAT = "clanet-store"
 STORE_VERSION = 1
@@ -44,7 +45,7 @@ ARRAY_SOURCE = "clanet-store ingest"
 # What a writer may find in a folder it is asked to create a store in: its own lock file, and
 # ``runs/`` (``clanet-store run --store DIR`` keeps its run state in DIR/runs/NAME by default and
 # makes that folder before its ingest stage creates the store).
-_CREATABLE = {".write.lock", "runs"}
+_CREATABLE = {".write.lock", ".write.lease", "runs"}
 # How stale a table object may read: never (a long-lived store object sees every commit at once).
 CONSISTENCY = timedelta(0)
 # A patch row is committed when an ok images row has its image, content hash and slot.
@@ -65,19 +66,18 @@ def table_layout(table: str) -> str:
     return base if base in _SIZED_LAYOUTS and dim.isdigit() else table
 
 
-def write_meta(path: Path, meta: dict) -> None:
-    """Replace store.json atomically (write, then rename)."""
-    tmp = path / "store.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(path / "store.json")
+def write_meta(path: str | Path | StoreLocation, meta: dict) -> None:
+    """Replace store.json atomically (locally: write, then rename)."""
+    StoreLocation.parse(path).write_bytes("store.json", json.dumps(meta, indent=2).encode())
 
 
-def read_meta(path: Path) -> dict:
+def read_meta(path: str | Path | StoreLocation) -> dict:
     """``store.json`` of a store, checked: one-line errors naming the file and pointing at
     ``repair`` when it is not a JSON object of the expected shape (empty, garbage, ``[]``, ...)."""
-    meta_path = path / "store.json"
+    path = StoreLocation.parse(path)
+    meta_path = path.child("store.json")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(path.read_bytes("store.json").decode())
         problem = _meta_problem(meta)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         problem = f"not valid JSON ({_short(exc)})"
@@ -115,7 +115,7 @@ def _meta_problem(meta: Any) -> str | None:
     return None
 
 
-def _check_meta(path: Path, meta: dict) -> None:
+def _check_meta(path: StoreLocation, meta: dict) -> None:
     if meta.get("format") != STORE_FORMAT:
         raise ClanetError(
             f"{path}: not a clanet-store store (store.json format is not {STORE_FORMAT})"
@@ -134,9 +134,9 @@ def _check_meta(path: Path, meta: dict) -> None:
             )
 
 
-def missing_meta_message(path: Path) -> str:
-    """Why a folder without store.json is not a store, and what to do."""
-    if not path.is_dir():
+def missing_meta_message(path: StoreLocation) -> str:
+    """Why a folder (or prefix) without store.json is not a store, and what to do."""
+    if path.is_local and not path.local_path.is_dir():
         return f"{path}: no clanet-store store here (no such folder)"
     found = _store_parts(path)
     if found:
@@ -147,20 +147,20 @@ def missing_meta_message(path: Path) -> str:
     return f"{path}: no clanet-store store here (store.json missing)"
 
 
-def _store_parts(path: Path) -> list[str]:
-    return [name for name in ("patches.zarr", "lance/") if (path / name.rstrip("/")).exists()]
+def _store_parts(path: StoreLocation) -> list[str]:
+    entries = set(path.entries())
+    return [name for name in ("patches.zarr", "lance/") if name.rstrip("/") in entries]
 
 
-def check_creatable(path: Path) -> None:
-    """Refuse to create a store in anything but a new or empty folder (one line: what was found,
-    what to do); a store that lost its store.json is repaired, never overwritten."""
-    if path.exists() and not path.is_dir():
+def check_creatable(path: StoreLocation) -> None:
+    """Refuse to create a store in anything but a new or empty folder or prefix (one line: what
+    was found, what to do); a store that lost its store.json is repaired, never overwritten. On
+    object storage this is the first request: a wrong bucket, endpoint or credentials fail here."""
+    if path.is_local and path.local_path.exists() and not path.local_path.is_dir():
         raise ClanetError(f"{path}: exists and is not a folder; choose a new or empty folder")
-    if not path.exists():
-        return
     if _store_parts(path):
         raise ClanetError(missing_meta_message(path))
-    others = sorted(e.name for e in os.scandir(path) if e.name not in _CREATABLE)
+    others = [name for name in path.entries() if name not in _CREATABLE]
     if others:
         shown = ", ".join(repr(n) for n in others[:3]) + (" ..." if len(others) > 3 else "")
         raise ClanetError(
@@ -172,26 +172,32 @@ def check_creatable(path: Path) -> None:
 class PatchStore:
     """A store directory: tables as polars DataFrames, patch pixels as NumPy arrays."""
 
-    def __init__(self, path: str | Path, create: bool = False, extractor: dict | None = None):
-        """Open the store at ``path``; with ``create`` (writer only: hold the writer lock) make
-        one when the folder is new or empty. A folder with anything else in it is never
-        overwritten (see `check_creatable`)."""
-        self.path = Path(path)
-        if not (self.path / "store.json").exists():
+    def __init__(
+        self,
+        path: str | Path | StoreLocation,
+        create: bool = False,
+        extractor: dict | None = None,
+    ):
+        """Open the store at ``path`` (a folder or an object-storage URL, `StoreLocation`); with
+        ``create`` (writer only: hold the writer lock) make one when the folder is new or empty.
+        A folder with anything else in it is never overwritten (see `check_creatable`)."""
+        self.path = StoreLocation.parse(path)
+        if not self.path.exists("store.json"):
             if not create:
                 raise ClanetError(missing_meta_message(self.path))
             check_creatable(self.path)
             self._create(extractor or {})
         self.meta = read_meta(self.path)
-        self.db = lancedb.connect(self.path / "lance", read_consistency_interval=CONSISTENCY)
+        self.db = self.path.lance(read_consistency_interval=CONSISTENCY)
         self._tables: dict[str, Any] = {}
         self._array: zarr.Array | None = None
 
     def _create(self, extractor: dict) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.is_local:
+            self.path.local_path.mkdir(parents=True, exist_ok=True)
         created_at = datetime.now(UTC).isoformat()
         zarr.create_array(
-            store=str(self.path / "patches.zarr"),
+            store=self.path.zarr_store("patches.zarr"),
             shape=(0, PATCH_SIZE, PATCH_SIZE),
             chunks=(SLOT_SIZE, PATCH_SIZE, PATCH_SIZE),
             dtype="uint8",
@@ -212,7 +218,7 @@ class PatchStore:
                 "exports": [],
             },
         )
-        db = lancedb.connect(self.path / "lance")
+        db = self.path.lance()
         for name in TABLES:
             lance.open_table(db, name, create=True)
         meta = {
@@ -272,7 +278,7 @@ class PatchStore:
     def array(self) -> zarr.Array:
         """The Zarr patch array (rows, 112, 112) uint8."""
         if self._array is None:
-            array = zarr.open_array(str(self.path / "patches.zarr"), mode="r+")
+            array = zarr.open_array(self.path.zarr_store("patches.zarr"), mode="r+")
             # Every write is a whole image slot, almost never all zero: Zarr's check for empty
             # chunks (to skip writing them) cost 0.6-2.2 ms of CPU per slot write, which took
             # 3.3-7.6 ms in all (benchmarks/bench_ingest_parts.py, four runs on a noisy machine).
@@ -349,12 +355,8 @@ class PatchStore:
         return None
 
     def size_on_disk(self) -> int:
-        """Bytes used by the store directory."""
-        return sum(
-            os.path.getsize(os.path.join(root, f))
-            for root, _, files in os.walk(self.path)
-            for f in files
-        )
+        """Bytes used by the store (folder or prefix)."""
+        return self.path.size()
 
 
 def _with_slot(rows: pl.DataFrame) -> pl.DataFrame:

@@ -25,6 +25,7 @@ import zarr
 from clanet_store.errors import ClanetError
 from clanet_store.schemas import load_schema, schema_version
 from clanet_store.stores import lance
+from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.lock import writer_lock
 from clanet_store.stores.patch_store import (
     ARRAY_SOURCE,
@@ -55,15 +56,15 @@ class RepairReport:
         return asdict(self)
 
 
-def repair_store(path: str | Path) -> RepairReport:
+def repair_store(path: str | Path | StoreLocation) -> RepairReport:
     """Rebuild ``path/store.json`` (under the writer lock) after checking that the patch array
     and the tables agree; a corrupt store.json is kept as ``store.json.corrupt``."""
-    path = Path(path)
-    if not path.is_dir():
+    path = StoreLocation.parse(path)
+    if path.is_local and not path.local_path.is_dir():
         raise ClanetError(f"{path}: no such folder")
-    meta_path = path / "store.json"
+    meta_path = path.child("store.json")
     with writer_lock(path):
-        if meta_path.exists():
+        if path.exists("store.json"):
             try:
                 read_meta(path)
             except ClanetError:
@@ -71,7 +72,7 @@ def repair_store(path: str | Path) -> RepairReport:
             else:
                 raise ClanetError(f"{meta_path}: is readable and valid; nothing to repair")
         array = _open_array(path)
-        db = lancedb.connect(path / "lance")
+        db = path.lance()
         tables = _table_versions(db)
         images, patches = _check_agreement(path, array, db)
         attrs = dict(array.attrs)
@@ -86,9 +87,9 @@ def repair_store(path: str | Path) -> RepairReport:
         if attrs.get("exports"):
             meta["exports"] = list(attrs["exports"])
         replaced = None
-        if meta_path.exists():
-            replaced = str(meta_path.with_suffix(".json.corrupt"))
-            meta_path.replace(replaced)
+        if path.exists("store.json"):
+            replaced = path.child("store.json.corrupt")
+            path.write_bytes("store.json.corrupt", path.read_bytes("store.json"))
         write_meta(path, meta)
     return RepairReport(
         store=str(path),
@@ -101,10 +102,10 @@ def repair_store(path: str | Path) -> RepairReport:
     )
 
 
-def _open_array(path: Path) -> zarr.Array:
-    where = path / "patches.zarr"
+def _open_array(path: StoreLocation) -> zarr.Array:
+    where = path.child("patches.zarr")
     try:
-        array = zarr.open_array(str(where), mode="r")
+        array = zarr.open_array(path.zarr_store("patches.zarr"), mode="r")
     except Exception as exc:  # zarr raises several types for a missing or broken array
         raise ClanetError(
             f"{where}: cannot open the patch array ({type(exc).__name__}); cannot repair"
@@ -146,7 +147,9 @@ def _table_versions(db: lancedb.DBConnection) -> dict[str, int]:
     return versions
 
 
-def _check_agreement(path: Path, array: zarr.Array, db: lancedb.DBConnection) -> tuple[int, int]:
+def _check_agreement(
+    path: StoreLocation, array: zarr.Array, db: lancedb.DBConnection
+) -> tuple[int, int]:
     """Committed images and their patch rows against the array; (images, patches) if they agree."""
     images = lance.read(
         db.open_table("images"),
@@ -189,7 +192,7 @@ def _check_agreement(path: Path, array: zarr.Array, db: lancedb.DBConnection) ->
     unwritten = [
         slot
         for slot in filled["slot"].to_list()
-        if not (path / "patches.zarr" / array.metadata.encode_chunk_key((slot, 0, 0))).exists()
+        if not path.exists(f"patches.zarr/{array.metadata.encode_chunk_key((slot, 0, 0))}")
     ]
     refuse(
         "slots whose pixels were never written (a recreated, empty patch array?)",
