@@ -41,7 +41,8 @@ VOLATILE = re.compile(
 VOLATILE_BLOCKS = re.compile(r'("table_versions": )\{[^{}]*\}')
 # The demo's one-epoch DINO run differs in its last digits from run to run, and its search stage
 # draws query patches from the table's row order (the order ingest's Dask tasks finished in): its
-# floats and patch ids are masked; its keys, counts, names, model ids and verdicts are not.
+# floats, patch ids and search neighbours are masked; its keys, counts, names, model ids and
+# verdicts are not.
 FLOAT = re.compile(r'^(\s*(?:"[^"\n]*": )?)-?\d+\.\d+(?:[eE][-+]?\d+)?(,?)$', re.MULTILINE)
 PATCH_ID = re.compile(r'("patch_id": )"[0-9a-f]+"')
 RUN_TO_RUN = {"demo"}
@@ -121,6 +122,11 @@ def _mask(name: str, text: str, tmp: Path, data: Path) -> str:
     text = VOLATILE_BLOCKS.sub(r'\1"<MASKED>"', text)
     if name in RUN_TO_RUN:
         text = PATCH_ID.sub(r'\1"<ID>"', FLOAT.sub(r'\1"<FLOAT>"\2', text))
+        run = json.loads(text)
+        for stage in run["stages"]:
+            if stage["stage"] == "search":
+                stage["summary"]["queries"] = "<VARIES>"
+        text = json.dumps(run, indent=2) + "\n"
     return text
 
 
