@@ -137,7 +137,7 @@ def _steady_rate(store: Path, encoder, batch_size: int, cluster: Cluster) -> flo
         store,
         encoder,
         batch_size,
-        progress=lambda done, _: seen.append((time.perf_counter(), done)),
+        progress=lambda _, done, __: seen.append((time.perf_counter(), done)),
         cluster=cluster,
     )
     (t0, n0), (t1, n1) = seen[0], seen[-1]

@@ -396,15 +396,16 @@ def synthetic(args: argparse.Namespace, root: Path) -> None:
             flush=True,
         )
         report = build_index(store_path)
-        vector_bytes, scalar_bytes = index_sizes(EmbeddingStore(store_path).table(report["table"]))
+        vector_bytes, scalar_bytes = index_sizes(EmbeddingStore(store_path).table(report.table))
+        vector = report.vector_params
         params = (
-            f"IVF_RQ cosine, {report['num_partitions']} partitions, {report['num_bits']} bit per "
-            f"dimension"
-            if report["vector_index"]
+            f"IVF_RQ cosine, {vector.get('num_partitions')} partitions, {vector.get('num_bits')} "
+            "bit per dimension"
+            if report.vector_index
             else "no vector index (exact)"
         )
         print(
-            f"build_index: {report['seconds']:.0f} s (compaction, 6 scalar indexes, {params}); "
+            f"build_index: {report.seconds:.0f} s (compaction, 6 scalar indexes, {params}); "
             f"on disk: vector index {vector_bytes / 1024**2:.0f} MB, scalar indexes "
             f"{scalar_bytes / 1024**2:.0f} MB; load now {os.getloadavg()[0]:.2f}",
             flush=True,

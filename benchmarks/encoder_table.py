@@ -25,7 +25,6 @@ or ``--store STORE --work DIR``; ``--json FILE`` also writes every number.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -56,10 +55,10 @@ def say(text: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] {text}", file=sys.stderr, flush=True)
 
 
-def bar(desc: str, unit: str) -> Any:
-    """The stages' progress bar: one log line per stage, no bar (the output is a log file)."""
-    say(f"{desc} ...")
-    return contextlib.nullcontext(lambda done, total: None)
+def progress(stage: str, done: int, total: int | None, /, **numbers: float) -> None:
+    """The stages' progress: one log line per stage, no bar (the output is a log file)."""
+    if done <= 1:
+        say(f"{stage} ...")
 
 
 def demo_dino(store: Path, work: Path, config: Any) -> tuple[Any, str, str | None]:
@@ -68,7 +67,7 @@ def demo_dino(store: Path, work: Path, config: Any) -> tuple[Any, str, str | Non
         out=work / "demo",
         store=store,
         export=None,
-        bar=bar,
+        progress=progress,
         say=say,
         train_splits=train_splits(config),
     )
@@ -140,10 +139,10 @@ def mil_scores(store: Path, work: Path, config: Any, encoders: list[dict[str, An
             "split": f"{kind} r{repeat}",
             "epochs": cfg.epochs,
             "k": cfg.k,
-            "sequence_accuracy": r["sequence_accuracy"],
-            "chance": 1 / len(r["classes"]),
-            "test_sequences": r["test_sequences"],
-            "encoder_training": r["encoder_training"],
+            "sequence_accuracy": r.scalar_scores["sequence_accuracy"],
+            "chance": 1 / len(r.classes),
+            "test_sequences": r.test_sequences,
+            "encoder_training": r.seen.encoder_training,
         }
 
 

@@ -18,10 +18,10 @@ from click.testing import CliRunner
 
 from clanet_store.cli import main
 from clanet_store.exports.synth import synth_export
-from clanet_store.learn.splits import read_split
 from clanet_store.pipelines import encode as encode_module
 from clanet_store.pipelines.encode import classic_encoder, encode
 from clanet_store.pipelines.ingest import ingest
+from clanet_store.pipelines.split_files import read_split
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.torchfile import load_torch_file
 

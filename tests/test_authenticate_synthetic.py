@@ -21,7 +21,8 @@ from test_authenticate import _ok, _run
 
 from clanet_store.exports.synth import _LINE_RANGES, line_styles, synth_export
 from clanet_store.learn.authentication import CONSISTENT, MISMATCH, UNKNOWN
-from clanet_store.learn.training import bag_vectors, load_model
+from clanet_store.learn.inference import bag_vectors
+from clanet_store.learn.model_file import load_model
 from clanet_store.pipelines.authenticate import held_out_verdicts, mil_pooling
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.stores.embedding_store import EmbeddingStore

@@ -14,6 +14,7 @@ import torch
 from clanet_store.learn import aggregators
 from clanet_store.learn.aggregators import AGGREGATORS, GatedAttention, build_aggregator
 from clanet_store.learn.bags import Bag, collate, padded_size
+from clanet_store.learn.inference import predict_proba
 from clanet_store.learn.metrics import (
     accuracy_by_fraction,
     batch_proba,
@@ -23,25 +24,20 @@ from clanet_store.learn.metrics import (
     macro_f1,
     mean_std,
 )
+from clanet_store.learn.model_file import load_model, save_model, training_record
 from clanet_store.learn.splits import (
     Split,
     apply_split,
     make_split,
     make_splits,
-    read_split,
-    write_split,
 )
 from clanet_store.learn.training import (
     MILConfig,
     MiniBatch,
     batched_backward,
     init_model,
-    load_model,
     per_bag_backward,
-    predict_proba,
-    save_model,
     train_mil,
-    training_record,
 )
 from clanet_store.learn.tss import (
     REFERENCE_CANDIDATES,
@@ -56,6 +52,7 @@ from clanet_store.learn.tss import (
     tss_weight,
     window_ids,
 )
+from clanet_store.pipelines.split_files import read_split, write_split
 
 
 def make_bag(
@@ -361,8 +358,16 @@ def test_training_learns_separable_bags_and_is_deterministic(tmp_path: Path) -> 
     train, test = separable_bags(rng, 60), separable_bags(rng, 30)
     config = MILConfig(k=4, epochs=25, lr=0.05, batch_bags=8, seed=1, tss_prior="fitted")
     seen = []
-    model, history = train_mil(train, ["a", "b", "c"], config, progress=seen.append)
-    assert [s["epoch"] for s in seen] == list(range(1, 26)) and history["epochs"] == seen
+
+    def progress(stage: str, epoch: int, epochs: int | None, /, **numbers: float) -> None:
+        seen.append({"stage": stage, "epoch": epoch, "of": epochs, **numbers})
+
+    model, history = train_mil(train, ["a", "b", "c"], config, progress=progress)
+    assert [s["epoch"] for s in seen] == list(range(1, 26)) and {s["of"] for s in seen} == {25}
+    keys = ("epoch", "loss", "accuracy")
+    assert [{k: e[k] for k in keys} for e in history["epochs"]] == [
+        {k: s[k] for k in keys} for s in seen
+    ]
     mus = [floor_mean_gap(b.times) for b in train]
     assert history["tss_candidates"] == sorted(set(mus)) and len(set(mus)) > 1
     assert history["tss_sigma"] == pytest.approx(np.std(mus))

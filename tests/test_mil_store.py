@@ -18,7 +18,9 @@ from clanet_store.cli import main
 from clanet_store.cli import mil as cli_mil
 from clanet_store.exports.synth import synth_export
 from clanet_store.learn.aggregators import AGGREGATORS
-from clanet_store.learn.training import MILConfig, load_model, save_model
+from clanet_store.learn.model_file import load_model, save_model
+from clanet_store.learn.splits import SPLIT_KINDS
+from clanet_store.learn.training import MILConfig
 from clanet_store.learn.tss import TSS_PRIOR_KINDS
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
@@ -192,7 +194,8 @@ def test_stale_split_and_foreign_encoder_are_refused(store_path, tmp_path):
     split_file = tmp_path / "split-batch-stratified-r2.json"
     out = tmp_path / "m.pt"
     train = "train --store {store} --split batch-stratified --repeat 2 --epochs 1 --out {out}"
-    run(train, store=store_path, out=out)
+    text = run(train, store=store_path, out=out)
+    assert "TSS (reference prior, candidates [1, 2, 3, 4, 5, 6, 7, 8] h, sigma 2.29)" in text
     split = json.loads(split_file.read_text())
     split_file.write_text(json.dumps({**split, "test": [*split["test"], "0000000000000000"]}))
     message = run(train, 1, store=store_path, out=out)
@@ -247,4 +250,5 @@ def test_ablation_writes_the_table(store_path, tmp_path):
 
 def test_cli_choices_and_defaults_are_the_cores():
     assert cli_mil.AGGREGATORS == AGGREGATORS and cli_mil.TSS_PRIOR_KINDS == TSS_PRIOR_KINDS
+    assert cli_mil.SPLIT_KINDS == SPLIT_KINDS
     assert (MILConfig.k, MILConfig.epochs) == (cli_mil.DEFAULT_K, cli_mil.DEFAULT_EPOCHS)

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from clanet_store.cli import main
 from clanet_store.errors import ClanetError
 from clanet_store.learn.bags import Bag
-from clanet_store.learn.splits import make_split, read_split, write_split
+from clanet_store.learn.splits import make_split
 from clanet_store.learn.training import MILConfig, train_mil
 from clanet_store.learn.tss import REFERENCE_CANDIDATES, REFERENCE_SIGMA, TSSPrior
 from clanet_store.models.dino import DinoConfig
@@ -30,6 +30,7 @@ from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.inductive import encoder_training, split_patch_rows
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.pipelines.qc import MIN_SEQUENCES, QCParams, _drift_unit, run_qc
+from clanet_store.pipelines.split_files import read_split, write_split
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.patch_store import PatchStore
 from clanet_store.stores.sequences import list_sequences

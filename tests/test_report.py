@@ -193,7 +193,7 @@ def test_encoders_section_lists_every_encoder_with_its_numbers(two_encoders, tmp
     vit, classic = two_encoders["vit"]["model_id"], two_encoders["classic"]["model_id"]
     out = tmp_path / "r.html"
     r = write_report(store.path, out, encoder_notes=["MIL on <classic>: the best k-NN"])
-    assert r["encoders"] == [vit, classic] and r["encoder_model_id"] == classic  # the latest
+    assert r.encoders == [vit, classic] and r.encoder_model_id == classic  # the latest
     html = out.read_text()
     section = _section(html, "encoders")
     assert "MIL on &lt;classic&gt;: the best k-NN" in section
@@ -212,7 +212,7 @@ def test_encoders_section_lists_every_encoder_with_its_numbers(two_encoders, tmp
     assert not sample_health(store, classic).collapsed
     assert "never evaluated" not in section
     # a healthy, training-free encoder: no banner anywhere
-    assert r["warnings"] == [] and 'class="banner"' not in html
+    assert r.warnings == [] and 'class="banner"' not in html
     assert "t-SNE, neighbours" in section
 
 
@@ -242,8 +242,8 @@ def test_banners_on_a_random_init_encoder(two_encoders, tmp_path):
         text = banner.group(1)
         assert text.startswith(f"{start} encoder {vit} (vit_tiny_patch16_224), a random init")
         assert ("COLLAPSED (median cosine distance" in text) == collapsed
-        assert unescape(text) in r["warnings"]
-    assert len(r["warnings"]) == 5
+        assert unescape(text) in r.warnings
+    assert len(r.warnings) == 5
     assert "t-SNE, neighbours, authentication, MIL models, QC" in _section(html, "encoders")
     assert 'class="banner"' not in _section(html, "encoders")
 

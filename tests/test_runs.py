@@ -377,7 +377,7 @@ def test_models_without_a_test_side_are_reported_not_evaluated(tmp_path):
         out=tmp_path,
         store=tmp_path / "store",
         export=None,
-        bar=None,
+        progress=None,
         say=said.append,
         summaries={"train": {"models": [model]}},
     )

@@ -164,7 +164,7 @@ def test_patch_added_after_index_is_found(store_path, tmp_path):
     table.delete((col("cell_line") == "A431").to_sql())
     table.add(filler)
     report = build_index(path, exact_below=0)
-    assert report["vector_index"] and report["num_partitions"] == isqrt(report["rows"]) // 2
+    assert report.vector_index and report.vector_params["num_partitions"] == isqrt(report.rows) // 2
     table.add(old)  # after the index build: these rows are not in the index yet
     q = vectors(old)[5]
     found = es.search(q, k=3)

@@ -1,4 +1,5 @@
-"""The ``clanet-store`` group and what every command shares: options, progress bars, output."""
+"""The ``clanet-store`` group and what every command shares: options and output (progress bars:
+`clanet_store.cli.progress`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from clanet_store import __version__
 from clanet_store.errors import ClanetError
@@ -80,25 +80,6 @@ workers_option = click.option(
 scheduler_option = click.option(
     "--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786"
 )
-
-
-@contextmanager
-def progress(desc: str, unit: str, total: int | None = None):
-    """A progress bar on stderr (silent when stderr is not a terminal)."""
-    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False) as bar:
-        yield bar
-
-
-@contextmanager
-def progress_callback(desc: str, unit: str) -> Iterator[Callable[[int, int], None]]:
-    """A ``(done, total)`` callback for pipelines that draws a progress bar on stderr."""
-    with progress(desc, unit) as bar:
-
-        def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        yield update
 
 
 def emit(fmt: str, payload: dict, human: str) -> None:

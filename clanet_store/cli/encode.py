@@ -10,12 +10,12 @@ from clanet_store.cli.app import (
     emit,
     format_option,
     main,
-    progress_callback,
     scheduler_option,
     store_option,
     wait_option,
     workers_option,
 )
+from clanet_store.cli.progress import progress_bars
 
 
 @main.command()
@@ -90,7 +90,7 @@ def encode(
         # On a cluster the driver only ships the weights: each worker moves them to its device.
         local = device if cluster is None else "cpu"
         encoder = load_encoder(weights, arch, local, seed, normalize)
-    with progress_callback("encoding", "patch") as update:
+    with progress_bars("patch") as update:
         report = run_encode(store, encoder, batch_size, wait, update, commit_every, cluster)
     r = report.as_dict()
     health = sample_health(EmbeddingStore(store), r["model_id"])

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import click
 
-from clanet_store.cli.app import emit, format_option, main, progress, store_option
-from clanet_store.learn.splits import SPLIT_KINDS
-from clanet_store.textout import render_table
+from clanet_store.cli.app import emit, format_option, main, store_option
+from clanet_store.cli.progress import progress_bars
+from clanet_store.cli.render import ablation_text, evaluate_text, predict_text, train_text
 
-# `learn.aggregators.AGGREGATORS` and the `learn.training.MILConfig` defaults, written out so that
-# the command line starts without importing torch (tests/test_mil_store.py checks they agree).
+# `learn.splits.SPLIT_KINDS`, `learn.aggregators.AGGREGATORS` and the `learn.training.MILConfig`
+# defaults, written out so that the command line starts without importing torch
+# (tests/test_mil_store.py checks they agree).
+SPLIT_KINDS = ("batch-separated", "batch-stratified")
 AGGREGATORS = ("gated", "mean", "max", "patch-vote")
 TSS_PRIOR_KINDS = ("reference", "fitted")
 DEFAULT_K = 10
@@ -52,26 +51,6 @@ ssl_checkpoint_option = click.option(
     help="the ssl-train checkpoint the encoder came from: says whether it saw the test side "
     "(inductive / transductive; unknown without it)",
 )
-
-
-def _encoder_line(r: dict) -> str:
-    random = (
-        " -- RANDOMLY INITIALISED encoder: demo numbers only" if r["encoder_random_init"] else ""
-    )
-    return (
-        f"encoder {r['encoder_model_id']} ({r['encoder_arch']}, {r['embedding_dim']}-d, "
-        f"weights {r['encoder_weights']}){random}"
-    )
-
-
-def _training_line(r: dict) -> str:
-    return f"encoder {r['encoder_training'].upper()} for this split: {r['encoder_training_why']}"
-
-
-def _scores_line(r: dict) -> str:
-    from clanet_store.learn.metrics import SCALAR_SCORES
-
-    return ", ".join(f"{key} {100 * r[key]:.1f} %" for key in SCALAR_SCORES)
 
 
 @main.command()
@@ -121,7 +100,7 @@ def train(
     fmt: str,
 ) -> None:
     """Train a MIL classifier on the training side of a split of the stored sequences."""
-    from clanet_store.learn.training import MILConfig
+    from clanet_store.pipelines.mil import MILConfig
     from clanet_store.pipelines.mil import train as run_train
 
     config = MILConfig(
@@ -132,36 +111,11 @@ def train(
         epochs=epochs,
         seed=repeat if seed is None else seed,
     )
-    with progress("training", "epoch", total=epochs) as bar:
-
-        def update(stats: dict[str, float]) -> None:
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['accuracy']:.3f}")
-            bar.update(1)
-
+    with progress_bars("epoch") as update:
         r = run_train(store, out, split_kind, repeat, config, model_id, update, ssl_checkpoint)
-    last = r["epochs"][-1]
-    lines = [
-        f"{r['model']}: {aggregator}{' + TSS' if tss else ''}, {epochs} epochs on "
-        f"{r['train_sequences']} sequences of {len(r['classes'])} cell lines "
-        f"({r['test_sequences']} held out for evaluate)",
-        f"split {split_kind} repeat {repeat}: {r['split_file']} "
-        f"({'reused' if r['split_reused'] else 'written'})",
-        _encoder_line(r),
-        _training_line(r),
-        f"last epoch: loss {last['loss']:.4f}, training accuracy {100 * last['accuracy']:.1f} %; "
-        f"bags loaded in {r['load_seconds']:.1f} s, trained in {r['train_seconds']:.1f} s",
-    ]
-    if r["sequences_outside_split"]:
-        lines.append(f"{r['sequences_outside_split']} stored sequences are not in the split file")
-    if r["tss_subsampled_share"] is not None:
-        lines.append(
-            f"TSS ({tss_prior} prior, candidates {r['tss_candidates']} h, sigma "
-            f"{r['tss_sigma']:.2f}): {100 * r['tss_subsampled_share']:.1f} % of bag-epochs "
-            "subsampled"
-        )
-    for warning in r["warnings"]:
+    for warning in r.warnings:
         click.echo(f"warning: {warning}", err=True)
-    emit(fmt, r, "\n".join(lines))
+    emit(fmt, r.as_dict(), train_text(r))
 
 
 @main.command()
@@ -174,26 +128,7 @@ def evaluate(store: Path, model_path: Path, ssl_checkpoint: Path | None, fmt: st
     from clanet_store.pipelines.mil import evaluate as run_evaluate
 
     r = run_evaluate(store, model_path, ssl_checkpoint)
-    classes = r["classes"]
-    confusion = [
-        {"true": name, **dict(zip(classes, row, strict=True))}
-        for name, row in zip(classes, r["confusion"], strict=True)
-    ]
-    lines = [
-        f"{r['model']} ({r['aggregator']}{' + TSS' if r['tss'] else ''}) on the test side of "
-        f"{r['split']} repeat {r['repeat']}: {r['test_sequences']} sequences, "
-        f"{r['test_batches']} batches",
-        _encoder_line(r),
-        _training_line(r),
-        _scores_line(r),
-        "",
-        "sequence confusion (rows true, columns predicted):",
-        render_table(confusion, ["true", *classes]),
-        "",
-        "accuracy against the fraction of each sequence used (paper Fig. 8):",
-        render_table(r["accuracy_by_fraction"], ["fraction", "natural", "reversed"]),
-    ]
-    emit(fmt, r, "\n".join(lines))
+    emit(fmt, r.as_dict(), evaluate_text(r))
 
 
 @main.command()
@@ -251,8 +186,7 @@ def predict(
 
     if (export is None) == (not where):
         raise click.UsageError("give exactly one of --export and --where")
-    with ExitStack() as stack:
-        update = _stage_bars(stack, "item")
+    with progress_bars("item") as update:
         r = run_predict(
             store,
             model_path,
@@ -266,57 +200,7 @@ def predict(
             update,
             include_training,
         )
-    columns = ["labelled", "predicted", "probability", "runner_up", "runner_up_probability"]
-    lines = [
-        f"{r['model']}: {len(r['sequences'])} sequences in {len(r['batches'])} batches; "
-        f"{r['mismatches']} predictions differ from the label, {r['warnings']} low-confidence"
-        + (
-            ""
-            if not r["in_training"]
-            else f" ({r['in_training']} sequences the model was trained on are marked TRAINED"
-            + (" and counted)" if r["include_training"] else " and not counted)")
-        ),
-        _encoder_line(r),
-        "",
-        render_table(_flagged(r["sequences"]), ["batch", "position", "images", *columns, "flag"]),
-        "",
-        render_table(_flagged(r["batches"]), ["batch", "sequences", *columns, "flag"]),
-    ]
-    emit(fmt, r, "\n".join(lines))
-
-
-def _stage_bars(stack: ExitStack, unit: str) -> Callable[[str, int, int], None]:
-    """``update(stage, done, total)``: one progress bar per stage, opened on ``stack``."""
-    bars: dict[str, Any] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            bars[stage] = stack.enter_context(progress(stage, unit, total))
-        bar = bars[stage]
-        bar.total = total
-        bar.update(done - bar.n)
-
-    return update
-
-
-def _flagged(items: list[dict]) -> list[dict]:
-    """Rows with a ``flag``: MISMATCH when the prediction is not the label, and the warning."""
-    return [
-        {
-            **item,
-            "flag": "; ".join(
-                filter(
-                    None,
-                    [
-                        "TRAINED" if item["in_training"] else None,
-                        None if item["matches_label"] else "MISMATCH",
-                        item["warning"],
-                    ],
-                )
-            ),
-        }
-        for item in items
-    ]
+    emit(fmt, r.as_dict(), predict_text(r))
 
 
 @main.command()
@@ -361,7 +245,6 @@ def ablation(
     """Gated attention with and without TSS, mean and max pooling and patch vote, on both
     splits with seeded repeats: the paper's Table 4 as Markdown. Inductive by default: each
     split is scored on an encoder whose fitted parts saw only its training side."""
-    from clanet_store.pipelines.mil import ABLATION_VARIANTS
     from clanet_store.pipelines.mil import ablation as run_ablation
 
     if transductive and ssl_config is not None:
@@ -373,15 +256,7 @@ def ablation(
         ssl = load_config(ssl_config).stages["ssl_train"]
         if not ssl["enabled"]:
             raise click.UsageError(f"{ssl_config}: [ssl_train] enabled = false, nothing to train")
-    total = len(ABLATION_VARIANTS) * len(SPLIT_KINDS) * repeats * epochs
-    with ExitStack() as stack:
-        stages = _stage_bars(stack, "step")
-        bar = stack.enter_context(progress("ablation", "epoch", total=total))
-
-        def update(run: str, stats: dict[str, float]) -> None:
-            bar.set_description(run, refresh=False)
-            bar.update(1)
-
+    with progress_bars("step") as update:
         r = run_ablation(
             store,
             out,
@@ -393,7 +268,6 @@ def ablation(
             ssl_checkpoint,
             transductive=transductive,
             ssl=ssl,
-            stage_progress=stages,
             say=lambda line: click.echo(line, err=True),
         )
-    emit(fmt, r, f"{r['out']}:\n\n{r['markdown']}")
+    emit(fmt, r.as_dict(), ablation_text(r))

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from clanet_store.cli.app import emit, format_option, main, progress_callback, store_option
+from clanet_store.cli.app import emit, format_option, main, store_option
 from clanet_store.cli.encoders import encoder_banner, top_k_option
+from clanet_store.cli.progress import progress_bars
 
 
 @main.command("export-profiles")
@@ -45,7 +46,7 @@ def export_profiles(
     from clanet_store.pipelines.export_profiles import export_profiles as run
 
     file_format = file_format or ("anndata" if out.suffix.lower() == ".h5ad" else "parquet")
-    with progress_callback("exporting", "patch") as update:
+    with progress_bars("patch") as update:
         r = run(store, out, level, file_format, model_id, top_k, progress=update).as_dict()
     lines = [
         f"{r['rows']} {level} rows x {r['features']} features of model {r['model_id']} -> "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -11,11 +10,10 @@ from clanet_store.cli.app import (
     emit,
     format_option,
     main,
-    progress,
-    progress_callback,
     store_option,
     wait_option,
 )
+from clanet_store.cli.progress import progress_bars
 from clanet_store.cli.render import qc_text
 from clanet_store.textout import render_table
 
@@ -121,14 +119,7 @@ def qc(
         seed=seed,
         device=device,
     )
-    with ExitStack() as stack:
-        bars: dict = {}
-
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in bars:
-                bars[stage] = stack.enter_context(progress(stage, "step", total))
-            bars[stage].update(done - bars[stage].n)
-
+    with progress_bars("step") as update:
         report = run_qc(store, reference, new, window, model_id, params, heatmap, wait, update)
     emit(fmt, report.as_dict(), qc_text(report))
 
@@ -152,7 +143,7 @@ def corrupt(
     """Write a corrupted copy of an export (same names and layout) for robustness checks."""
     from clanet_store.pipelines.corrupt import corrupt_export
 
-    with progress_callback("corrupting", "image") as update:
+    with progress_bars("image") as update:
         report = corrupt_export(export_root, out, kind, severity, direction, update)
     lines = [
         f"{out}: {report.images_written} images written, {kind} severity {severity} "

@@ -57,10 +57,10 @@ def report(
 
     r = write_report(store, out, models, model_id, k, _stage, exports, (), ssl_checkpoint)
     human = (
-        f"report written to {r['report']} ({human_size(r['bytes'])}, {r['sections']} sections, "
-        f"{r['images']} figures) in {r['seconds']:.1f} s"
+        f"report written to {r.report} ({human_size(r.bytes)}, {r.sections} sections, "
+        f"{r.images} figures) in {r.seconds:.1f} s"
     )
-    emit(fmt, r, human)
+    emit(fmt, r.as_dict(), human)
 
 
 def _stage(name: str) -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from clanet_store.cli.app import emit, format_option, main, progress_callback
+from clanet_store.cli.app import emit, format_option, main
+from clanet_store.cli.progress import progress_bars
 from clanet_store.runs.config import STAGES
 
 stage_choice = click.Choice(STAGES)
@@ -53,15 +54,16 @@ def _run(
 
     config = load_config(config_path, overrides)
     click.echo(f"pipeline {config.name} ({config.path}) -> {out.resolve()}", err=True)
-    r = run_pipeline(config, out, store, export, start_from, until, progress_callback, _event)
-    lines = [_stage_line(s) for s in r["stages"]]
-    chosen = next((s for s in r["stages"] if s["stage"] == "choose_encoder"), None)
+    with progress_bars("step") as update:
+        r = run_pipeline(config, out, store, export, start_from, until, update, _event)
+    lines = [_stage_line(s) for s in r.stages]
+    chosen = next((s for s in r.stages if s["stage"] == "choose_encoder"), None)
     for choice in chosen["summary"]["choices"] if chosen else []:
         lines.append(f"models of {choice['split']} trained on {choice['reason']}")
-    lines.append(f"total {_duration(r['seconds'])}; store {r['store']}")
-    if r["report"]:
-        lines.append(f"report: {r['report']}")
-    emit(fmt, r, "\n".join(lines))
+    lines.append(f"total {_duration(r.seconds)}; store {r.store}")
+    if r.report:
+        lines.append(f"report: {r.report}")
+    emit(fmt, r.as_dict(), "\n".join(lines))
 
 
 def _duration(seconds: float) -> str:

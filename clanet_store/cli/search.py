@@ -24,16 +24,18 @@ def index(store: Path, model_id: str | None, wait: bool, fmt: str) -> None:
     from clanet_store.pipelines.search import build_index
 
     r = build_index(store, model_id, wait=wait)
+    params = r.vector_params
     kind = (
-        f"IVF_RQ cosine, {r['num_partitions']} partitions, {r['num_bits']} bit per dimension"
-        if r["vector_index"]
+        f"IVF_RQ cosine, {params['num_partitions']} partitions, {params['num_bits']} bit per "
+        "dimension"
+        if r.vector_index
         else "no vector index (small table: searches are exact)"
     )
     human = (
-        f"{store}: table {r['table']} ({r['rows']} rows, model {r['model_id']}): {kind}; "
-        f"scalar indexes on {', '.join(r['scalar_indexes'])}; {r['seconds']:.1f} s"
+        f"{store}: table {r.table} ({r.rows} rows, model {r.model_id}): {kind}; "
+        f"scalar indexes on {', '.join(r.scalar_indexes)}; {r.seconds:.1f} s"
     )
-    emit(fmt, r, human)
+    emit(fmt, r.as_dict(), human)
 
 
 @main.command()

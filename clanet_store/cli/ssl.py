@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from clanet_store.cli.app import emit, format_option, main, progress, store_option
+from clanet_store.cli.app import emit, format_option, main, store_option
+from clanet_store.cli.progress import progress
 from clanet_store.textout import render_table
 
 if TYPE_CHECKING:
-    from clanet_store.learn.splits import Split
-    from clanet_store.models.dino import CollapseProbe
-    from clanet_store.pipelines.ssl_train import TrainProgress
+    from clanet_store.pipelines.split_files import Split
+    from clanet_store.pipelines.ssl_train import CollapseProbe, TrainProgress
 
 
 @main.command("ssl-train")
@@ -82,15 +82,11 @@ def ssl_train(
     After every epoch the teacher is probed for collapse; a collapsed run stops with the reason
     and exits non-zero, keeping the checkpoint of the epoch before.
     """
-    from clanet_store.errors import ClanetError
-    from clanet_store.learn.splits import read_split
+    from clanet_store.pipelines.split_files import load_split
     from clanet_store.pipelines.ssl_train import TrainingCollapsed
     from clanet_store.pipelines.ssl_train import ssl_train as run_ssl_train
 
-    try:
-        split = None if split_file is None else read_split(split_file)
-    except ValueError as error:
-        raise ClanetError(str(error)) from None
+    split = None if split_file is None else load_split(split_file)
 
     with progress("ssl-train", "step") as bar:
         try:

@@ -12,12 +12,12 @@ from clanet_store.cli.app import (
     human_size,
     interruptible,
     main,
-    progress_callback,
     scheduler_option,
     store_option,
     wait_option,
     workers_option,
 )
+from clanet_store.cli.progress import progress_bars
 from clanet_store.textout import render_table
 
 
@@ -55,7 +55,7 @@ def ingest(
     """Scan an export, extract mask + CCS patches on Dask, write them into the store."""
     from clanet_store.pipelines.ingest import ingest as run_ingest
 
-    with interruptible(), progress_callback("ingesting", "image") as update:
+    with interruptible(), progress_bars("image") as update:
         report = run_ingest(
             export_root,
             store,

@@ -112,7 +112,7 @@ def accuracy_by_fraction(
     """Sequence-level top-1 accuracy against the fraction of each sequence used (paper Fig. 8).
 
     ``predict(indices_per_bag)`` returns the softmax (n_bags, C) of ``bags`` restricted to those
-    images (e.g. ``lambda idx: training.predict_proba(model, bags, idx)``). Returns
+    images (e.g. ``lambda idx: inference.predict_proba(model, bags, idx)``). Returns
     ``{"natural": {fraction: accuracy}, "reversed": {...}}``.
     """
     labels = np.array([bag.label for bag in bags])

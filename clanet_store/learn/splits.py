@@ -1,4 +1,5 @@
-"""Train/test splits of sequences across batches (SPEC 7, paper Sec. 5.1), written to JSON files.
+"""Train/test splits of sequences across batches (SPEC 7, paper Sec. 5.1); their files are
+`pipelines.split_files`.
 
 - batch-separated: for each cell line one random batch trains and all its other batches test. A
   cell line with a single batch has that batch in train and nothing in test: the model still learns
@@ -16,12 +17,10 @@ substrings (the reference's position ``B1`` also selected ``B10``).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -148,19 +147,6 @@ def make_splits(
 ) -> list[Split]:
     """The paper's three random repeats (numbered from 1) of one split kind."""
     return [make_split(sequences, kind, repeat, seed) for repeat in range(1, repeats + 1)]
-
-
-def write_split(path: str | Path, split: Split) -> None:
-    """Write a split as JSON (so every run of a repeat reuses the same keys)."""
-    Path(path).write_text(json.dumps(split.as_dict(), indent=1) + "\n")
-
-
-def read_split(path: str | Path) -> Split:
-    """Read a split written by `write_split`; raises ValueError naming the file if it is not one."""
-    try:
-        return Split.from_dict(json.loads(Path(path).read_text()))
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a valid split file ({error})") from error
 
 
 def apply_split(sequences: Sequence[S], split: Split) -> tuple[list[S], list[S]]:

@@ -1,10 +1,11 @@
-"""Batched MIL training with TSS and Eq. 14 weighted gradient accumulation (SPEC 6), model files.
+"""Batched MIL training with TSS and Eq. 14 weighted gradient accumulation (SPEC 6); inference is
+`learn.inference`, model files `learn.model_file`.
 
 A mini-batch of ``batch_bags`` sequences is one padded forward/backward of
 ``loss = sum_b (W_b / sum W) * L_b`` (L_b: the bag's cross-entropy, W_b: its Eq. 12 TSS weight, 1
 without TSS). Its gradient is by linearity the reference's per-bag accumulation (each bag's
 gradient scaled by ``W_b / sum W``), kept here as `per_bag_backward` for the test and the
-benchmark. SGD as in the reference code; inference runs on full sequences.
+benchmark. SGD as in the reference code.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,6 @@ from torch import Tensor
 
 from clanet_store.learn.aggregators import AGGREGATORS, MILAggregator, build_aggregator
 from clanet_store.learn.bags import Bag, collate, padded_size
-from clanet_store.learn.splits import Split
 from clanet_store.learn.tss import (
     IntervalPrior,
     TSSPrior,
@@ -30,10 +29,7 @@ from clanet_store.learn.tss import (
     never_subsampled,
     tss_sample,
 )
-from clanet_store.torchfile import load_torch_file
-
-MODEL_FORMAT = "clanet-mil"
-MODEL_VERSION = 1
+from clanet_store.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,18 +86,6 @@ class MiniBatch:
     bags: list[Bag]
     indices: list[np.ndarray | None]
     weights: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class MILModel:
-    """A loaded model file: the module (in eval mode) and what it was trained with."""
-
-    model: MILAggregator
-    config: MILConfig
-    classes: tuple[str, ...]
-    split: Split | None
-    encoder_model_id: str
-    training: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def init_model(config: MILConfig, dim: int, n_classes: int) -> MILAggregator:
@@ -246,11 +230,11 @@ def train_mil(
     bags: Sequence[Bag],
     classes: Sequence[str],
     config: MILConfig,
-    progress: Callable[[dict[str, float]], None] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[MILAggregator, dict[str, Any]]:
     """Train a bag classifier on ``bags`` (labels index ``classes``); deterministic for a seed.
 
-    ``progress`` receives each epoch's stats (epoch, loss, accuracy, seconds). Returns the model
+    ``progress("training", epoch, epochs, loss=, accuracy=)`` follows the epochs. Returns the model
     in eval mode and the history: ``tss_candidates``, ``tss_sigma`` (the prior used, None without
     TSS), ``tss_subsampled_share`` (the share of bag-epochs TSS actually subsampled, None without
     TSS), ``warnings`` (TSS that cannot sample) and ``epochs`` (the stats).
@@ -281,10 +265,9 @@ def train_mil(
         batches = plan_epoch(bags, mus, prior, config, rng)
         subsampled += sum(index is not None for batch in batches for index in batch.indices)
         stats = train_epoch(model, optimizer, batches)
-        stats = {"epoch": epoch, **stats, "seconds": time.perf_counter() - start}
-        history["epochs"].append(stats)
+        history["epochs"].append({"epoch": epoch, **stats, "seconds": time.perf_counter() - start})
         if progress is not None:
-            progress(stats)
+            progress("training", epoch, config.epochs, **stats)
     if prior is not None and config.epochs:
         history["tss_subsampled_share"] = subsampled / (config.epochs * len(bags))
     return model.eval(), history
@@ -307,111 +290,3 @@ def tss_warnings(mus: np.ndarray, prior: IntervalPrior, chosen: TSSPrior) -> lis
             "mu_s; a sequence is never subsampled unless that candidate lies above its mu_s"
         )
     return warnings
-
-
-def predict_proba(
-    model: MILAggregator,
-    bags: Sequence[Bag],
-    indices_per_bag: Sequence[np.ndarray | None] | None = None,
-    batch_bags: int = 32,
-) -> np.ndarray:
-    """Softmax (n_bags, C) on full sequences (or the images ``indices_per_bag`` selects)."""
-    if not bags:
-        return np.zeros((0, model.classifier.out_features))
-    return _per_bag(
-        model, lambda x, mask: torch.softmax(model(x, mask), dim=1), bags, indices_per_bag,
-        batch_bags,
-    ).astype(np.float64)  # fmt: skip
-
-
-def bag_vectors(model: MILAggregator, bags: Sequence[Bag], batch_bags: int = 32) -> np.ndarray:
-    """The bag vector z (n_bags, D) of each full sequence (`MILAggregator.bag_vector`), float32."""
-    if not bags:
-        return np.zeros((0, model.classifier.in_features), np.float32)
-    return _per_bag(model, model.bag_vector, bags, None, batch_bags).astype(np.float32)
-
-
-def _per_bag(
-    model: MILAggregator,
-    apply: Callable[[Tensor, Tensor], Tensor],
-    bags: Sequence[Bag],
-    indices_per_bag: Sequence[np.ndarray | None] | None,
-    batch_bags: int,
-) -> np.ndarray:
-    """``apply(x, mask)`` of the model in eval mode, ``batch_bags`` collated bags at a time."""
-    if indices_per_bag is None:
-        indices_per_bag = [None] * len(bags)
-    dtype = next(model.parameters()).dtype
-    model.eval()
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(bags), batch_bags):
-            end = start + batch_bags
-            x, mask = collate(bags[start:end], indices_per_bag[start:end], dtype)
-            chunks.append(apply(x, mask).numpy())
-    return np.concatenate(chunks)
-
-
-def save_model(
-    path: str | Path,
-    model: MILAggregator,
-    config: MILConfig,
-    classes: Sequence[str],
-    split: Split | None,
-    encoder_model_id: str,
-    training: dict[str, Any] | None = None,
-) -> None:
-    """Write a model file: weights, config, class list, split, the encoder's model_id and what
-    training recorded (`training_record` of `train_mil`'s history: the TSS prior used and the share
-    of bag-epochs it subsampled, the warnings).
-
-    Loads with ``torch.load(weights_only=True)``; the embeddings a model is applied to must come
-    from the encoder ``encoder_model_id`` (the caller checks that against the store).
-    """
-    torch.save(
-        {
-            "format": MODEL_FORMAT,
-            "version": MODEL_VERSION,
-            "config": config.as_dict(),
-            "classes": list(classes),
-            "dim": model.classifier.in_features,
-            "split": None if split is None else split.as_dict(),
-            "encoder_model_id": encoder_model_id,
-            "training": training or {},
-            "state_dict": model.state_dict(),
-        },
-        path,
-    )
-
-
-def load_model(path: str | Path) -> MILModel:
-    """Read a file written by `save_model`; raises ValueError naming the file if it is not one."""
-    data = load_torch_file(path, f"a {MODEL_FORMAT} v{MODEL_VERSION} model file")
-    try:
-        if not isinstance(data, dict) or (data.get("format"), data.get("version")) != (
-            MODEL_FORMAT,
-            MODEL_VERSION,
-        ):
-            raise ValueError(f"not a {MODEL_FORMAT} v{MODEL_VERSION} model file")
-        config = MILConfig.from_dict(data["config"])
-        model = build_aggregator(config.aggregator, data["dim"], len(data["classes"]))
-        model.load_state_dict(data["state_dict"])
-        split = None if data["split"] is None else Split.from_dict(data["split"])
-    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path}: cannot load the MIL model ({error})") from error
-    return MILModel(
-        model.eval(),
-        config,
-        tuple(data["classes"]),
-        split,
-        data["encoder_model_id"],
-        data.get("training") or {},
-    )
-
-
-TRAINING_RECORD = ("tss_candidates", "tss_sigma", "tss_subsampled_share", "warnings")
-
-
-def training_record(history: dict[str, Any]) -> dict[str, Any]:
-    """What a model file keeps of `train_mil`'s history (everything but the epochs)."""
-    return {key: history[key] for key in TRAINING_RECORD}

@@ -36,7 +36,8 @@ from clanet_store.learn.authentication import (
     unit_keys,
     unit_vectors,
 )
-from clanet_store.learn.training import bag_vectors, load_model
+from clanet_store.learn.inference import bag_vectors
+from clanet_store.learn.model_file import load_model
 from clanet_store.models.health import EmbeddingHealth
 from clanet_store.pipelines.evaluate_encoder import Encoder, sample_health
 from clanet_store.schemas import load_schema

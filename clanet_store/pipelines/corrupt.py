@@ -3,7 +3,6 @@ scans and ingests like the original; the corruptions themselves are ``qc.corrupt
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from PIL import Image
 from clanet_store.errors import ClanetError
 from clanet_store.exports.scan import scan_export
 from clanet_store.imaging.decode import read_grey
+from clanet_store.progress import Progress
 from clanet_store.qc.corrupt import corrupt, corruption_parameter
 
 JPEG_QUALITY = 95
@@ -42,7 +42,7 @@ def corrupt_export(
     kind: str,
     severity: int,
     direction: str = "down",
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> CorruptReport:
     """Write a corrupted copy of the export at ``root`` into ``out`` (new or empty folder).
 
@@ -68,7 +68,7 @@ def corrupt_export(
         jpeg = target.suffix.lower() in (".jpg", ".jpeg")
         image.save(target, **({"quality": JPEG_QUALITY} if jpeg else {}))
         if progress is not None:
-            progress(done, len(paths))
+            progress("corrupting", done, len(paths))
     return CorruptReport(
         export=str(root),
         out=str(out),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +49,7 @@ from clanet_store.models.protocol import Encoder
 from clanet_store.pipelines.encode_workers import Cluster, remote_encoder
 from clanet_store.pipelines.ingest import IMAGE_KEYS
 from clanet_store.pipelines.prefetch import prefetched
+from clanet_store.progress import Progress
 from clanet_store.stores import lance
 from clanet_store.stores.embedding_store import (
     EmbeddingStore,
@@ -62,8 +63,6 @@ from clanet_store.stores.sequences import sequence_filter
 META_COLUMNS = ("patch_id", *IMAGE_KEYS, "rank", "density")
 PREFETCH_BATCHES = 4
 FIT_SEED = 0
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -305,7 +304,7 @@ def _commit_batches(
             table.add(pa.concat_tables(pending))
             pending = []
         if progress is not None:
-            progress(encoded, meta.num_rows)
+            progress("encoding", encoded, meta.num_rows)
     if pending:
         table.add(pa.concat_tables(pending))
     return encoded

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from clanet_store.imaging.jit import kernel
 from clanet_store.learn.encoder_metrics import LEVELS, level_rows
 from clanet_store.pipelines.encode import META_COLUMNS
 from clanet_store.pipelines.prefetch import prefetched
+from clanet_store.progress import Progress
 from clanet_store.stores.embedding_store import EmbeddingStore, vectors
 
 FORMATS = ("parquet", "anndata")
@@ -55,8 +56,6 @@ LEVEL_METADATA = {
 }
 # The row key of each level: the index of AnnData's obs.
 LEVEL_ID = {"patch": "patch_id", "image": "image_id", "sequence": "sequence_id"}
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -346,7 +345,7 @@ def _write_chunks(
         writer.write(x, keys)
         rows, done = rows + len(x), done + patches
         if progress is not None:
-            progress(done, total)
+            progress("exporting", done, total)
     if writer is None:
         return None
     writer.close()

@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +48,7 @@ from clanet_store.imaging.params import (
     OverlayParams,
     parse_params,
 )
+from clanet_store.progress import Progress
 from clanet_store.stores import lance
 from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.lock import writer_lock
@@ -89,7 +90,6 @@ _LOCAL_CONFIG = {
     "distributed.scheduler.work-stealing": False,
 }
 
-Progress = Callable[[int, int], None]
 # Crash tests: ``CLANET_STORE_FAULT=<point>:<SIGNAL>`` signals the process at a named point of the
 # writer (see `_fault_point`), so a test kills or interrupts it exactly there, never by timing.
 FAULT_ENV = "CLANET_STORE_FAULT"
@@ -407,7 +407,7 @@ class _Writer:
                     self.handle(images[i], result)
                     done += 1
                     if progress is not None:
-                        progress(done, len(images))
+                        progress("ingesting", done, len(images))
                 future.release()
                 for batch in _take(queue, 1):
                     submit(batch)

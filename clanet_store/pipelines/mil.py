@@ -34,24 +34,26 @@ from clanet_store.errors import ClanetError
 from clanet_store.learn import metrics
 from clanet_store.learn.aggregators import MILAggregator
 from clanet_store.learn.bags import Bag
+from clanet_store.learn.inference import predict_proba
+from clanet_store.learn.model_file import MILModel, load_model, save_model, training_record
 from clanet_store.learn.splits import (
     SPLIT_KINDS,
     Split,
     apply_split,
-    make_split,
-    read_split,
-    write_split,
 )
-from clanet_store.learn.training import (
-    MILConfig,
-    MILModel,
-    load_model,
-    predict_proba,
-    save_model,
-    train_mil,
-    training_record,
-)
+from clanet_store.learn.training import MILConfig, train_mil
+from clanet_store.pipelines.evaluate_encoder import Encoder
 from clanet_store.pipelines.inductive import encoder_training
+from clanet_store.pipelines.mil_reports import (
+    AblationReport,
+    AddedExport,
+    EncoderTraining,
+    EvalReport,
+    PredictReport,
+    TrainReport,
+)
+from clanet_store.pipelines.split_files import split_for
+from clanet_store.progress import Progress
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.location import StoreLocation
@@ -62,7 +64,6 @@ if TYPE_CHECKING:
     from clanet_store.models.protocol import Encoder
     from clanet_store.pipelines.split_encoder import SplitEncoder
 
-SPLIT_SEED = 0
 LOW_PROBABILITY = 0.5
 # The rows of the ablation table: (aggregator, TSS, name), CLANet first (paper Tables 3-4).
 ABLATION_VARIANTS = (
@@ -72,33 +73,6 @@ ABLATION_VARIANTS = (
     ("max", False, "Max pooling"),
     ("patch-vote", False, "Patch classifier + majority vote"),
 )
-
-EpochProgress = Callable[[dict[str, float]], None]
-StageProgress = Callable[[str, int, int], None]
-
-
-def split_path(directory: Path, kind: str, repeat: int) -> Path:
-    """Where repeat ``repeat`` of split ``kind`` lives in ``directory``."""
-    return directory / f"split-{kind}-r{repeat}.json"
-
-
-def split_for(
-    sequences: Sequence[Any], kind: str, repeat: int, directory: Path
-) -> tuple[Split, Path, bool]:
-    """The split file's split if it exists (reused: True), else a new one written there."""
-    path = split_path(directory, kind, repeat)
-    if not path.exists():
-        split = make_split(sequences, kind, repeat, SPLIT_SEED)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_split(path, split)
-        return split, path, False
-    try:
-        split = read_split(path)
-    except ValueError as error:
-        raise ClanetError(str(error)) from None
-    if (split.kind, split.repeat) != (kind, repeat):
-        raise ClanetError(f"{path}: holds {split.kind} repeat {split.repeat}, not {kind} {repeat}")
-    return split, path, True
 
 
 def _sides(sequences: Sequence[Any], split: Split, path: Path) -> tuple[list[Any], list[Any]]:
@@ -122,16 +96,6 @@ def _encoder_row(store: EmbeddingStore, model_id: str | None, model_path: Path |
         ) from None
 
 
-def _encoder_info(row: dict) -> dict[str, Any]:
-    return {
-        "encoder_model_id": row["model_id"],
-        "encoder_arch": row["arch"],
-        "encoder_weights": row["weights_source"],
-        "encoder_random_init": bool(row["random_init"]),
-        "embedding_dim": int(row["embedding_dim"]),
-    }
-
-
 def _load_mil(path: Path) -> MILModel:
     try:
         return load_model(path)
@@ -140,7 +104,7 @@ def _load_mil(path: Path) -> MILModel:
 
 
 def _fit(
-    bags: Sequence[Bag], classes: Sequence[str], config: MILConfig, progress: EpochProgress | None
+    bags: Sequence[Bag], classes: Sequence[str], config: MILConfig, progress: Progress | None
 ) -> tuple[MILAggregator, dict[str, Any]]:
     try:
         return train_mil(bags, classes, config, progress)
@@ -163,9 +127,9 @@ def train(
     repeat: int,
     config: MILConfig,
     model_id: str | None = None,
-    progress: EpochProgress | None = None,
+    progress: Progress | None = None,
     ssl_checkpoint: str | Path | None = None,
-) -> dict[str, Any]:
+) -> TrainReport:
     """Train on the training side of a split of the store's sequences; write the model file.
 
     ``model_id``: whose embeddings (default: the store's latest encoder). The model file also
@@ -186,30 +150,30 @@ def train(
     load_seconds = time.perf_counter() - start
     model, history = _fit(bags, classes, config, progress)
     seen = encoder_training(row, split, ssl_checkpoint)
-    record = training_record(history) | seen
-    save_model(out, model, config, classes, split, row["model_id"], record)
-    return {
-        "model": str(out),
-        "split_file": str(path),
-        "split_reused": reused,
-        "split": split_kind,
-        "repeat": repeat,
-        "train_sequences": len(train_records),
-        "test_sequences": len(test_records),
-        "sequences_outside_split": len(records) - len(train_records) - len(test_records),
-        "classes": list(classes),
-        **_encoder_info(row),
-        "config": config.as_dict(),
-        **record,
-        "load_seconds": load_seconds,
-        "train_seconds": sum(epoch["seconds"] for epoch in history["epochs"]),
-        "epochs": history["epochs"],
-    }
+    save_model(out, model, config, classes, split, row["model_id"], training_record(history) | seen)
+    return TrainReport(
+        model=str(out),
+        split_file=str(path),
+        split_reused=reused,
+        split=split_kind,
+        repeat=repeat,
+        train_sequences=len(train_records),
+        test_sequences=len(test_records),
+        sequences_outside_split=len(records) - len(train_records) - len(test_records),
+        classes=list(classes),
+        encoder=Encoder.from_row(row),
+        config=config.as_dict(),
+        **training_record(history),
+        seen=EncoderTraining(**seen),
+        load_seconds=load_seconds,
+        train_seconds=sum(epoch["seconds"] for epoch in history["epochs"]),
+        epochs=history["epochs"],
+    )
 
 
 def evaluate(
     store_path: str | Path, model_path: str | Path, ssl_checkpoint: str | Path | None = None
-) -> dict[str, Any]:
+) -> EvalReport:
     """Score a model on the test side of its split (SPEC 7, paper Fig. 8 included).
 
     Keys: `metrics.SCALAR_SCORES`, ``confusion`` (sequences; rows true, columns predicted, both
@@ -233,23 +197,23 @@ def evaluate(
             f"e.g. {missing[0]}"
         )
     curves = metrics.accuracy_by_fraction(lambda index: predict_proba(mil.model, bags, index), bags)
-    return {
-        "model": str(model_path),
-        "split": mil.split.kind,
-        "repeat": mil.split.repeat,
-        "aggregator": mil.config.aggregator,
-        "tss": mil.config.tss,
-        **_encoder_info(row),
-        **_seen(row, mil, ssl_checkpoint),
-        "test_sequences": len(bags),
-        "test_batches": len({bag.batch for bag in bags}),
-        "classes": list(mil.classes),
-        **_scores(mil.model, bags),
-        "accuracy_by_fraction": [
+    return EvalReport(
+        model=str(model_path),
+        split=mil.split.kind,
+        repeat=mil.split.repeat,
+        aggregator=mil.config.aggregator,
+        tss=mil.config.tss,
+        encoder=Encoder.from_row(row),
+        seen=EncoderTraining(**_seen(row, mil, ssl_checkpoint)),
+        test_sequences=len(bags),
+        test_batches=len({bag.batch for bag in bags}),
+        classes=list(mil.classes),
+        scores=_scores(mil.model, bags),
+        accuracy_by_fraction=[
             {"fraction": f, "natural": curves["natural"][f], "reversed": curves["reversed"][f]}
             for f in curves["natural"]
         ],
-    }
+    )
 
 
 def _seen(row: dict, mil: MILModel, ssl_checkpoint: str | Path | None) -> dict[str, Any]:
@@ -321,8 +285,8 @@ def _add_export(
     encoder: Encoder,
     plate_map: Path | None,
     workers: int | None,
-    progress: StageProgress | None,
-) -> tuple[dict[str, Any], list[str]]:
+    progress: Progress | None,
+) -> tuple[AddedExport, list[str]]:
     """Ingest and encode ``export`` into the store; the reports and the export's sequence ids.
 
     Dask and the ingest code are imported here, only when an export is added.
@@ -334,13 +298,9 @@ def _add_export(
     ids = scan_export(export, plate_map).manifest["sequence_id"].unique().to_list()
     if not ids:
         raise ClanetError(f"{export}: no image of the export can be used")
-
-    def stage(name: str) -> Callable[[int, int], None] | None:
-        return None if progress is None else lambda done, total: progress(name, done, total)
-
-    ingested = ingest(export, store_path, plate_map, workers, progress=stage("ingest"))
-    encoded = encode(store_path, encoder, progress=stage("encode"))
-    return {"export": str(export), "ingest": ingested.as_dict(), "encode": encoded.as_dict()}, ids
+    ingested = ingest(export, store_path, plate_map, workers, progress=progress)
+    encoded = encode(store_path, encoder, progress=progress)
+    return AddedExport(str(export), ingested.as_dict(), encoded.as_dict()), ids
 
 
 def predict(
@@ -353,9 +313,9 @@ def predict(
     seed: int = 0,
     workers: int | None = None,
     threshold: float = LOW_PROBABILITY,
-    progress: StageProgress | None = None,
+    progress: Progress | None = None,
     include_training: bool = False,
-) -> dict[str, Any]:
+) -> PredictReport:
     """Authenticate sequences: per sequence and per batch, the predicted cell line and more.
 
     Sequences on the training side of the model's split are marked ``in_training`` (a match
@@ -366,15 +326,14 @@ def predict(
     ``weights`` / random-init ``seed``, refused unless it is the model's encoder) and its
     sequences are predicted; otherwise the stored sequences passing ``where`` (e.g.
     ``["batch=b3"]``, every stored sequence when empty). Batch level: the mean softmax of the
-    batch's sequences (SPEC 7). ``progress(stage, done, total)`` follows ingest and encode.
+    batch's sequences (SPEC 7). ``progress`` follows ingest and encode.
     """
     store_path, model_path = StoreLocation.parse(store_path), Path(model_path)
     mil = _load_mil(model_path)
-    report: dict[str, Any] = {"model": str(model_path), "where": list(where)}
+    added = None
     if export is not None:
         encoder = _export_encoder(store_path, mil, model_path, weights, seed)
         added, ids = _add_export(store_path, Path(export), encoder, plate_map, workers, progress)
-        report |= added
         expr = sequence_filter(ids)
     else:
         expr = parse_filters(where, filter_schema())
@@ -385,8 +344,37 @@ def predict(
     proba = predict_proba(mil.model, bags)
     trained = set(mil.split.train if mil.split is not None else ())
     in_training = np.array([bag.key in trained for bag in bags], dtype=bool)
-    ranked = _ranked(proba, mil.classes, threshold)
-    sequences = [
+    sequences = _sequence_rows(bags, in_training, _ranked(proba, mil.classes, threshold), classes)
+    batches = _batch_level(bags, proba, in_training, classes, mil.classes, threshold,
+                           include_training)  # fmt: skip
+    batches.sort(key=lambda item: (item["batch"], item["in_training"]))
+    for item in (*sequences, *batches):
+        item["matches_label"] = item["predicted"] == item["labelled"]
+    counted = [i for i in (*sequences, *batches) if include_training or not i["in_training"]]
+    return PredictReport(
+        model=str(model_path),
+        where=list(where),
+        added=added,
+        encoder=Encoder.from_row(row),
+        classes=list(mil.classes),
+        threshold=threshold,
+        include_training=include_training,
+        sequences=sequences,
+        batches=batches,
+        in_training=int(in_training.sum()),
+        warnings=sum(item["warning"] is not None for item in counted),
+        mismatches=sum(not item["matches_label"] for item in counted),
+    )
+
+
+def _sequence_rows(
+    bags: Sequence[Bag],
+    in_training: np.ndarray,
+    ranked: list[dict[str, Any]],
+    classes: Sequence[str],
+) -> list[dict[str, Any]]:
+    """`predict`'s sequence rows: the bag's keys, label and its ranked prediction."""
+    return [
         {
             "sequence_id": bag.key,
             "batch": bag.batch,
@@ -398,23 +386,6 @@ def predict(
         }
         for bag, seen, top in zip(bags, in_training, ranked, strict=True)
     ]
-    batches = _batch_level(bags, proba, in_training, classes, mil.classes, threshold,
-                           include_training)  # fmt: skip
-    batches.sort(key=lambda item: (item["batch"], item["in_training"]))
-    for item in (*sequences, *batches):
-        item["matches_label"] = item["predicted"] == item["labelled"]
-    counted = [i for i in (*sequences, *batches) if include_training or not i["in_training"]]
-    return report | {
-        **_encoder_info(row),
-        "classes": list(mil.classes),
-        "threshold": threshold,
-        "include_training": include_training,
-        "sequences": sequences,
-        "batches": batches,
-        "in_training": int(in_training.sum()),
-        "warnings": sum(item["warning"] is not None for item in counted),
-        "mismatches": sum(not item["matches_label"] for item in counted),
-    }
 
 
 def _batch_level(
@@ -480,14 +451,13 @@ def ablation(
     epochs: int = MILConfig.epochs,
     k: int = MILConfig.k,
     model_id: str | None = None,
-    progress: Callable[[str, dict[str, float]], None] | None = None,
+    progress: Progress | None = None,
     ssl_checkpoint: str | Path | None = None,
     *,
     transductive: bool = False,
     ssl: dict[str, Any] | None = None,
-    stage_progress: StageProgress | None = None,
     say: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> AblationReport:
     """Every `ABLATION_VARIANTS` on both split kinds, ``repeats`` repeats each; writes ``out``.
 
     Inductive by default: each split is scored on the encoder `split_encoder.split_encoder`
@@ -495,8 +465,8 @@ def ablation(
     split's training side; with ``ssl`` (a pipeline's ``[ssl_train]`` table) DINO trained on it;
     both kept for re-runs. ``transductive``: every split on the one given encoder. Each run says
     its encoder's model_id and whether it saw the test side (``ssl_checkpoint`` as in
-    `evaluate`). Split files go next to ``out``. ``progress(run, epoch_stats)`` follows every
-    epoch, ``stage_progress(stage, done, total)`` the per-split encoders' fitting and encoding.
+    `evaluate`). Split files go next to ``out``. ``progress`` follows the per-split encoders'
+    fitting and encoding and, as stage ``ablation``, the epochs of all runs together.
     """
     from clanet_store.pipelines.split_encoder import given_encoder, split_encoder
 
@@ -512,33 +482,34 @@ def ablation(
         functools.partial(given_encoder, row, checkpoint=ssl_checkpoint)
         if transductive
         else lambda split: split_encoder(
-            store_path, row, split, out.parent, ssl, ssl_checkpoint, stage_progress, say
+            store_path, row, split, out.parent, ssl, ssl_checkpoint, progress, say
         )
     )
     runs, encoders, test_sizes = _ablation_runs(
         store, records, classes, encoder_for, out.parent, repeats, MILConfig(k=k, epochs=epochs),
         progress,
     )  # fmt: skip
-    report = {
-        "out": str(out),
-        "store": str(store.path),
-        **_encoder_info(row),
-        "protocol": "transductive" if transductive else "inductive",
-        "classes": list(classes),
-        "sequences": len(records),
-        "batches": len({record.batch for record in records}),
-        "k": k,
-        "epochs": epochs,
-        "repeats": repeats,
-        "test_sequences": test_sizes,
-        "encoder_training": sorted({r["encoder_training"] for r in runs}),
-        "encoders": encoders,
-        "summary": _ablation_summary(runs),
-        "runs": runs,
-    }
-    markdown = ablation_markdown(report)
+    report = AblationReport(
+        out=str(out),
+        store=str(store.path),
+        encoder=Encoder.from_row(row),
+        protocol="transductive" if transductive else "inductive",
+        classes=list(classes),
+        sequences=len(records),
+        batches=len({record.batch for record in records}),
+        k=k,
+        epochs=epochs,
+        repeats=repeats,
+        test_sequences=test_sizes,
+        encoder_training=sorted({r["encoder_training"] for r in runs}),
+        encoders=encoders,
+        summary=_ablation_summary(runs),
+        runs=runs,
+        markdown="",
+    )
+    markdown = ablation_markdown(report.as_dict())
     out.write_text(markdown)
-    return report | {"markdown": markdown}
+    return dataclasses.replace(report, markdown=markdown)
 
 
 def _ablation_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -567,7 +538,7 @@ def _ablation_runs(
     split_dir: Path,
     repeats: int,
     base: MILConfig,
-    progress: Callable[[str, dict[str, float]], None] | None,
+    progress: Progress | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[int]]]:
     """Every variant on every split (``repeats`` of each kind), each split's bags embedded by
     ``encoder_for(split)``: the runs' scores, the encoders, the test sizes per kind."""
@@ -575,6 +546,9 @@ def _ablation_runs(
     runs: list[dict[str, Any]] = []
     encoders: list[dict[str, Any]] = []
     test_sizes: dict[str, list[int]] = {}
+    epochs = _epoch_counter(
+        progress, len(ABLATION_VARIANTS) * len(SPLIT_KINDS) * repeats * base.epochs
+    )
     for kind in SPLIT_KINDS:
         for repeat in range(1, repeats + 1):
             split, path, _ = split_for(records, kind, repeat, split_dir)
@@ -594,16 +568,22 @@ def _ablation_runs(
             }
             for aggregator, tss, name in ABLATION_VARIANTS:
                 config = dataclasses.replace(base, aggregator=aggregator, tss=tss, seed=repeat)
-                run = f"{kind} r{repeat} {name}"
-                model, _ = _fit(
-                    train_bags,
-                    classes,
-                    config,
-                    None if progress is None else lambda stats, run=run: progress(run, stats),
-                )
+                model, _ = _fit(train_bags, classes, config, epochs)
                 scores = _scores(model, test_bags)
                 runs.append(
                     {"split": kind, "repeat": repeat, "variant": name, **seen}
                     | {key: scores[key] for key in metrics.SCALAR_SCORES}
                 )
     return runs, encoders, test_sizes
+
+
+def _epoch_counter(progress: Progress | None, total: int) -> Progress | None:
+    """``progress`` as one ``ablation`` stage of ``total`` epochs over every run's epochs."""
+    if progress is None:
+        return None
+    done = iter(range(1, total + 1))
+
+    def count(_: str, epoch: int, epochs: int | None, /, **numbers: float) -> None:
+        progress("ablation", next(done), total, **numbers)
+
+    return count

@@ -30,7 +30,7 @@ Returns a `QCReport` (``as_dict``: the JSON of ``clanet-store qc --format json``
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +44,7 @@ from lancedb.expr import col
 from clanet_store.errors import ClanetError
 from clanet_store.exports.scan import short_hash
 from clanet_store.models.encoder import select_device
+from clanet_store.progress import Progress, as_stage
 from clanet_store.qc.anomaly import (
     anomaly_scores,
     fit_isolation_forest,
@@ -81,8 +82,6 @@ MIN_SEQUENCES = 5
 # An image (sequence) is also flagged when at least this share of its patches is: a fault that
 # shifts every patch a little (defocus) raises no single patch above the reference's image maxima.
 MAJORITY_FLAGGED = 0.5
-
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 @dataclass(frozen=True)
@@ -399,10 +398,7 @@ def _drift(
         raise ClanetError(str(exc)) from None
 
     def gram(column: str) -> PooledGram:
-        def report(done: int, total: int) -> None:
-            if progress is not None:
-                progress(f"kernel ({column})", done, total)
-
+        report = as_stage(progress, f"kernel ({column})")
         groups = ref[column].to_numpy(), new[column].to_numpy()
         try:
             return pooled_gram(x, y, *groups, params.max_rows, params.seed, device=device,

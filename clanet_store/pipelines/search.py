@@ -76,12 +76,42 @@ def index_parameters(rows: int) -> dict[str, int]:
     return {"num_partitions": partitions, "num_bits": 1, "max_iterations": 10, "sample_rate": 64}
 
 
+@dataclass(frozen=True)
+class IndexReport:
+    """What ``index`` built: the table, its rows, the vector index's parameters (empty when the
+    table is small enough for exact search) and the scalar indexes."""
+
+    table: str
+    model_id: str
+    rows: int
+    vector_params: dict[str, Any]
+    scalar_indexes: list[str]
+    table_version: int
+    seconds: float
+
+    @property
+    def vector_index(self) -> bool:
+        return bool(self.vector_params)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "model_id": self.model_id,
+            "rows": self.rows,
+            "vector_index": self.vector_index,
+            **self.vector_params,
+            "scalar_indexes": self.scalar_indexes,
+            "table_version": self.table_version,
+            "seconds": self.seconds,
+        }
+
+
 def build_index(
     store_path: str | Path,
     model_id: str | None = None,
     exact_below: int = EXACT_BELOW,
     wait: bool = False,
-) -> dict[str, Any]:
+) -> IndexReport:
     """Scalar and vector indexes on one model's embeddings table; compact and prune versions."""
     start = time.perf_counter()
     store = EmbeddingStore(store_path)
@@ -96,21 +126,20 @@ def build_index(
         # search reads images missing from its memo (EmbeddingStore.image_rows) by image_id:
         # with this B-tree 5 ms instead of a scan, 8 ms on 10,000 images (load ~5).
         store.table("images").create_index("image_id", config=BTree(), replace=True)
-        vector: dict[str, Any] = {"vector_index": False}
+        params: dict[str, Any] = {}
         if rows >= max(exact_below, 1):
             params = index_parameters(rows)
             table.create_index("embedding", config=IvfRq(distance_type="cosine", **params))
-            vector = {"vector_index": True, **params}
         table.optimize(cleanup_older_than=KEEP_VERSIONS)
-    return {
-        "table": model["table"],
-        "model_id": model["model_id"],
-        "rows": rows,
-        **vector,
-        "scalar_indexes": sorted(SCALAR_INDEXES),
-        "table_version": table.version,
-        "seconds": time.perf_counter() - start,
-    }
+    return IndexReport(
+        model["table"],
+        model["model_id"],
+        rows,
+        params,
+        sorted(SCALAR_INDEXES),
+        table.version,
+        time.perf_counter() - start,
+    )
 
 
 def neighbours_of_image(

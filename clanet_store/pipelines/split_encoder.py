@@ -27,9 +27,8 @@ from clanet_store.models.classic import CLASSIC_ARCH
 from clanet_store.pipelines.encode import classic_encoder, encode, load_encoder
 from clanet_store.pipelines.inductive import encoder_training
 from clanet_store.pipelines.ssl_train import stage_run
+from clanet_store.progress import Progress, as_stage
 from clanet_store.stores.embedding_store import EmbeddingStore
-
-StageProgress = Callable[[str, int, int], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +62,7 @@ def split_encoder(
     folder: Path,
     ssl: dict[str, Any] | None = None,
     ssl_checkpoint: str | Path | None = None,
-    progress: StageProgress | None = None,
+    progress: Progress | None = None,
     say: Callable[[str], None] = print,
 ) -> SplitEncoder:
     """The encoder ``split`` is scored on, fitted on its training side where something is
@@ -73,7 +72,7 @@ def split_encoder(
     if base["arch"] != CLASSIC_ARCH:
         return given_encoder(base, split, ssl_checkpoint)
     encoder = classic_encoder(store_path, split=split)
-    encode(store_path, encoder, progress=_stage(progress, f"encode classic {_name(split)}"))
+    encode(store_path, encoder, progress=as_stage(progress, f"encode classic {_name(split)}"))
     row = EmbeddingStore(store_path).model_row(encoder.model_id)
     return SplitEncoder(
         _name(split), encoder.model_id, "classic statistics", **encoder_training(row, split)
@@ -85,24 +84,24 @@ def _dino(
     split: Split,
     folder: Path,
     ssl: dict[str, Any],
-    progress: StageProgress | None,
+    progress: Progress | None,
     say: Callable[[str], None],
 ) -> SplitEncoder:
     name = _name(split)
     out = folder / "ssl" / f"checkpoint-{split.kind}-r{split.repeat}.pt"
-    step = _stage(progress, f"ssl-train {name}")
+    step = as_stage(progress, f"ssl-train {name}")
     r = stage_run(
         store_path,
         out,
         ssl,
         split,
-        None if step is None else lambda event: step(event.step, event.total_steps),
+        None if step is None else lambda event: step(name, event.step, event.total_steps),
         say,
         resume=True,
     )
     weights = out if out.exists() else None
     encoder = load_encoder(weights, ssl["arch"], "auto", seed=ssl["seed"])
-    encode(store_path, encoder, progress=_stage(progress, f"encode {name}"))
+    encode(store_path, encoder, progress=as_stage(progress, f"encode {name}"))
     row = EmbeddingStore(store_path).model_row(encoder.model_id)
     return SplitEncoder(
         name,
@@ -112,10 +111,6 @@ def _dino(
         checkpoint=None if weights is None else str(weights),
         collapsed=r["collapsed"],
     )
-
-
-def _stage(progress: StageProgress | None, name: str) -> Callable[[int, int], None] | None:
-    return None if progress is None else lambda done, total: progress(name, done, total)
 
 
 def _name(split: Split) -> str:

@@ -25,19 +25,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from clanet_store.progress import Progress
 
 MEDIAN_SAMPLE = 2000
 MAX_ROWS = 100_000
 BLOCK = 4096
 PERMUTATION_CHUNK = 256
 TIE_TOL = 1e-10  # equal splits give equal statistics up to float64 summation-order noise
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def group_kernel_sums(
                     sums[gj : gj + nj, gi : gi + ni] += tile.T
                 done += 1
                 if progress is not None:
-                    progress(done, total)
+                    progress("kernel", done, total)
     return sums.cpu().numpy()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from clanet_store import __version__
 from clanet_store.errors import ClanetError
 from clanet_store.models.health import MIN_EFFECTIVE_RANK, MIN_MEDIAN_DISTANCE
 from clanet_store.pipelines.evaluate_encoder import HEALTH_ROWS, EncoderSummary
+from clanet_store.pipelines.mil import evaluate
 from clanet_store.qc.heatmap import plate_heatmap
 from clanet_store.report import collect, figures, page
 from clanet_store.stores.embedding_store import EmbeddingStore
@@ -37,6 +39,25 @@ from clanet_store.stores.summary import store_info
 from clanet_store.textout import percent_mean_std
 
 Stage = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What `write_report` wrote: the file, its size, sections and figures, the models and
+    encoders it shows and the banners (``warnings``)."""
+
+    report: str
+    bytes: int
+    sections: int
+    images: int
+    models: list[str]
+    encoder_model_id: str | None
+    encoders: list[str]
+    warnings: list[str]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 def write_report(
@@ -50,7 +71,7 @@ def write_report(
     notes: Sequence[str] = (),
     ssl_checkpoint: str | Path | None = None,
     encoder_notes: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> ReportSummary:
     """Write the report of ``store_path`` to ``out``; returns what it holds (sections, sizes).
 
     ``models``: MIL model files to evaluate (repeats of one variant are pooled); ``model_id``:
@@ -81,7 +102,8 @@ def write_report(
     variants = {}
     if models:
         say("evaluating models")
-        variants = collect.model_evaluations(store.path, models, ssl_checkpoint)
+        evaluations = [evaluate(store.path, path, ssl_checkpoint) for path in models]
+        variants = collect.model_evaluations(evaluations)
     qc = collect.latest_qc(store)
     uses = _uses(encoder, variants, qc)
     sections.append(_encoders(store.path, summaries, sequence_evals, uses, encoder_notes))
@@ -95,17 +117,17 @@ def write_report(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
-    return {
-        "report": str(out),
-        "bytes": out.stat().st_size,
-        "sections": html.count("<section "),
-        "images": html.count("<img "),
-        "models": [str(m) for m in models],
-        "encoder_model_id": None if encoder is None else encoder["model_id"],
-        "encoders": list(summaries),
-        "warnings": warnings,
-        "seconds": time.perf_counter() - start,
-    }
+    return ReportSummary(
+        report=str(out),
+        bytes=out.stat().st_size,
+        sections=html.count("<section "),
+        images=html.count("<img "),
+        models=[str(m) for m in models],
+        encoder_model_id=None if encoder is None else encoder["model_id"],
+        encoders=list(summaries),
+        warnings=warnings,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _dataset(info: dict[str, Any], images: pl.DataFrame) -> str:

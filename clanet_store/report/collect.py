@@ -25,7 +25,7 @@ from clanet_store.pipelines.evaluate_encoder import (
     encoder_summaries,
     latest_evaluations,
 )
-from clanet_store.pipelines.mil import evaluate
+from clanet_store.pipelines.mil_reports import EvalReport
 from clanet_store.pipelines.search import gallery_row
 from clanet_store.stores.embedding_store import EmbeddingStore, vectors
 
@@ -202,43 +202,36 @@ def latest_qc(store: EmbeddingStore) -> dict[str, Any] | None:
     return {**{k: newest[k] for k in keep}, "wells": wells, "flagged": flagged}
 
 
-def model_evaluations(
-    store_path: str | Path,
-    models: Sequence[str | Path],
-    ssl_checkpoint: str | Path | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Evaluate every model file and group the repeats of one variant (aggregator + TSS + split):
-    per variant the mean +- std of the scores, the confusion matrix summed over repeats, the
-    mean accuracy-by-fraction curves, the encoders the repeats were trained on and whether they
-    saw the test side (``ssl_checkpoint`` as in `pipelines.mil.evaluate`)."""
-    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for path in models:
-        result = evaluate(store_path, path, ssl_checkpoint)
-        name = f"{result['aggregator']}{' + TSS' if result['tss'] else ''}, {result['split']}"
-        runs[name].append(result)
+def model_evaluations(evaluations: Sequence[EvalReport]) -> dict[str, dict[str, Any]]:
+    """Group the evaluations (`pipelines.mil.evaluate`) of the repeats of one variant
+    (aggregator + TSS + split): per variant the mean +- std of the scores, the confusion matrix
+    summed over repeats, the mean accuracy-by-fraction curves, the encoders the repeats were
+    trained on and whether they saw the test side."""
+    runs: dict[str, list[EvalReport]] = defaultdict(list)
+    for result in evaluations:
+        runs[f"{result.aggregator}{' + TSS' if result.tss else ''}, {result.split}"].append(result)
     variants = {}
     for name, results in runs.items():
-        classes = results[0]["classes"]
         curves = [
             {
                 "fraction": row["fraction"],
                 **{
-                    order: float(np.mean([r["accuracy_by_fraction"][i][order] for r in results]))
+                    order: float(np.mean([r.accuracy_by_fraction[i][order] for r in results]))
                     for order in ("natural", "reversed")
                 },
             }
-            for i, row in enumerate(results[0]["accuracy_by_fraction"])
+            for i, row in enumerate(results[0].accuracy_by_fraction)
         ]
         variants[name] = {
             "repeats": len(results),
-            "models": [r["model"] for r in results],
-            "test_sequences": [r["test_sequences"] for r in results],
-            "classes": classes,
-            "scores": mean_std(results, SCALAR_SCORES),
-            "confusion": np.sum([r["confusion"] for r in results], axis=0),
+            "models": [r.model for r in results],
+            "test_sequences": [r.test_sequences for r in results],
+            "classes": results[0].classes,
+            "scores": mean_std([r.scalar_scores for r in results], SCALAR_SCORES),
+            "confusion": np.sum([r.confusion for r in results], axis=0),
             "accuracy_by_fraction": curves,
-            "encoder_model_ids": sorted({r["encoder_model_id"] for r in results}),
-            "encoder_training": " / ".join(sorted({r["encoder_training"] for r in results})),
+            "encoder_model_ids": sorted({r.encoder.model_id for r in results}),
+            "encoder_training": " / ".join(sorted({r.seen.encoder_training for r in results})),
         }
     return variants
 

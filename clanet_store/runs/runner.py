@@ -17,14 +17,15 @@ import json
 import os
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from clanet_store import __version__
 from clanet_store.errors import ClanetError
+from clanet_store.progress import Progress
 from clanet_store.runs.config import STAGES, PipelineConfig
-from clanet_store.runs.stages import STAGE_FUNCTIONS, ProgressBar, Run
+from clanet_store.runs.stages import STAGE_FUNCTIONS, Run
 from clanet_store.stores.patch_store import PatchStore
 
 STATE_FILE = "run-state.json"
@@ -103,6 +104,24 @@ def _up_to_date(record: dict[str, Any] | None, key: str) -> bool:
     return bool(record) and record["key"] == key and all(Path(f).exists() for f in record["files"])
 
 
+@dataclass(frozen=True)
+class RunReport:
+    """One run of a pipeline: where it wrote, and per stage its number, status (ran / up to
+    date), time and summary."""
+
+    config: str
+    pipeline: str
+    out: str
+    store: str
+    export: str | None
+    report: str | None
+    stages: list[dict[str, Any]]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 def run_pipeline(
     config: PipelineConfig,
     out: str | Path,
@@ -110,12 +129,12 @@ def run_pipeline(
     export: str | Path | None = None,
     start_from: str | None = None,
     until: str | None = None,
-    bar: ProgressBar | None = None,
+    progress: Progress | None = None,
     on_event: Event | None = None,
-) -> dict[str, Any]:
+) -> RunReport:
     """Run ``config``'s stages into ``out`` (store default: OUT/store; export default: the synth
-    stage's OUT/export). ``on_event`` hears each stage start and end; ``bar(desc, unit)`` makes
-    a ``(done, total)`` progress callback. Returns every stage's status, time and summary."""
+    stage's OUT/export). ``on_event`` hears each stage start and end; ``progress`` follows
+    the stages' work. Returns every stage's status, time and summary."""
     for name in (start_from, until):
         if name is not None and name not in STAGES:
             raise ClanetError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
@@ -124,7 +143,7 @@ def run_pipeline(
     state_path = out / STATE_FILE
     state = _read_state(state_path)
     emit = on_event or (lambda _: None)
-    run = _new_run(config, out, store, export, bar, emit)
+    run = _new_run(config, out, store, export, progress, emit)
     last = STAGES.index(until) if until else len(STAGES) - 1
     forced = False
     previous = _digest([__version__, config.name])
@@ -152,16 +171,16 @@ def run_pipeline(
         results.append(item)
         previous = key
     report = run.out / "report.html"
-    return {
-        "config": str(config.path),
-        "pipeline": config.name,
-        "out": str(out),
-        "store": str(run.store),
-        "export": str(run.export) if run.export else None,
-        "report": str(report) if report.exists() and until in (None, "report") else None,
-        "stages": results,
-        "seconds": time.perf_counter() - start,
-    }
+    return RunReport(
+        config=str(config.path),
+        pipeline=config.name,
+        out=str(out),
+        store=str(run.store),
+        export=str(run.export) if run.export else None,
+        report=str(report) if report.exists() and until in (None, "report") else None,
+        stages=results,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _new_run(
@@ -169,7 +188,7 @@ def _new_run(
     out: Path,
     store: str | Path | None,
     export: str | Path | None,
-    bar: ProgressBar | None,
+    progress: Progress | None,
     emit: Event,
 ) -> Run:
     """The shared state the stages read and extend; an export that is not a folder is refused."""
@@ -177,7 +196,7 @@ def _new_run(
         out=out,
         store=Path(store).resolve() if store else out / "store",
         export=Path(export).resolve() if export else None,
-        bar=bar or _no_bar,
+        progress=progress or _quiet,
         say=lambda text: emit({"event": "note", "text": text}),
         train_splits=train_splits(config),
     )
@@ -199,5 +218,5 @@ def _run_stage(stage: str, run: Run, params: dict[str, Any], key: str) -> dict[s
     }
 
 
-def _no_bar(desc: str, unit: str) -> AbstractContextManager[Callable[[int, int], None]]:
-    return nullcontext(lambda done, total: None)
+def _quiet(stage: str, done: int, total: int | None, /, **numbers: float) -> None:
+    """The progress of a run nobody watches."""

@@ -11,20 +11,16 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clanet_store.errors import ClanetError
 from clanet_store.imaging.params import STEPS
-from clanet_store.learn.metrics import SCALAR_SCORES
 from clanet_store.learn.training import MILConfig
+from clanet_store.progress import Progress, as_stage
 from clanet_store.report.build import write_report
 from clanet_store.report.collect import neighbour_gallery
-
-ProgressBar = Callable[[str, str], AbstractContextManager[Callable[[int, int], None]]]
-
 
 SSL_PROTOCOLS = ("inductive", "transductive")
 
@@ -38,7 +34,7 @@ class Run:
     out: Path
     store: Path
     export: Path | None
-    bar: ProgressBar
+    progress: Progress
     say: Callable[[str], None]
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_splits: list[tuple[str, int]] = field(default_factory=list)
@@ -68,10 +64,9 @@ def synth(run: Run, p: dict[str, Any]) -> Done:
     target = run.out / "export"
     if target.exists():  # an older synthetic export with other parameters
         shutil.rmtree(target)
-    with run.bar("synth", "image") as update:
-        total = p["lines"] * p["batches"] * p["positions"] * p["timepoints"]
-        done = iter(range(1, total + 1))
-        result = synth_export(target, **p, on_image=lambda _: update(next(done), total))
+    total = p["lines"] * p["batches"] * p["positions"] * p["timepoints"]
+    done = iter(range(1, total + 1))
+    result = synth_export(target, **p, on_image=lambda _: run.progress("synth", next(done), total))
     run.export = target
     return Done({"export": str(target), "generated": True, "images": result.n_images}, [target])
 
@@ -81,19 +76,18 @@ def ingest(run: Run, p: dict[str, Any]) -> Done:
     from clanet_store.pipelines.ingest import ingest as ingest_export
 
     params = {step: _params(kind, f"ingest.{step}", p[step]) for step, kind in STEPS.items()}
-    with run.bar("ingest", "image") as update:
-        report = ingest_export(
-            _export(run),
-            run.store,
-            plate_map=p["plate_map"] or None,
-            workers=p["workers"] or None,
-            progress=update,
-            commit_every=p["commit_every"],
-            mask_params=params["mask"],
-            ccs_params=params["ccs"],
-            decode_params=params["decode"],
-            overlay_params=params["overlays"],
-        )
+    report = ingest_export(
+        _export(run),
+        run.store,
+        plate_map=p["plate_map"] or None,
+        workers=p["workers"] or None,
+        progress=as_stage(run.progress, "ingest"),
+        commit_every=p["commit_every"],
+        mask_params=params["mask"],
+        ccs_params=params["ccs"],
+        decode_params=params["decode"],
+        overlay_params=params["overlays"],
+    )
     return Done(report.as_dict(), [run.store])
 
 
@@ -163,7 +157,7 @@ def _run_splits(run: Run) -> dict[str, Any]:
     """The train stage's splits by name (``KIND-rR``), drawn from the patches table into
     OUT/models or read from there: ssl_train, choose_encoder and train use the same ones."""
     from clanet_store.pipelines.inductive import patch_sequences
-    from clanet_store.pipelines.mil import split_for
+    from clanet_store.pipelines.split_files import split_for
     from clanet_store.stores.patch_store import PatchStore
 
     records = patch_sequences(PatchStore(run.store))
@@ -179,8 +173,11 @@ def _dino(run: Run, p: dict[str, Any], out: Path, split: Any) -> dict[str, Any]:
     from clanet_store.pipelines.ssl_train import stage_run
 
     name = "ssl-train" if split is None else f"ssl-train {split.kind} r{split.repeat}"
-    with run.bar(name, "step") as update:
-        return stage_run(run.store, out, p, split, lambda e: update(e.step, e.total_steps), run.say)
+
+    def step(event: Any) -> None:
+        run.progress(name, event.step, event.total_steps)
+
+    return stage_run(run.store, out, p, split, step, run.say)
 
 
 EXTRA_ENCODERS = ("classic",)
@@ -202,16 +199,20 @@ def encode(run: Run, p: dict[str, Any]) -> Done:
     reports = {}
     for name, weights in sources.items():
         encoder = load_encoder(weights, p["arch"] or ssl.get("arch"), p["device"])
-        with run.bar(f"encode {name}".strip(), "patch") as update:
-            reports[name] = encode_store(
-                run.store, encoder, batch_size=p["batch_size"], progress=update
-            )
+        reports[name] = encode_store(
+            run.store,
+            encoder,
+            batch_size=p["batch_size"],
+            progress=as_stage(run.progress, f"encode {name}".strip()),
+        )
     extra = {}
     for name in p["extra"]:
-        with run.bar(f"encode {name}", "patch") as update:
-            extra[name] = encode_store(
-                run.store, classic_encoder(run.store), batch_size=p["batch_size"], progress=update
-            ).model_id
+        extra[name] = encode_store(
+            run.store,
+            classic_encoder(run.store),
+            batch_size=p["batch_size"],
+            progress=as_stage(run.progress, f"encode {name}"),
+        ).model_id
     summary = next(iter(reports.values())).as_dict()
     if per_split:
         summary["model_ids"] = {name: r.model_id for name, r in reports.items()}
@@ -252,7 +253,7 @@ def index(run: Run, p: dict[str, Any]) -> Done:
     """Scalar and vector indexes; compaction."""
     from clanet_store.pipelines.search import build_index
 
-    return Done(build_index(run.store, run.model_id), [run.store])
+    return Done(build_index(run.store, run.model_id).as_dict(), [run.store])
 
 
 def model_path(run: Run, name: str, split: str, repeat: int) -> Path:
@@ -285,20 +286,20 @@ def train(run: Run, p: dict[str, Any]) -> Done:
         out = model_path(run, model["name"], split, repeat)
         out.parent.mkdir(parents=True, exist_ok=True)
         name = f"{split}-r{repeat}"
-        with run.bar(f"train {out.stem}", "epoch") as update:
-            r = train_model(
-                run.store,
-                out,
-                split,
-                repeat,
-                config,
-                model_ids.get(name, run.model_id),
-                progress=lambda stats, n=config.epochs: update(stats["epoch"], n),
-                ssl_checkpoint=ssl.get("checkpoints", {}).get(name, ssl.get("checkpoint")),
-            )
+        r = train_model(
+            run.store,
+            out,
+            split,
+            repeat,
+            config,
+            model_ids.get(name, run.model_id),
+            progress=as_stage(run.progress, f"train {out.stem}"),
+            ssl_checkpoint=ssl.get("checkpoints", {}).get(name, ssl.get("checkpoint")),
+        )
         keep = ("model", "split", "repeat", "train_sequences", "test_sequences", "train_seconds")
         keep += ("encoder_model_id", "encoder_training")
-        trained.append({"name": model["name"], **{k: r[k] for k in keep}})
+        summary = r.as_dict()
+        trained.append({"name": model["name"], **{k: summary[k] for k in keep}})
         files.append(out)
     return Done({"models": trained}, files)
 
@@ -319,15 +320,15 @@ def evaluate(run: Run, p: dict[str, Any]) -> Done:
             continue
         r = evaluate_model(run.store, model["model"])
         path = Path(model["model"]).with_suffix(".eval.json")
-        path.write_text(json.dumps(r, indent=2, default=str), encoding="utf-8")
+        path.write_text(json.dumps(r.as_dict(), indent=2, default=str), encoding="utf-8")
         results.append(
             {
                 "name": model["name"],
                 "model": model["model"],
-                "split": r["split"],
-                "repeat": r["repeat"],
-                "encoder_training": r["encoder_training"],
-                **{k: r[k] for k in SCALAR_SCORES},
+                "split": r.split,
+                "repeat": r.repeat,
+                "encoder_training": r.seen.encoder_training,
+                **r.scalar_scores,
             }
         )
         files.append(path)
@@ -367,7 +368,7 @@ def report(run: Run, p: dict[str, Any]) -> Done:
         notes,
         encoder_notes=[f"Models of {c['split']} trained on {c['reason']}" for c in choices],
     )
-    return Done(r, [Path(r["report"])])
+    return Done(r.as_dict(), [Path(r.report)])
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[Run, dict[str, Any]], Done]] = {
