@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -82,28 +83,15 @@ BATCH_EFFECTS_HELP = "scale of the batch effects, 0 (none) to 1 (the paper's spr
     help="frame height and width, e.g. --size 520 704 for fast tests  [default: 1040 1408]",
 )  # fmt: skip
 @format_option
-def synth(
-    out: Path,
-    lines: int,
-    batches: int,
-    positions: int,
-    timepoints: int,
-    seed: int,
-    batch_effects: float,
-    size: tuple[int, int],
-    fmt: str,
-) -> None:
+def synth(out: Path, fmt: str, **options: Any) -> None:
     """Write a synthetic Incucyte-like export (deterministic for a seed)."""
     from clanet_store.pipelines.exports import synth as run_synth
 
     with progress_bars("image") as update:
-        r = run_synth(
-            out, lines, batches, positions, timepoints, seed, update, batch_effects=batch_effects,
-            size=size,
-        )  # fmt: skip
+        r = run_synth(out, progress=update, **options)
     rows = r.batches
     human = (
         f"{out}: {r.cell_lines} cell lines, {len(rows)} batches, {r.sequences} "
-        f"sequences, {r.images} images (seed {seed})\n\n" + render_table(rows, list(rows[0]))
+        f"sequences, {r.images} images (seed {r.seed})\n\n" + render_table(rows, list(rows[0]))
     )
     emit(fmt, r.as_dict(), human)
