@@ -37,6 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from clanet_store.errors import ClanetError
 from clanet_store.learn.splits import Split
+from clanet_store.models.checkpoint import ssl_checkpoint
+from clanet_store.models.device import select_device
 from clanet_store.models.dino import (
     RECIPES,
     CollapseProbe,
@@ -55,7 +57,7 @@ from clanet_store.models.dino import (
     train_step,
     warmup_steps,
 )
-from clanet_store.models.encoder import EncoderConfig, select_device, ssl_checkpoint
+from clanet_store.models.encoder import EncoderConfig
 from clanet_store.pipelines.inductive import split_patch_rows
 from clanet_store.schemas import load_schema
 from clanet_store.stores.filters import parse_filters
