@@ -20,5 +20,6 @@ __all__ = [
     "search",
     "split_encoder",
     "split_files",
+    "ssl_report",
     "ssl_train",
 ]
