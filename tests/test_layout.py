@@ -85,7 +85,6 @@ CLI_NOT_YET_THIN = {
     ("app.py", "stores"),  # store_option parses --store into a StoreLocation (issue 22)
     ("authenticate.py", "learn"),  # FALSE_ALARM, TOP_M as option defaults
     ("encode.py", "stores"),  # EmbeddingStore for sample_health
-    ("store.py", "stores"),  # store_info, repair_store
 }
 
 
