@@ -21,4 +21,5 @@ __all__ = [
     "split_encoder",
     "split_files",
     "ssl_train",
+    "store_info",
 ]
