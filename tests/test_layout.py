@@ -83,9 +83,6 @@ def test_imports_only_go_down_the_layers() -> None:
 CLI_MAY_IMPORT = {"cli", "pipelines", "runs", "report", "textout", "errors", "progress"}
 CLI_NOT_YET_THIN = {
     ("app.py", "stores"),  # store_option parses --store into a StoreLocation (issue 22)
-    ("authenticate.py", "learn"),  # FALSE_ALARM, TOP_M as option defaults
-    ("encode.py", "stores"),  # EmbeddingStore for sample_health
-    ("store.py", "stores"),  # store_info, repair_store
 }
 
 

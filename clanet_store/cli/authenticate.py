@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from clanet_store.cli.app import emit, format_option, main, store_option, wait_option
-from clanet_store.learn.authentication import FALSE_ALARM, TOP_M
+from clanet_store.pipelines.authenticate import FALSE_ALARM, TOP_M  # its defaults
 from clanet_store.textout import render_table
 
 FILTER_HELP = "typed filter on the sequence table, e.g. cell_line=A549,batch=b2 (repeatable)"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +21,9 @@ from clanet_store.cli.app import (
 )
 from clanet_store.cli.progress import progress_bars
 from clanet_store.textout import render_table
+
+if TYPE_CHECKING:
+    from clanet_store.pipelines.evaluate_encoder import EncoderSummary
 
 
 @main.command()
@@ -97,22 +102,18 @@ def ingest(
 @format_option
 def info(store: Path, fmt: str) -> None:
     """Counts per cell line and batch, time range, size on disk, table versions, rejects."""
-    from clanet_store.pipelines.evaluate_encoder import encoder_summaries
-    from clanet_store.stores.embedding_store import EmbeddingStore
-    from clanet_store.stores.summary import store_info
+    from clanet_store.pipelines.store_info import info as store_info
 
-    embedding_store = EmbeddingStore(store)
-    r = store_info(embedding_store)
-    r["encoders"] = [s.as_dict() for s in encoder_summaries(embedding_store)]
-    versions = ", ".join(f"{k} v{v}" for k, v in r["table_versions"].items())
+    r = store_info(store)
+    versions = ", ".join(f"{k} v{v}" for k, v in r.table_versions.items())
     lines = [
-        f"{r['store']}: {r['cell_lines']} cell lines, {r['batches']} batches, "
-        f"{r['sequences']} sequences, {r['images']} images, {r['patches']} patches, "
-        f"{r['rejected']} rejected",
-        f"size on disk {human_size(r['size_bytes'])}; table versions: {versions}",
+        f"{r.store}: {r.cell_lines} cell lines, {r.batches} batches, "
+        f"{r.sequences} sequences, {r.images} images, {r.patches} patches, "
+        f"{r.rejected} rejected",
+        f"size on disk {human_size(r.size_bytes)}; table versions: {versions}",
     ]
-    if r["images"]:
-        lines.append(f"time points {r['t_min_h']:.2f} h to {r['t_max_h']:.2f} h")
+    if r.images:
+        lines.append(f"time points {r.t_min_h:.2f} h to {r.t_max_h:.2f} h")
         cols = [
             "cell_line",
             "batch",
@@ -123,33 +124,33 @@ def info(store: Path, fmt: str) -> None:
             "t_max_h",
             "mean_confluency",
         ]
-        lines += ["", render_table(r["per_batch"], cols)]
-    if r["encoders"]:
-        lines += ["", "encoders:", encoders_table(r["encoders"])]
-    if r["rejects"]:
-        lines += ["", "rejected files:", render_table(r["rejects"], ["path", "reason"])]
-    emit(fmt, r, "\n".join(lines))
+        lines += ["", render_table(r.per_batch, cols)]
+    if r.encoders:
+        lines += ["", "encoders:", encoders_table(r.encoders)]
+    if r.rejects:
+        lines += ["", "rejected files:", render_table(r.rejects, ["path", "reason"])]
+    emit(fmt, r.as_dict(), "\n".join(lines))
 
 
-def encoders_table(encoders: list[dict]) -> str:
+def encoders_table(encoders: Sequence[EncoderSummary]) -> str:
     """One line per encoder: weights, patch-level health, latest image-level evaluation."""
     rows = []
     for e in encoders:
-        h, image = e["health"] or {}, e["image"] or {}
+        h, image = e.health, e.image or {}
         rows.append(
             {
-                "model_id": e["model_id"],
-                "arch": e["arch"],
-                "weights": e["weights"],
-                "cos_dist_median": h.get("cosine_distance_median"),
-                "eff_rank": h.get("effective_rank"),
-                "health": "COLLAPSED" if h.get("collapsed") else ("ok" if h else "-"),
+                "model_id": e.encoder.model_id,
+                "arch": e.encoder.arch,
+                "weights": e.encoder.weights,
+                "cos_dist_median": h.cosine_distance_median if h else None,
+                "eff_rank": h.effective_rank if h else None,
+                "health": "COLLAPSED" if h and h.collapsed else ("ok" if h else "-"),
                 "image_knn": image.get("knn_accuracy_cross_batch"),
                 "knn_chance": image.get("knn_accuracy_cross_batch_chance"),
                 "image_map": image.get("map_cross_batch"),
                 "map_chance": image.get("map_cross_batch_chance"),
                 "batch_effect": image.get("batch_effect_index"),
-                "evaluated_at": e["evaluated_at"][:19] if e["evaluated_at"] else "never",
+                "evaluated_at": e.evaluated_at.isoformat()[:19] if e.evaluated_at else "never",
             }
         )
     return render_table(rows, list(rows[0]))
@@ -161,15 +162,14 @@ def encoders_table(encoders: list[dict]) -> str:
 def repair(store: Path, fmt: str) -> None:
     """Rebuild a lost or corrupt store.json from the patch array and the tables (after checking
     that they agree; refused when they do not)."""
-    from clanet_store.stores.repair import repair_store
+    from clanet_store.pipelines.store_info import repair as repair_store
 
-    r = repair_store(store).as_dict()
-    tables = ", ".join(f"{k} v{v}" for k, v in r["tables"].items())
+    r = repair_store(store)
+    tables = ", ".join(f"{k} v{v}" for k, v in r.tables.items())
     lines = [
-        f"{r['store']}: store.json rebuilt: {r['images']} images, {r['patches']} patches; "
-        f"tables {tables}",
-        "export roots: " + (", ".join(r["exports"]) or "unknown (pass them where asked)"),
+        f"{r.store}: store.json rebuilt: {r.images} images, {r.patches} patches; tables {tables}",
+        "export roots: " + (", ".join(r.exports) or "unknown (pass them where asked)"),
     ]
-    if r["replaced"]:
-        lines.append(f"the corrupt store.json was kept as {r['replaced']}")
-    emit(fmt, r, "\n".join(lines))
+    if r.replaced:
+        lines.append(f"the corrupt store.json was kept as {r.replaced}")
+    emit(fmt, r.as_dict(), "\n".join(lines))

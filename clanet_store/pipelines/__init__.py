@@ -22,4 +22,5 @@ __all__ = [
     "split_files",
     "ssl_report",
     "ssl_train",
+    "store_info",
 ]

@@ -34,6 +34,7 @@ from clanet_store.learn.encoder_metrics import (
 from clanet_store.models.health import EmbeddingHealth, embedding_health
 from clanet_store.stores import lance
 from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.lock import writer_lock
 
 TABLE = "encoder_evals"
@@ -180,10 +181,14 @@ def latest_evaluations(store: EmbeddingStore) -> pl.DataFrame:
     return rows.join(latest, on=["model_id", "evaluated_at"]).sort("model_id", order)
 
 
-def sample_health(store: EmbeddingStore, model_id: str, seed: int = 0) -> EmbeddingHealth | None:
+def sample_health(
+    store: EmbeddingStore | StoreLocation, model_id: str, seed: int = 0
+) -> EmbeddingHealth | None:
     """Patch-level health of a model's embeddings, from at most ``HEALTH_ROWS`` of them (the
     patch ids below a cut-off: ids are hashes, so this is a uniform, repeatable sample); None
-    with fewer than two embeddings."""
+    with fewer than two embeddings. ``store``: an open store or its location (``encode``)."""
+    if isinstance(store, StoreLocation):
+        store = EmbeddingStore(store)
     ids = store.embeddings(columns=["patch_id"], model_id=model_id)["patch_id"]
     where = None
     if ids.len() > HEALTH_ROWS:
