@@ -17,13 +17,8 @@ import time
 
 import torch
 
-from clanet_store.models.encoder import (
-    EncoderConfig,
-    PatchEncoder,
-    build_encoder,
-    inference_context,
-    select_device,
-)
+from clanet_store.models.device import inference_context, select_device
+from clanet_store.models.encoder import EncoderConfig, PatchEncoder, build_encoder
 
 PAPER_PATCHES = 1_650_000
 

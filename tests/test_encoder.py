@@ -11,16 +11,9 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from clanet_store.models.encoder import (
-    CheckpointError,
-    EncoderConfig,
-    PatchEncoder,
-    build_encoder,
-    inference_context,
-    select_device,
-    ssl_checkpoint,
-    ssl_checkpoint_backbone,
-)
+from clanet_store.models.checkpoint import CheckpointError, ssl_checkpoint, ssl_checkpoint_backbone
+from clanet_store.models.device import inference_context, select_device
+from clanet_store.models.encoder import EncoderConfig, PatchEncoder, build_encoder
 
 S8 = EncoderConfig()
 TINY = EncoderConfig(arch="vit_tiny_patch16_224")

@@ -173,7 +173,7 @@ def test_inductive_ssl_reads_no_patch_of_the_test_side(crops_store, tmp_path, mo
     summary = ssl_module.ssl_train(
         crops_store, out, 1, 4, TINY, k=2, dino=dino, workers=0, split=read_split(split_file)
     )
-    assert summary["split"] == {"kind": "batch-stratified", "repeat": 1}
+    assert (summary.split.kind, summary.split.repeat) == ("batch-stratified", 1)
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     args = ["ssl-train", "--store", str(crops_store), "--out", str(tmp_path / "x.pt"),
@@ -182,7 +182,7 @@ def test_inductive_ssl_reads_no_patch_of_the_test_side(crops_store, tmp_path, mo
     assert result.exit_code == 1 and "bad.json: not a valid split file" in result.output
     patches = PatchStore(crops_store).patches_table(["row", "patch_id", "sequence_id", "rank"])
     seen = patches.filter(pl.col("row").is_in(read))
-    assert seen.height == len(set(read)) > 0 and summary["patches"] == 16 * 2
+    assert seen.height == len(set(read)) > 0 and summary.patches == 16 * 2
     assert not set(seen["sequence_id"]) & set(split.test)  # no patch of the test side was read
     assert set(seen["sequence_id"]) <= set(split.train) and (seen["rank"] < 2).all()
     allowed = split_patch_rows(PatchStore(crops_store), split, 2)

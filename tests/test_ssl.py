@@ -43,6 +43,7 @@ from clanet_store.models.dino import (
 from clanet_store.models.encoder import EncoderConfig, build_encoder
 from clanet_store.models.health import embedding_health
 from clanet_store.pipelines.ingest import ingest
+from clanet_store.pipelines.ssl_report import SSLReport
 from clanet_store.pipelines.ssl_train import (
     EpochBatches,
     PatchViews,
@@ -416,7 +417,7 @@ class Interrupt(Exception):
 
 
 @pytest.fixture(scope="module")
-def reference(store: Path) -> tuple[Path, list[TrainProgress], dict]:
+def reference(store: Path) -> tuple[Path, list[TrainProgress], SSLReport]:
     """An uninterrupted 2-epoch run (loading in-process: a worker's start-up takes seconds)."""
     events: list[TrainProgress] = []
     out = store.parent / "reference.pt"
@@ -428,12 +429,13 @@ def reference(store: Path) -> tuple[Path, list[TrainProgress], dict]:
 def test_training_on_real_patches_lowers_the_loss(reference) -> None:
     _, events, summary = reference
     losses = [event.loss for event in events]
-    assert len(losses) == 6 and summary["patches"] == 12 and summary["steps_per_epoch"] == 3
+    assert len(losses) == 6 and summary.patches == 12 and summary.steps_per_epoch == 3
     assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
-    assert summary["losses"] == pytest.approx([np.mean(losses[:3]), np.mean(losses[3:])])
+    assert summary.losses == pytest.approx([np.mean(losses[:3]), np.mean(losses[3:])])
     assert [e.epoch_loss is not None for e in events] == [False, False, True] * 2
     assert [e.probe.epoch for e in events if e.probe] == [1, 2]
-    assert summary["health"] == summary["probes"][-1] and summary["probe_patches"] == 12
+    assert summary.health == summary.probes[-1] and summary.probe_patches == 12
+    assert summary.collapsed is None
 
 
 @pytest.mark.realdata
@@ -442,7 +444,7 @@ def test_probe_stays_quiet_on_a_healthy_run(store: Path, spread_init: Path) -> N
     2 epochs without a collapse: every probe, and the final health, are clean."""
     out = store.parent / "healthy.pt"
     run = {key: value for key, value in RUN.items() if key != "recipe"} | {"dino": SMALL}
-    summary = ssl_train(store, out, init=spread_init, workers=0, **run)
+    summary = ssl_train(store, out, init=spread_init, workers=0, **run).as_dict()
     assert summary["recipe"] == "finetune" and len(summary["probes"]) == 2
     assert [p["reasons"] for p in summary["probes"]] == [[], []]  # as_dict: lists
     assert summary["health"]["collapsed"] is False
@@ -457,7 +459,7 @@ def test_checkpoint_is_accepted_by_the_encoder(reference) -> None:
     assert (ckpt["format"], ckpt["arch"], ckpt["epoch"]) == ("clanet-ssl", TINY, 2)
     encoder = build_encoder(EncoderConfig(arch=TINY), weights=out)
     assert encoder.weights_format == "clanet-ssl"
-    assert encoder.embedding_dim == summary["embedding_dim"] == 4 * 192
+    assert encoder.embedding_dim == summary.embedding_dim == 4 * 192
     for key, value in encoder.backbone.state_dict().items():
         assert torch.equal(value, ckpt["teacher"][key]), key
     untrained = build_encoder(EncoderConfig(arch=TINY), seed=0)  # the same random init
@@ -482,7 +484,7 @@ def test_resumed_run_matches_the_uninterrupted_one(store: Path, reference) -> No
         ssl_train(store, out, progress=crash_in_second_epoch, workers=0, **RUN)
     saved = torch.load(out, weights_only=True)
     assert saved["epoch"] == 1 and saved["schedules"]["next_step"] == 3
-    assert saved["losses"] == ref_summary["losses"][:1]
+    assert saved["losses"] == list(ref_summary.losses[:1])
     init_student, _ = build_dino(TINY, 112, SMALL, seed=0)
     frozen = init_student.head.last_layer.weight
     assert torch.equal(saved["student"]["head.last_layer.weight"], frozen)  # epoch 1: frozen
@@ -498,14 +500,14 @@ def test_resumed_run_matches_the_uninterrupted_one(store: Path, reference) -> No
 
     events: list[TrainProgress] = []
     summary = ssl_train(store, out, resume=True, progress=events.append, workers=0)
-    assert summary["start_epoch"] == 1 and summary["epochs_run"] == 1
+    assert summary.start_epoch == 1 and summary.epochs_run == 1
     assert [(e.epoch, e.step, e.values) for e in events] == [
         (e.epoch, e.step, e.values) for e in ref_events[3:]
     ]
     # Bit for bit: one thread, and the order, augmentations and drop path seeded by (seed, epoch).
     assert [e.loss for e in events] == [e.loss for e in ref_events[3:]]
-    assert summary["losses"] == ref_summary["losses"]
-    assert summary["probes"] == ref_summary["probes"]
+    assert summary.losses == ref_summary.losses
+    assert summary.probes == ref_summary.probes
     resumed = torch.load(out, weights_only=True)["teacher"]
     for key, value in torch.load(ref_out, weights_only=True)["teacher"].items():
         assert torch.equal(resumed[key], value), key
@@ -549,7 +551,7 @@ def test_encode_command_takes_the_checkpoint(store: Path, reference) -> None:
         "clanet-ssl",
         False,
     )
-    assert report["embedding_dim"] == summary["embedding_dim"] == 768
+    assert report["embedding_dim"] == summary.embedding_dim == 768
     assert report["patches_encoded"] == PatchStore(store).patches_table().height
 
 
@@ -578,10 +580,10 @@ def test_collapse_stops_the_run(store: Path, spread_init: Path, change: dict, ru
     assert "\n" not in message and message.startswith("training collapsed after epoch 1: ")
     assert rule in message and "no checkpoint written" in message
     assert not out.exists()
-    summary = caught.value.summary
-    assert len(summary["losses"]) == len(summary["probes"]) == 1
-    (reason,) = summary["probes"][0]["reasons"]
-    assert reason.startswith(rule) and summary["health"]["collapsed"]
+    summary = caught.value.report
+    assert len(summary.losses) == len(summary.probes) == 1 and summary.collapsed == message
+    (reason,) = summary.probes[0].reasons
+    assert reason.startswith(rule) and summary.health.collapsed
 
 
 @pytest.mark.realdata
@@ -596,8 +598,8 @@ def test_collapse_is_judged_after_the_warm_up_and_keeps_the_epoch_before(
     )
     with pytest.raises(TrainingCollapsed, match="after epoch 2") as caught:
         ssl_train(store, out, init=spread_init, workers=0, **{**RUN, "dino": dino})
-    assert caught.value.summary["warmup_steps"] == 3  # the 3 steps of epoch 1
-    assert [p["collapsed"] for p in caught.value.summary["probes"]] == [True, True]
+    assert caught.value.report.warmup_steps == 3  # the 3 steps of epoch 1
+    assert [p.collapsed for p in caught.value.report.probes] == [True, True]
     assert f"{out} keeps epoch 1, itself below a threshold during the lr warm-up" in str(
         caught.value
     )
@@ -639,11 +641,11 @@ def test_scratch_schedules_on_a_toy_run(store: Path) -> None:
     out = store.parent / "toy-scratch.pt"
     run = {"epochs": 4, "batch_size": 2, "arch": TINY, "k": 12, "dino": dino}
     summary = ssl_train(store, out, progress=events.append, workers=0, **run)
-    assert summary["recipe"] == "scratch" and summary["warmup_steps"] == 2  # no --init
-    assert summary["dino"]["out_dim"] == 256  # 12 patches: the smallest head
+    assert summary.recipe == "scratch" and summary.warmup_steps == 2  # no --init
+    assert summary.dino.out_dim == 256  # 12 patches: the smallest head
     values = [event.values for event in events]
     assert len(values) == 24
-    assert values == [schedule_at(summary_dino(summary), 2, step, 6, 4) for step in range(24)]
+    assert values == [schedule_at(summary.dino, 2, step, 6, 4) for step in range(24)]
     peak = 5e-4 * 2 / 256
     lrs = [v.lr for v in values]
     assert lrs[:3] == pytest.approx([peak / 2, peak, peak])
@@ -656,8 +658,3 @@ def test_scratch_schedules_on_a_toy_run(store: Path) -> None:
     saved = torch.load(out, weights_only=True)
     assert saved["recipe"]["name"] == "scratch" and saved["recipe"]["norm_last_layer"] is True
     assert saved["config"]["dino"]["out_dim"] == 0  # the recipe as asked; sized in "recipe"
-
-
-def summary_dino(summary: dict) -> DinoConfig:
-    """The numbers a run trained with, from its summary."""
-    return DinoConfig.from_dict(summary["dino"])

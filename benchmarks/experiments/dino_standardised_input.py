@@ -90,7 +90,8 @@ def main() -> None:
             workers=0,
             dino=recipe,
         )
-        print(json.dumps({"losses": run["losses"], "probes": run["probes"]}, default=str))
+        summary = run.as_dict()
+        print(json.dumps({"losses": summary["losses"], "probes": summary["probes"]}, default=str))
     except TrainingCollapsed as exc:
         print(f"collapsed: {exc}")
     store = EmbeddingStore(args.store)

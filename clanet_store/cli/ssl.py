@@ -15,6 +15,7 @@ from clanet_store.textout import render_table
 
 if TYPE_CHECKING:
     from clanet_store.pipelines.split_files import Split
+    from clanet_store.pipelines.ssl_report import SSLReport
     from clanet_store.pipelines.ssl_train import CollapseProbe, TrainProgress
 
 
@@ -105,15 +106,12 @@ def ssl_train(
                 split=split,
             )
         except TrainingCollapsed as exc:
-            collapsed: TrainingCollapsed | None = exc
-            r = exc.summary
-        else:
-            collapsed = None
-    emit(fmt, r, _summary_text(r, split))
-    if collapsed is not None:
-        raise click.ClickException(str(collapsed))
-    if r["health"] and r["health"]["collapsed"] and fmt == "json":
-        click.echo(_health_line(r["health"]), err=True)
+            r = exc.report
+    emit(fmt, r.as_dict(), _summary_text(r, split))
+    if r.collapsed is not None:
+        raise click.ClickException(r.collapsed)
+    if r.health and r.health.collapsed and fmt == "json":
+        click.echo(_health_line(r.health), err=True)
 
 
 def _bar_update(bar: Any) -> Callable[[TrainProgress], None]:
@@ -142,51 +140,52 @@ def _epoch_line(loss: float | None, probe: CollapseProbe) -> str:
     )
 
 
-def _health_line(health: dict) -> str:
+def _health_line(health: CollapseProbe) -> str:
     """The final teacher's probe: a health line, loud when collapsed."""
     values = (
-        f"median cosine distance {health['cosine_distance_median']:.4f} between the teacher's "
-        f"features, teacher entropy {health['teacher_entropy']:.3f} per patch and "
-        f"{health['batch_entropy']:.3f} of the mean (ln(out_dim) {health['max_entropy']:.3f})"
+        f"median cosine distance {health.cosine_distance_median:.4f} between the teacher's "
+        f"features, teacher entropy {health.teacher_entropy:.3f} per patch and "
+        f"{health.batch_entropy:.3f} of the mean (ln(out_dim) {health.max_entropy:.3f})"
     )
-    if health["collapsed"]:
-        return f"WARNING: the encoder is COLLAPSED: {'; '.join(health['reasons'])} ({values})"
+    if health.collapsed:
+        return f"WARNING: the encoder is COLLAPSED: {'; '.join(health.reasons)} ({values})"
     return f"health: not collapsed ({values})"
 
 
-def _summary_text(r: dict, split: Split | None) -> str:
+def _summary_text(r: SSLReport, split: Split | None) -> str:
     """The human summary: the run, the per-epoch table, the health line."""
-    resumed = f", resumed after epoch {r['start_epoch']}" if r["start_epoch"] else ""
-    if r["epochs_run"] == 0:
+    resumed = f", resumed after epoch {r.start_epoch}" if r.start_epoch else ""
+    if r.epochs_run == 0:
         resumed = ", already complete: nothing to train"
     side = [f"training side of {split.kind} repeat {split.repeat}"] if split else []
-    selection = ", ".join([f"rank<{r['k']}", *r["where"], *side])
+    selection = ", ".join([f"rank<{r.k}", *r.where, *side])
+    dino = r.dino
     lines = [
-        f"{r['out']}: {r['epochs']} epochs of DINO on {r['arch']} @ {r['img_size']} px{resumed}",
-        f"{r['patches']} patches ({selection}), batch {r['batch_size']}, "
-        f"{r['steps_per_epoch']} steps/epoch, init {r['init'] or 'random'}",
-        f"recipe {r['recipe']}: lr {r['dino']['base_lr']:g} x batch/256 after "
-        f"{r['warmup_steps']} warm-up steps, teacher temperature {r['dino']['teacher_temp']:g}"
-        f" -> {r['dino']['teacher_temp_end']:g}, head of {r['dino']['out_dim']} outputs"
-        f"{' (weight-normalised)' if r['dino']['norm_last_layer'] else ''}, gradient clip "
-        f"{r['dino']['clip_grad'] or 'none'}",
-        f"{r['epochs_run']} epoch{'' if r['epochs_run'] == 1 else 's'} in {r['seconds']:.1f} s, "
-        f"{r['patches_per_s']:.2f} patches/s on {r['device']} ({r['workers']} loader workers)",
+        f"{r.out}: {r.epochs} epochs of DINO on {r.arch} @ {r.img_size} px{resumed}",
+        f"{r.patches} patches ({selection}), batch {r.batch_size}, "
+        f"{r.steps_per_epoch} steps/epoch, init {r.init or 'random'}",
+        f"recipe {r.recipe}: lr {dino.base_lr:g} x batch/256 after "
+        f"{r.warmup_steps} warm-up steps, teacher temperature {dino.teacher_temp:g}"
+        f" -> {dino.teacher_temp_end:g}, head of {dino.out_dim} outputs"
+        f"{' (weight-normalised)' if dino.norm_last_layer else ''}, gradient clip "
+        f"{dino.clip_grad or 'none'}",
+        f"{r.epochs_run} epoch{'' if r.epochs_run == 1 else 's'} in {r.seconds:.1f} s, "
+        f"{r.patches_per_s:.2f} patches/s on {r.device} ({r.workers} loader workers)",
         (
-            f"encode --weights {r['out']} gives {r['embedding_dim']}-d embeddings"
+            f"encode --weights {r.out} gives {r.embedding_dim}-d embeddings"
             + (
                 ": inductive for that split (its test side was never read)"
                 if split
                 else ": transductive for any split of this store (pass --split for inductive)"
             )
         )
-        if Path(r["out"]).exists()
-        else f"no checkpoint in {r['out']}",
+        if Path(r.out).exists()
+        else f"no checkpoint in {r.out}",
         "",
         render_table(
             [
-                {"epoch": probe["epoch"], "mean_loss": loss, **probe}
-                for loss, probe in zip(r["losses"], r["probes"], strict=False)
+                {"epoch": probe.epoch, "mean_loss": loss, **probe.as_dict()}
+                for loss, probe in zip(r.losses, r.probes, strict=False)
             ],
             [
                 "epoch",
@@ -198,6 +197,6 @@ def _summary_text(r: dict, split: Split | None) -> str:
             ],
         ),
     ]
-    if r["health"]:
-        lines.append(_health_line(r["health"]))
+    if r.health:
+        lines.append(_health_line(r.health))
     return "\n".join(lines)

@@ -2,7 +2,9 @@
 (SPEC 5), the training-free ``classic`` descriptor, the Encoder protocol and embedding health."""
 
 __all__ = [
+    "checkpoint",
     "classic",
+    "device",
     "dino",
     "encoder",
     "health",

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 
-from clanet_store.models.encoder import EncoderConfig, PatchEncoder, load_backbone_weights
+from clanet_store.models.checkpoint import load_backbone_weights
+from clanet_store.models.encoder import EncoderConfig, PatchEncoder
 from clanet_store.models.health import MIN_MEDIAN_DISTANCE, embedding_health
 
 N_GLOBAL = 2

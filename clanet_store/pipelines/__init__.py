@@ -20,6 +20,7 @@ __all__ = [
     "search",
     "split_encoder",
     "split_files",
+    "ssl_report",
     "ssl_train",
     "store_info",
 ]

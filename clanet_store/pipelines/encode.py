@@ -28,6 +28,7 @@ from lancedb.expr import col
 
 from clanet_store.errors import ClanetError
 from clanet_store.learn.splits import Split
+from clanet_store.models.checkpoint import CheckpointError, checkpoint_arch
 from clanet_store.models.classic import (
     CLASSIC_ARCH,
     FIT_PATCHES,
@@ -36,15 +37,8 @@ from clanet_store.models.classic import (
     describe,
     fit_statistics,
 )
-from clanet_store.models.encoder import (
-    CheckpointError,
-    EncoderConfig,
-    PatchEncoder,
-    build_encoder,
-    checkpoint_arch,
-    inference_context,
-    select_device,
-)
+from clanet_store.models.device import inference_context, select_device
+from clanet_store.models.encoder import EncoderConfig, PatchEncoder, build_encoder
 from clanet_store.models.protocol import Encoder
 from clanet_store.pipelines.encode_workers import Cluster, remote_encoder
 from clanet_store.pipelines.ingest import IMAGE_KEYS

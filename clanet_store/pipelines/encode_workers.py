@@ -23,7 +23,7 @@ from distributed import Client, get_worker
 
 from clanet_store.errors import ClanetError
 from clanet_store.models.classic import ClassicEncoder
-from clanet_store.models.encoder import inference_context, select_device
+from clanet_store.models.device import inference_context, select_device
 from clanet_store.models.protocol import Encoder
 from clanet_store.pipelines.ingest import dask_client
 from clanet_store.stores.location import StoreLocation

@@ -26,8 +26,8 @@ import numpy as np
 from lancedb.expr import col
 
 from clanet_store.learn.splits import Split
+from clanet_store.models.checkpoint import SSL_FORMAT
 from clanet_store.models.classic import CLASSIC_ARCH
-from clanet_store.models.encoder import SSL_FORMAT
 from clanet_store.stores.patch_store import PatchStore
 from clanet_store.stores.sequences import SEQUENCE_KEYS, SequenceRecord, sequence_filter
 from clanet_store.torchfile import load_torch_file

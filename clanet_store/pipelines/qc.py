@@ -43,7 +43,7 @@ from lancedb.expr import col
 
 from clanet_store.errors import ClanetError
 from clanet_store.exports.scan import short_hash
-from clanet_store.models.encoder import select_device
+from clanet_store.models.device import select_device
 from clanet_store.progress import Progress, as_stage
 from clanet_store.qc.anomaly import (
     anomaly_scores,

@@ -29,7 +29,7 @@ from clanet_store.imaging.ccs import PATCH_SIZE
 from clanet_store.imaging.decode import ImageDecodeError, read_grey
 from clanet_store.imaging.draw import draw_gallery
 from clanet_store.imaging.extract import extract
-from clanet_store.models.encoder import inference_context
+from clanet_store.models.device import inference_context
 from clanet_store.models.protocol import Encoder
 from clanet_store.pipelines.encode import encoder_for_model
 from clanet_store.stores.embedding_store import EmbeddingStore

@@ -109,7 +109,7 @@ def _dino(
         "ssl-train",
         **encoder_training(row, split, weights),
         checkpoint=None if weights is None else str(weights),
-        collapsed=r["collapsed"],
+        collapsed=r.collapsed,
     )
 
 

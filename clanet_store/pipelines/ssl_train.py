@@ -37,6 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from clanet_store.errors import ClanetError
 from clanet_store.learn.splits import Split
+from clanet_store.models.checkpoint import ssl_checkpoint
+from clanet_store.models.device import select_device
 from clanet_store.models.dino import (
     RECIPES,
     CollapseProbe,
@@ -55,8 +57,9 @@ from clanet_store.models.dino import (
     train_step,
     warmup_steps,
 )
-from clanet_store.models.encoder import EncoderConfig, select_device, ssl_checkpoint
+from clanet_store.models.encoder import EncoderConfig
 from clanet_store.pipelines.inductive import split_patch_rows
+from clanet_store.pipelines.ssl_report import SSLReport
 from clanet_store.schemas import load_schema
 from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.patch_store import PatchStore
@@ -111,11 +114,11 @@ class TrainProgress:
 
 class TrainingCollapsed(ClanetError):
     """The teacher collapsed: the one-line message says after which epoch, why, and what
-    checkpoint is kept; ``summary`` is the run's summary up to that epoch."""
+    checkpoint is kept; ``report`` is the run up to that epoch (its ``collapsed`` the message)."""
 
-    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+    def __init__(self, message: str, report: SSLReport) -> None:
         super().__init__(message)
-        self.summary = summary
+        self.report = report
 
 
 def training_rows(store: PatchStore, k: int, where: Sequence[str]) -> np.ndarray:
@@ -267,7 +270,7 @@ def ssl_train(
     workers: int | None = None,
     device: str = "auto",
     split: Split | None = None,
-) -> dict[str, Any]:
+) -> SSLReport:
     """Train DINO on a store's patches, checkpointing to ``out`` after every epoch.
 
     Options left as None take `SSLTrainConfig`'s defaults, or on ``resume`` the values saved in
@@ -276,8 +279,8 @@ def ssl_train(
     ``init``, ``finetune`` with); ``dino`` gives them explicitly instead (a recipe with some
     values changed). ``resume`` with no file at ``out`` starts afresh; without ``resume`` an
     existing ``out`` is an error. ``workers``: loader processes (default `default_workers`; 0
-    loads in this process). Returns the run's summary: ``losses`` the mean loss of every epoch so
-    far, ``probes`` the teacher's collapse probe after each, ``health`` the last. Raises
+    loads in this process). Returns the run (`SSLReport`): ``losses`` the mean loss of every epoch
+    so far, ``probes`` the teacher's collapse probe after each, ``health`` the last. Raises
     `TrainingCollapsed` when a probe after the lr warm-up breaks a collapse rule.
     ``split``: train on the patches of its training sequences only (inductive,
     `inductive.split_patch_rows`), recorded in the checkpoint; a resumed run must be given the
@@ -301,8 +304,9 @@ def ssl_train(
     run = _set_up(store_path, out, config, saved, split, select_device(device), start_time)
     run.workers = default_workers() if workers is None else workers
     if _train(run, progress):
-        raise TrainingCollapsed(_collapse_message(out, run.probes, run.init_probe), run.summary())
-    return run.summary()
+        message = _collapse_message(out, run.probes, run.init_probe)
+        raise TrainingCollapsed(message, run.report(collapsed=message))
+    return run.report()
 
 
 @dataclasses.dataclass
@@ -341,40 +345,39 @@ class _Run:
         c = self.config
         return schedule_at(self.numbers, c.batch_size, step, self.steps_per_epoch, c.epochs)
 
-    def summary(self) -> dict[str, Any]:
+    def report(self, collapsed: str | None = None) -> SSLReport:
         """The run so far (`ssl_train`'s return value)."""
         config, seconds = self.config, time.perf_counter() - self.start_time
-        steps_run = (len(self.losses) - self.start_epoch) * self.steps_per_epoch
-        split = self.split
-        return {
-            "store": str(self.store.path),
-            "out": str(self.out),
-            "arch": config.arch,
-            "img_size": config.img_size,
-            "embedding_dim": EncoderConfig().n_blocks * self.state.student.backbone.embed_dim,
-            "init": config.init,
-            "recipe": config.recipe,
-            "dino": self.numbers.as_dict(),
-            "k": config.k,
-            "where": list(config.where),
-            "split": None if split is None else {"kind": split.kind, "repeat": split.repeat},
-            "patches": len(self.rows),
-            "probe_patches": len(self.probe_patches),
-            "batch_size": config.batch_size,
-            "steps_per_epoch": self.steps_per_epoch,
-            "warmup_steps": self.warm,
-            "epochs": config.epochs,
-            "start_epoch": self.start_epoch,
-            "epochs_run": len(self.losses) - self.start_epoch,
-            "device": str(self.device),
-            "workers": self.workers,
-            "seconds": seconds,
-            "patches_per_s": steps_run * config.batch_size / seconds,
-            "losses": self.losses,
-            "init_probe": self.init_probe.as_dict() if self.init_probe else None,
-            "probes": [probe.as_dict() for probe in self.probes],
-            "health": self.probes[-1].as_dict() if self.probes else None,
-        }
+        epochs_run = len(self.losses) - self.start_epoch
+        return SSLReport(
+            store=str(self.store.path),
+            out=str(self.out),
+            arch=config.arch,
+            img_size=config.img_size,
+            embedding_dim=EncoderConfig().n_blocks * self.state.student.backbone.embed_dim,
+            init=config.init,
+            recipe=config.recipe,
+            dino=self.numbers,
+            k=config.k,
+            where=tuple(config.where),
+            split=self.split,
+            patches=len(self.rows),
+            probe_patches=len(self.probe_patches),
+            batch_size=config.batch_size,
+            steps_per_epoch=self.steps_per_epoch,
+            warmup_steps=self.warm,
+            epochs=config.epochs,
+            start_epoch=self.start_epoch,
+            epochs_run=epochs_run,
+            device=str(self.device),
+            workers=self.workers,
+            seconds=seconds,
+            patches_per_s=epochs_run * self.steps_per_epoch * config.batch_size / seconds,
+            losses=tuple(self.losses),
+            init_probe=self.init_probe,
+            probes=tuple(self.probes),
+            collapsed=collapsed,
+        )
 
 
 def _set_up(
@@ -476,13 +479,13 @@ def stage_run(
     progress: Callable[[TrainProgress], None] | None = None,
     say: Callable[[str], None] = print,
     resume: bool = False,
-) -> dict[str, Any]:
+) -> SSLReport:
     """One ssl-train run of a pipeline's ``[ssl_train]`` table into ``out``, on the training side
     of ``split`` if given (what ``run`` and an ``ablation --ssl-config`` train per split).
 
     Afresh, unless ``resume``: then a checkpoint of the same run at ``out`` is continued (a
-    finished one is reused as it is). A collapse is said and recorded (``collapsed``: the
-    reason), not raised; the checkpoint of the epoch before is kept (none when the first epoch
+    finished one is reused as it is). A collapse is said and recorded (`SSLReport.collapsed`:
+    the reason), not raised; the checkpoint of the epoch before is kept (none when the first epoch
     collapsed).
     """
     recipe, dino = stage_recipe(params)
@@ -490,7 +493,7 @@ def stage_run(
         out.unlink(missing_ok=True)  # made with other parameters or data
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        r = ssl_train(
+        return ssl_train(
             store_path,
             out,
             epochs=params["epochs"],
@@ -508,8 +511,7 @@ def stage_run(
         )
     except TrainingCollapsed as exc:
         say(f"WARNING: {exc}")
-        return {**exc.summary, "collapsed": str(exc)}
-    return {**r, "collapsed": None}
+        return exc.report
 
 
 def _probe(

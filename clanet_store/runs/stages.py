@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clanet_store.errors import ClanetError
 from clanet_store.imaging.params import STEPS
@@ -21,6 +21,9 @@ from clanet_store.learn.training import MILConfig
 from clanet_store.progress import Progress, as_stage
 from clanet_store.report.build import write_report
 from clanet_store.report.collect import neighbour_gallery
+
+if TYPE_CHECKING:
+    from clanet_store.pipelines.ssl_report import SSLReport
 
 SSL_PROTOCOLS = ("inductive", "transductive")
 
@@ -138,17 +141,17 @@ def ssl_train(run: Run, p: dict[str, Any]) -> Done:
     results = {name: _dino(run, p, out, split) for name, (out, split) in runs.items()}
     # A run that collapsed in its first epoch kept no checkpoint: encode then uses a random init.
     kept = {name: str(out) if out.exists() else None for name, (out, _) in runs.items()}
-    first = next(iter(results.values()))
+    first = next(iter(results.values())).as_dict()
     summary = {
         "enabled": True,
         "protocol": p["protocol"],
         "checkpoint": next(iter(kept.values())),
         **({"checkpoints": kept} if p["protocol"] == "inductive" else {}),
-        "collapsed": {name: r["collapsed"] for name, r in results.items() if r["collapsed"]},
+        "collapsed": {name: r.collapsed for name, r in results.items() if r.collapsed},
         **{k: first[k] for k in keep},
         "probes": first["probes"],
-        "patches_per_split": [r["patches"] for r in results.values()],
-        "seconds": sum(r["seconds"] for r in results.values()),
+        "patches_per_split": [r.patches for r in results.values()],
+        "seconds": sum(r.seconds for r in results.values()),
     }
     return Done(summary, [Path(path) for path in kept.values() if path])
 
@@ -167,7 +170,7 @@ def _run_splits(run: Run) -> dict[str, Any]:
     }
 
 
-def _dino(run: Run, p: dict[str, Any], out: Path, split: Any) -> dict[str, Any]:
+def _dino(run: Run, p: dict[str, Any], out: Path, split: Any) -> SSLReport:
     """One ssl-train run into ``out`` (afresh), on the training side of ``split`` if given
     (`ssl_train.stage_run`: a collapse is said and recorded, not raised)."""
     from clanet_store.pipelines.ssl_train import stage_run
