@@ -32,55 +32,65 @@ from pathlib import Path
 CHILD = """
 import json, resource, sys, time
 import lance
+import pyarrow.compute as pc
 from clanet_store.pipelines.encode import META_COLUMNS
+from clanet_store.pipelines.export_profiles import export_profiles
 from clanet_store.stores.embedding_store import EmbeddingStore
 from lancedb.expr import col
-store, what, model = sys.argv[1:4]
-extra = json.loads(sys.argv[4])
+store, what, model, out = sys.argv[1:5]
+extra = json.loads(sys.argv[5])
 columns = [*META_COLUMNS, "embedding"]
 start, cpu = time.perf_counter(), time.process_time()
-if what == "query":
+if what == "export":
+    rows = export_profiles(store, out, "patch", "parquet").rows
+elif what == "query":
     table = EmbeddingStore(store).embeddings_table()
     query = table.search().where(col("model_id") == model).select(columns).limit(None)
-    batches = query.to_batches(32768)
+    rows = sum(b.num_rows for b in query.to_batches(32768))
 else:
     ds = lance.dataset(extra.pop("uri", f"{store}/lance/embeddings.lance"))
     if extra.pop("embedding_only", False):
         columns = ["embedding"]
     if extra.pop("filter", False):
-        extra["filter"] = f"model_id = '{model}'"
+        extra["filter"] = pc.field("model_id") == model
     batches = ds.to_batches(columns=columns, batch_size=32768, **extra)
-rows = sum(b.num_rows for b in batches)
+    rows = sum(b.num_rows for b in batches)
 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"rows": rows, "seconds": seconds, "cpu": cpu, "peak": peak}))
 """
 
+# name -> (what, options); each runs on the store as built (Lance format 2.2) and, the ones in
+# ON_COPY, on the same table rewritten in format 2.0.
 READS = {
-    "query (export today)": ("query", {}),
+    "query (export's read)": ("query", {}),
     "scanner": ("scan", {}),
     "scanner + filter": ("scan", {"filter": True}),
     "scanner readahead 1": ("scan", {"batch_readahead": 1, "fragment_readahead": 1}),
     "scanner readahead 32": ("scan", {"batch_readahead": 32, "fragment_readahead": 4}),
     "scanner embedding only": ("scan", {"embedding_only": True}),
+    "export parquet": ("export", {}),
 }
+ON_COPY = ("query (export's read)", "scanner + filter", "export parquet")
 
 
 def run(store: Path, what: str, model: str, extra: dict) -> dict:
     """One read in a fresh process: rows, seconds, CPU seconds and peak RSS (bytes)."""
+    out = store.parent / "export.parquet"
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(store), what, model, json.dumps(extra)],
+        [sys.executable, "-c", CHILD, str(store), what, model, str(out), json.dumps(extra)],
         check=True,
         capture_output=True,
         text=True,
     )
+    out.unlink(missing_ok=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def show(name: str, m: dict, base: dict | None) -> None:
     rate, cpu_rate = m["rows"] / m["seconds"], m["rows"] / m["cpu"]
     ref = base or m
-    print(f"{name:28s} {m['rows']:8d} rows {m['seconds']:6.1f} s = {rate:7.0f} rows/s "
+    print(f"{name:38s} {m['rows']:8d} rows {m['seconds']:6.1f} s = {rate:7.0f} rows/s "
           f"({rate / (ref['rows'] / ref['seconds']):.2f}x), {cpu_rate:7.0f} rows per CPU s "
           f"({cpu_rate / (ref['rows'] / ref['cpu']):.2f}x), peak {m['peak'] / 2**30:.2f} GB, "
           f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
@@ -97,6 +107,29 @@ def copies(store: Path, rows: int, tmp: Path) -> dict[str, Path]:
         out[version] = tmp / f"copy{version}.lance"
         lance.write_dataset(data, out[version], data_storage_version=version)
     return out
+
+
+def store_v20(store: Path) -> Path:
+    """``STORE-v2.0``: the store with its embeddings table rewritten in Lance format 2.0 (the
+    other tables and the patch array linked), built once and reused."""
+    import lance
+
+    copy = store.with_name(f"{store.name}-v2.0")
+    if (copy / "lance" / "embeddings.lance").exists():
+        return copy
+    (copy / "lance").mkdir(parents=True)
+    for name in ("store.json", "patches.zarr"):
+        (copy / name).symlink_to(store / name)
+    for table in (store / "lance").glob("*.lance"):
+        if table.name != "embeddings.lance":
+            (copy / "lance" / table.name).symlink_to(table)
+    source = lance.dataset(store / "lance" / "embeddings.lance")
+    reader = source.scanner(batch_size=32768).to_reader()
+    lance.write_dataset(
+        reader, copy / "lance" / "embeddings.lance", schema=source.schema,
+        data_storage_version="2.0", max_rows_per_file=source.count_rows(),
+    )  # fmt: skip
+    return copy
 
 
 def write_steps(chunks: int) -> None:
@@ -127,20 +160,44 @@ def write_steps(chunks: int) -> None:
               f"= {32768 * chunks / seconds:8.0f} rows per CPU s", flush=True)  # fmt: skip
 
 
+def alternate(store: Path, copy: Path, model: str, rounds: int) -> None:
+    """The export's read and the export on formats 2.2 and 2.0 in turn, ``rounds`` times (the
+    page cache and the machine's load treat both alike); ratios against 2.2 in the same round."""
+    for r in range(rounds):
+        for name in ("query (export's read)", "export parquet"):
+            what, extra = READS[name]
+            base = run(store, what, model, dict(extra))
+            show(f"round {r + 1} 2.2 {name}", base, None)
+            show(f"round {r + 1} 2.0 {name}", run(copy, what, model, dict(extra)), base)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--model", default="bench-model")
     parser.add_argument("--copy-rows", type=int, default=200_000)
     parser.add_argument("--chunks", type=int, default=8)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="only the export's read and the export, on each format in turn, R times",
+    )
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
           f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    copy = store_v20(args.store)
+    if args.rounds:
+        alternate(args.store, copy, args.model, args.rounds)
+        return
     base = None
-    for name, (what, extra) in READS.items():
-        m = run(args.store, what, args.model, extra)
-        show(name, m, base)
-        base = base or m
+    for store, names in ((args.store, list(READS)), (copy, ON_COPY)):
+        version = "2.0" if store == copy else "2.2"
+        for name in names:
+            what, extra = READS[name]
+            m = run(store, what, args.model, dict(extra))
+            show(f"{version} {name}", m, base)
+            base = base or m
     with tempfile.TemporaryDirectory(dir=args.store.parent) as tmp:
         versions = copies(args.store, args.copy_rows, Path(tmp))
         ref = None
