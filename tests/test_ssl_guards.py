@@ -16,18 +16,7 @@ from click.testing import CliRunner
 
 import clanet_store.pipelines.ssl_train as ssl_module
 from clanet_store.cli import main
-from clanet_store.models.dino import (
-    FINETUNE,
-    SCRATCH,
-    DinoConfig,
-    DinoLoss,
-    MultiCrop,
-    build_dino,
-    build_loss,
-    build_optimizer,
-    schedule_at,
-    train_step,
-)
+from clanet_store.models import dino
 from clanet_store.models.dino_regularisers import koleo_loss, sinkhorn_knopp
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.pipelines.ssl_train import recipe_with
@@ -114,45 +103,45 @@ def test_koleo_gradient_pushes_nearest_neighbours_apart() -> None:
 def test_loss_with_sinkhorn_centering_uses_the_sinkhorn_targets() -> None:
     teacher = logits(6, 5)
     student = logits(3 * 6, 5, seed=1)
-    loss_fn = DinoLoss(5, student_temp=0.1, center_momentum=0.9, centering="sinkhorn")
+    loss_fn = dino.DinoLoss(5, student_temp=0.1, center_momentum=0.9, centering="sinkhorn")
     loss_fn.center.fill_(3.0)  # kept, unused
     q = sinkhorn_knopp(teacher, 0.04).chunk(2)
     log_p = F.log_softmax(student / 0.1, dim=-1).chunk(6)
     terms = [-(q[t] * log_p[s]).sum(-1).mean() for t in range(2) for s in range(6) if s != t]
     torch.testing.assert_close(loss_fn(student, teacher, 0.04), torch.stack(terms).mean())
     with pytest.raises(ValueError, match="centering 'mean'"):
-        DinoLoss(5, 0.1, 0.9, centering="mean")
+        dino.DinoLoss(5, 0.1, 0.9, centering="mean")
 
 
 def test_guards_are_off_in_both_recipes_and_named_by_recipe_with() -> None:
-    for recipe in (FINETUNE, SCRATCH):
+    for recipe in (dino.FINETUNE, dino.SCRATCH):
         assert (recipe.centering, recipe.sinkhorn_iterations, recipe.koleo_weight) == (
             "center",
             3,
             0.0,
         )
-    assert build_loss(SCRATCH.sized_for(432)).centering == "center"
+    assert dino.build_loss(dino.SCRATCH.sized_for(432)).centering == "center"
     assert recipe_with(None, None, {}) is None
     chosen = recipe_with(None, None, {"centering": "sinkhorn", "koleo_weight": 0.1})
-    assert chosen == dataclasses.replace(SCRATCH, centering="sinkhorn", koleo_weight=0.1)
-    assert recipe_with(None, "init.pth", {"koleo_weight": 0.5}).base_lr == FINETUNE.base_lr
+    assert chosen == dataclasses.replace(dino.SCRATCH, centering="sinkhorn", koleo_weight=0.1)
+    assert recipe_with(None, "init.pth", {"koleo_weight": 0.5}).base_lr == dino.FINETUNE.base_lr
 
 
 def test_train_step_adds_the_weighted_koleo_of_each_global_view() -> None:
-    config = DinoConfig(
+    config = dino.DinoConfig(
         out_dim=32, hidden_dim=32, bottleneck_dim=16, n_local=2, drop_path=0.0, koleo_weight=0.3
     )
-    student, teacher = build_dino(TINY, 112, config, seed=1)
-    loss_fn, optimizer = build_loss(config), build_optimizer(student)
+    student, teacher = dino.build_dino(TINY, 112, config, seed=1)
+    loss_fn, optimizer = dino.build_loss(config), dino.build_optimizer(student)
     torch.manual_seed(0)
-    views = MultiCrop(config).batch(torch.randint(0, 256, (3, 112, 112), dtype=torch.uint8))
-    values = schedule_at(config, 3, step=0, steps_per_epoch=10, epochs=1)
+    views = dino.MultiCrop(config).batch(torch.randint(0, 256, (3, 112, 112), dtype=torch.uint8))
+    values = dino.schedule_at(config, 3, step=0, steps_per_epoch=10, epochs=1)
     with torch.no_grad():
         tokens = student.class_tokens(views)
-        dino = loss_fn(student.head(tokens), teacher(views[:2]), values.teacher_temp)
+        dino_loss = loss_fn(student.head(tokens), teacher(views[:2]), values.teacher_temp)
         koleo = koleo_loss(tokens[:3]) + koleo_loss(tokens[3:6])
-    loss = train_step(student, teacher, loss_fn, optimizer, views, values, False, 0.0, 0.3)
-    assert loss == pytest.approx(float(dino + 0.3 * koleo), rel=1e-5)
+    loss = dino.train_step(student, teacher, loss_fn, optimizer, views, values, False, 0.0, 0.3)
+    assert loss == pytest.approx(float(dino_loss + 0.3 * koleo), rel=1e-5)
 
 
 @pytest.mark.realdata
