@@ -12,7 +12,8 @@ local crops) and evaluates the teacher's and its random init's embeddings
 with `evaluate_levels`, as ``evaluate-encoder`` would.
 
     python benchmarks/experiments/dino_standardised_input.py --store STORE --out ssl.pth \
-        --epochs 4 [--teacher-temp 0.04] [--centering sinkhorn] [--koleo 0.1] [--local-crops 4]
+        --epochs 4 [--teacher-temp 0.04] [--centering sinkhorn] [--koleo 0.1] [--local-crops 4] \
+        [--resume]
 
 Results: docs/science.md ("DINO from scratch on a CPU").
 """
@@ -75,6 +76,9 @@ def main() -> None:
     parser.add_argument("--centering", choices=dino.CENTERINGS, default="center")
     parser.add_argument("--koleo", type=float, default=0.0)
     parser.add_argument("--local-crops", type=int, default=dino.SCRATCH.n_local)
+    parser.add_argument(
+        "--resume", action="store_true", help="continue --out (a finished run: evaluate it only)"
+    )
     args = parser.parse_args()
     dino.DinoNet.class_tokens = dino_class_tokens  # the student's and the teacher's forward
     encoder.PatchEncoder.forward = encoder_forward
@@ -98,9 +102,10 @@ def main() -> None:
             seed=0,
             workers=0,
             dino=recipe,
+            resume=args.resume,
         )
-        summary = run.as_dict()
-        print(json.dumps({"losses": summary["losses"], "probes": summary["probes"]}, default=str))
+        report = run.as_dict()
+        print(json.dumps({"losses": report["losses"], "probes": report["probes"]}, default=str))
     except TrainingCollapsed as exc:
         print(f"collapsed: {exc}")
     store = EmbeddingStore(args.store)
