@@ -148,8 +148,8 @@ def test_train_step_adds_the_weighted_koleo_of_each_global_view() -> None:
 def test_cli_records_the_guards(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``--centering sinkhorn --koleo 0.1`` go into the run's numbers, its JSON summary and the
-    checkpoint (``recipe`` and ``config.dino``)."""
+    """``--centering sinkhorn --koleo 0.1 --local-crops 2`` go into the run's numbers, its JSON
+    summary and the checkpoint (``recipe`` and ``config.dino``)."""
     source = sorted((shared_data / "azgcb_sample" / "BT474").iterdir())[0]
     (tmp_path / "export" / "BT474").mkdir(parents=True)
     shutil.copy(source, tmp_path / "export" / "BT474" / source.name)
@@ -160,11 +160,17 @@ def test_cli_records_the_guards(
     out = tmp_path / "ssl.pt"
     args = ["ssl-train", "--store", str(tmp_path / "store"), "--out", str(out), "--arch", TINY]
     args += ["--epochs", "1", "--batch-size", "4", "--k", "4", "--format", "json"]
-    result = CliRunner().invoke(main, [*args, "--centering", "sinkhorn", "--koleo", "0.1"])
+    guards = ["--centering", "sinkhorn", "--koleo", "0.1", "--local-crops", "2"]
+    result = CliRunner().invoke(main, [*args, *guards])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["recipe"] == "scratch"
-    assert (summary["dino"]["centering"], summary["dino"]["koleo_weight"]) == ("sinkhorn", 0.1)
+    numbers = summary["dino"]
+    assert (numbers["centering"], numbers["koleo_weight"], numbers["n_local"]) == (
+        "sinkhorn",
+        0.1,
+        2,
+    )
     ckpt = load_torch_file(out, "an ssl-train checkpoint")
     assert ckpt["recipe"]["centering"] == "sinkhorn" and ckpt["recipe"]["koleo_weight"] == 0.1
     assert ckpt["config"]["dino"]["centering"] == "sinkhorn"
