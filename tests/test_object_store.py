@@ -1,12 +1,12 @@
 """Stores on object storage (issue 22), against a real S3 server: moto's server mode on
 127.0.0.1, started here. ingest + encode (on a Dask worker) + search + info, and train, on
-``s3://bucket/prefix`` give what they give on a local store; a wrong endpoint, wrong credentials
+``s3://bucket/prefix`` give what they give on a local store, and so does ``encode`` on a real
+``dask scheduler`` with two ``dask worker`` processes; a wrong endpoint, wrong credentials
 or a missing bucket fail in one line naming the URL with nothing written; the writer lease
 refuses a second writer while it is live and lets one in after it expired; ``kill -9`` of an
 ``s3://`` encode, then a re-run, leaves one row per patch."""
 
 import json
-import logging
 import os
 import shutil
 import socket
@@ -23,11 +23,13 @@ import pytest
 from click.testing import CliRunner
 from dask_processes import free_port
 from test_encode import SEED7, kill_and_resume
+from test_encode_cluster import stored_rows, tiny_vit
 
 from clanet_store.cli import main
 from clanet_store.errors import ClanetError
 from clanet_store.exports.synth import synth_export
 from clanet_store.pipelines.encode import classic_encoder, encode
+from clanet_store.pipelines.encode_workers import Cluster
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.stores.embedding_store import EmbeddingStore, vectors
 from clanet_store.stores.location import StoreLocation
@@ -35,39 +37,6 @@ from clanet_store.stores.lock import LEASE, StoreBusyError, writer_lock
 
 BIN = Path(sys.executable).parent
 IMAGES = ("A431/A431_B1_1_00d00h00m.jpg", "HCC 2279/HCC 2279_G7_1_06d04h00m.jpg")
-KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on 127.0.0.1 with the bucket ``clanet``; the AWS_* variables point at
-    it for this module (and the processes it starts)."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {**KEYS, "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_REGION": "us-east-1"}
-    env["AWS_ALLOW_HTTP"] = "true"
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        _make_bucket(env, "clanet")
-        yield env
-    server.stop()
-
-
-def _make_bucket(env: dict, bucket: str) -> None:
-    import boto3
-
-    boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=bucket)
 
 
 def _ok(args: list[str]) -> dict:
@@ -131,6 +100,28 @@ def test_ingest_encode_search_on_s3_equal_a_local_store(stores):
     assert info[remote]["patches"] == info[local]["patches"] == len(ids)
     assert info[remote]["size_bytes"] > 0
     assert not StoreLocation.parse(remote).exists(LEASE)  # released
+
+
+@pytest.mark.realdata
+def test_encode_on_a_scheduler_of_an_s3_store_equals_a_single_process_encode(
+    scheduler, stores, tmp_path
+):
+    # ``scheduler`` first: its workers start without the AWS_* variables, so they reach the
+    # bucket only through the options the driver sends with each task.
+    local, remote = stores
+    encoder = tiny_vit(tmp_path)
+    alone = encode(local, encoder, batch_size=8)
+    spread = encode(remote, encoder, batch_size=8, commit_every=16,
+                    cluster=Cluster(scheduler=scheduler))  # fmt: skip
+    assert (spread.workers, alone.workers) == (2, 0) and spread.model_id == alone.model_id
+    assert spread.patches_encoded == alone.patches_encoded > 10
+    ids, got = stored_rows(remote, alone.model_id)
+    expected_ids, expected = stored_rows(local, alone.model_id)
+    assert ids == expected_ids and len(set(ids)) == len(ids)
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    again = encode(remote, encoder, cluster=Cluster(scheduler=scheduler))
+    assert (again.patches_encoded, again.patches_skipped) == (0, alone.patches_encoded)
+    assert not StoreLocation.parse(remote).exists(LEASE)
 
 
 @pytest.mark.realdata
