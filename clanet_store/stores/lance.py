@@ -27,11 +27,15 @@ def open_table(
     ``schema`` defaults to the schema file of the same name.
     """
     expected = schema if schema is not None else load_schema(name)
-    if name not in db.list_tables(limit=10_000).tables:
+    try:  # no listing of the tables first: on object storage that is one more request
+        table = db.open_table(name)
+    except ValueError as exc:
+        if "was not found" not in str(exc):
+            raise
         if not create:
-            raise ClanetError(f"{db.uri}: table {name!r} does not exist (nothing written yet?)")
+            message = f"{db.uri}: table {name!r} does not exist (nothing written yet?)"
+            raise ClanetError(message) from None
         return db.create_table(name, schema=expected)
-    table = db.open_table(name)
     names = set(table.schema.names)  # one read: on object storage each is a request
     missing = [f.name for f in expected if f.name not in names]
     if missing:
