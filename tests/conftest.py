@@ -60,10 +60,10 @@ def two_image_store(tmp_path_factory, shared_data) -> Path:
 @pytest.fixture(scope="module")
 def scheduler() -> Iterator[str]:
     """A real Dask cluster, one per test module: a ``dask scheduler`` and two single-threaded
-    ``dask worker`` processes on 127.0.0.1; yields the scheduler's address. Started with the
-    environment of the moment: a module that wants workers without the ``s3`` fixture's AWS_*
-    variables asks for ``scheduler`` first."""
-    with dask_processes(2) as address:
+    ``dask worker`` processes on 127.0.0.1; yields the scheduler's address. The processes get no
+    AWS_* or AZURE_* variables: they reach a bucket only with the options the driver sends."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AZURE_"))}
+    with dask_processes(2, env=env) as address:
         yield address
 
 

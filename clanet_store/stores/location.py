@@ -7,7 +7,7 @@ through ``zarr.storage.ObjectStore`` over obstore (the same Rust ``object_store`
 uses, so one set of options configures both; docs/cluster.md). Endpoint and credentials come
 from the standard environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``, ``AWS_ALLOW_HTTP``; for
-``az://`` ``AZURE_STORAGE_ACCOUNT_NAME``, ``_ACCOUNT_KEY``, ``_SAS_TOKEN``, ``_USE_EMULATOR``),
+``az://`` ``AZURE_STORAGE_ACCOUNT_NAME``, ``_ACCOUNT_KEY``, ``_ENDPOINT``, ...: `AZURE_ENV`),
 overridden by ``--storage-option KEY=VALUE``; they are read once, where the location is parsed,
 and travel with it (e.g. to Dask workers). Errors of the object store become one line naming
 the URL.
@@ -43,12 +43,15 @@ AWS_ENV = {  # a later variable wins over an earlier one for the same option
     "AWS_REGION": "region",
     "AWS_ALLOW_HTTP": "allow_http",
 }
-# The same for az:// (Azure Blob Storage; USE_EMULATOR: Azurite on 127.0.0.1:10000).
+# The same for az:// (Azure Blob Storage; an emulator such as Azurite: its endpoint, account and
+# key, or USE_EMULATOR for its defaults).
 AZURE_ENV = {
     "AZURE_STORAGE_ACCOUNT_NAME": "account_name",
     "AZURE_STORAGE_ACCOUNT_KEY": "account_key",
     "AZURE_STORAGE_SAS_TOKEN": "sas_token",
     "AZURE_STORAGE_USE_EMULATOR": "use_emulator",
+    "AZURE_STORAGE_ENDPOINT": "endpoint",
+    "AZURE_ALLOW_HTTP": "allow_http",
 }
 _ENV = {"s3": AWS_ENV, "az": AZURE_ENV}
 # Options of the HTTP client rather than of the store (obstore takes them apart).
