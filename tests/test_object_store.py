@@ -4,7 +4,8 @@
 ``dask scheduler`` with two ``dask worker`` processes; a wrong endpoint, wrong credentials
 or a missing bucket fail in one line naming the URL with nothing written; the writer lease
 refuses a second writer while it is live and lets one in after it expired; ``kill -9`` of an
-``s3://`` encode, then a re-run, leaves one row per patch."""
+``s3://`` encode, then a re-run, leaves one row per patch. On ``az://``, against Azurite (Azure
+Blob Storage's emulator, started here): ingest + encode + search + info, and the lease."""
 
 import json
 import os
