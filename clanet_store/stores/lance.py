@@ -32,13 +32,17 @@ def open_table(
     ``schema`` defaults to the schema file of the same name.
     """
     expected = schema if schema is not None else load_schema(name)
-    if name not in db.list_tables(limit=10_000).tables:
+    try:  # no listing of the tables first: on object storage that is one more request
+        table = db.open_table(name)
+    except ValueError as exc:
+        if "was not found" not in str(exc):
+            raise
         if not create:
-            raise ClanetError(f"{db.uri}: table {name!r} does not exist (nothing written yet?)")
+            message = f"{db.uri}: table {name!r} does not exist (nothing written yet?)"
+            raise ClanetError(message) from None
         vectors = any(pa.types.is_fixed_size_list(f.type) for f in expected)
         options = {"new_table_data_storage_version": VECTOR_FILE_FORMAT} if vectors else None
         return db.create_table(name, schema=expected, storage_options=options)
-    table = db.open_table(name)
     names = set(table.schema.names)  # one read: on object storage each is a request
     missing = [f.name for f in expected if f.name not in names]
     if missing:

@@ -164,7 +164,7 @@ def update_sequence_embeddings(
     mid, dim = model["model_id"], model["embedding_dim"]
     sources = _source_versions(store, model)
     name = sequence_table_name(dim)
-    table = lance.open_table(store.db, name, create=True, schema=embeddings_schema(dim, LAYOUT))
+    table = store.table(name, create=embeddings_schema(dim, LAYOUT))
     store.register_table(name)
     current, stale = current_sequences(store, mid, pooling.k)
     stored = lance.read(table, ["row_id", "sequence_id", "fingerprint"], _model_rows(mid, pooling))
