@@ -29,9 +29,10 @@ from clanet_store.errors import ClanetError
 from clanet_store.exports.synth import synth_export
 from clanet_store.pipelines.encode import classic_encoder, encode
 from clanet_store.pipelines.ingest import ingest
-from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.lock import LEASE, StoreBusyError, writer_lock
+from clanet_store.stores.query import vectors
 
 BIN = Path(sys.executable).parent
 IMAGES = ("A431/A431_B1_1_00d00h00m.jpg", "HCC 2279/HCC 2279_G7_1_06d04h00m.jpg")
@@ -113,13 +114,13 @@ def test_ingest_encode_search_on_s3_equal_a_local_store(stores):
     assert reports[remote]["workers"] == 1
     assert reports[remote]["model_id"] == reports[local]["model_id"]
     here, there = EmbeddingStore(local), EmbeddingStore(remote)
-    ids = here.patches_table(["patch_id"])["patch_id"].sort().to_list()
+    ids = here.query("patches").select("patch_id").to_polars()["patch_id"].sort().to_list()
     assert len(ids) > 10
-    assert there.patches_table(["patch_id"])["patch_id"].sort().to_list() == ids
-    assert np.array_equal(there.patches(ids), here.patches(ids))
+    assert there.query("patches").select("patch_id").to_polars()["patch_id"].sort().to_list() == ids
+    assert np.array_equal(there.patch_store.pixels(ids), here.patch_store.pixels(ids))
     model = reports[local]["model_id"]
-    a = here.embeddings_arrow(model_id=model).sort_by("patch_id")
-    b = there.embeddings_arrow(model_id=model).sort_by("patch_id")
+    a = here.query("embeddings", model).to_arrow().sort_by("patch_id")
+    b = there.query("embeddings", model).to_arrow().sort_by("patch_id")
     assert b.column("patch_id").to_pylist() == ids == a.column("patch_id").to_pylist()
     np.testing.assert_allclose(vectors(b), vectors(a), atol=1e-6)
     found = {s: _ok(["search", "--store", s, "--patch-id", ids[3], "-k", "5"]) for s in stores}
