@@ -129,11 +129,11 @@ def _level_chunks(
 ) -> Chunks:
     """The image or sequence rows of whole sequences at a time, with each level's metadata; with
     the patch rows read."""
-    rows = store.query("embeddings", model_id).where(_top(top_k))
-    keys = rows.select("sequence_id").to_polars()
+    top = store.query("embeddings", model_id).where(_top(top_k))
+    keys = top.select("sequence_id").to_polars()
     metadata = [c for c in LEVEL_METADATA[level] if c != "path"]
     for sequences in _sequence_groups(keys, chunk_rows):
-        chunk = rows.where(col("sequence_id").isin(sequences))
+        chunk = top.where(col("sequence_id").isin(sequences))
         table = chunk.select(*META_COLUMNS, "embedding").to_arrow()
         patches = pl.from_arrow(table.drop_columns(["embedding"]))
         x, rows = level_rows(vectors(table), patches, top_k)[level]
