@@ -94,7 +94,7 @@ def test_encoder_records_are_the_models_rows(store):
     assert [r.fitted_to_split for r in records] == [False, False, True]
     assert es.encoder().model_id == "new"  # the latest not fitted to one split
     assert es.encoder("fitted").settings == {"fit_sequences": []}
-    with pytest.raises(ClanetError, match="no embeddings of model nope .*known: old, new, fitted"):
+    with pytest.raises(ClanetError, match=r"no embeddings of model nope .*known: old, new, fitted"):
         es.encoder("nope")
 
 
