@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# Azurite, the Azure Blob Storage emulator of tests/test_object_store.py (its az:// tests).
+	if command -v npm >/dev/null; then \
+		npm install --silent --no-audit --no-fund --prefix $(VENV)/node azurite@3.37.0; \
+	else echo "npm not found: the az:// tests will be skipped (and fail under CI=true)"; fi
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -2,14 +2,16 @@
 
 Starts moto's S3 server (``python -m moto.server``, its own process) on 127.0.0.1, copies
 ``--images`` real images of ../shared/data/azgcb_sample into a temporary export and times, in
-alternating order per round (to spread machine noise over both):
+alternating order per round (to spread machine noise over both), after an untimed warm-up of
+both stages on local disk (the first run in a process loads the JIT-compiled descriptor):
 
 * ``ingest``: `clanet_store.pipelines.ingest.ingest` with one Dask worker into a new store, in a
   temporary folder (the baseline) and under a new ``s3://`` prefix;
 * ``encode``: ``encode --encoder classic`` end to end on each of those stores (`classic_encoder`
   fits its statistics on the store's patches, then `encode`).
 
-Prints each round, the medians and the ratio s3 / local (issue 22's target: within 1.3x). The
+Prints each round, the medians, the ratio s3 / local (issue 22's target: within 1.3x) and the
+HTTP requests the server logged per s3 stage (its request log goes to a temporary file). The
 server is moto, a Python process on the same cores: a ratio measured here bounds the cost of
 going through the object-store layer (HTTP requests, no page cache) more than it predicts a real
 S3 or MinIO. Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_object_store.py
@@ -33,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shared_data import AZGCB
 
+import clanet_store
 from clanet_store.pipelines.encode import classic_encoder, encode
 from clanet_store.pipelines.ingest import ingest
 
@@ -43,35 +46,45 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_object_store_"))
-    server = _start_server()
+    server_log = work / "server.log"
+    server = _start_server(server_log)
     try:
         export = _export(work / "export", args.images)
         times: dict[tuple[str, str], list[float]] = {}
+        requests: dict[str, list[int]] = {}
+        warm = str(work / "warm-up")  # untimed: loads the JIT-compiled code and the imports
+        ingest(export, warm, workers=1)
+        encode(warm, classic_encoder(warm))
         for r in range(args.rounds):
             stores = {"local": str(work / f"store{r}"), "s3": f"s3://bench/store{r}"}
             order = ["local", "s3"] if r % 2 == 0 else ["s3", "local"]
-            for where in order:
-                start = time.perf_counter()
-                ingest(export, stores[where], workers=1)
-                times.setdefault(("ingest", where), []).append(time.perf_counter() - start)
-            for where in order:
-                start = time.perf_counter()
-                encode(stores[where], classic_encoder(stores[where]))
-                times.setdefault(("encode", where), []).append(time.perf_counter() - start)
-        _print(times, args)
+            for stage in ("ingest", "encode"):
+                for where in order:
+                    logged = _requests(server_log)
+                    start = time.perf_counter()
+                    if stage == "ingest":
+                        ingest(export, stores[where], workers=1)
+                    else:
+                        encode(stores[where], classic_encoder(stores[where]))
+                    times.setdefault((stage, where), []).append(time.perf_counter() - start)
+                    if where == "s3":
+                        requests.setdefault(stage, []).append(_requests(server_log) - logged)
+        _print(times, requests, args)
     finally:
         server.kill()
         server.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _start_server() -> subprocess.Popen:
-    """moto's S3 server on a free port, the AWS_* variables pointing at it, bucket ``bench``."""
+def _start_server(log: Path) -> subprocess.Popen:
+    """moto's S3 server on a free port, logging its requests to ``log``, the AWS_* variables
+    pointing at it, bucket ``bench``."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log.open("w") as out:  # the child keeps its own handle
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=out)
     os.environ.update(
         AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
         AWS_ACCESS_KEY_ID="bench",
@@ -93,6 +106,12 @@ def _start_server() -> subprocess.Popen:
     return server
 
 
+def _requests(log: Path) -> int:
+    """Requests the server has logged so far (werkzeug: one line per request, ``"GET /..."``)."""
+    time.sleep(0.2)  # let the server write the last lines
+    return sum(' HTTP/1.1" ' in line for line in log.read_text().splitlines())
+
+
 def _export(root: Path, n: int) -> Path:
     """``n`` real images (sorted names of azgcb_sample), copied with their folders."""
     images = sorted(AZGCB.rglob("*.jpg"))[:n]
@@ -103,9 +122,14 @@ def _export(root: Path, n: int) -> Path:
     return root
 
 
-def _print(times: dict[tuple[str, str], list[float]], args: argparse.Namespace) -> None:
+def _print(
+    times: dict[tuple[str, str], list[float]],
+    requests: dict[str, list[int]],
+    args: argparse.Namespace,
+) -> None:
     load = os.getloadavg()[0]
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus; load {load:.1f}")
+    print(f"clanet_store from {Path(clanet_store.__file__).parent}")
     print(f"{args.images} images, {args.rounds} rounds; server: moto (python -m moto.server)")
     for stage in ("ingest", "encode"):
         medians = {}
@@ -116,6 +140,7 @@ def _print(times: dict[tuple[str, str], list[float]], args: argparse.Namespace) 
             print(f"  {stage} {where:5s}: {medians[where]:7.2f} s  (rounds: {shown})")
         ratio = medians["s3"] / medians["local"]
         print(f"  {stage}: s3 / local = {ratio:.2f}x (target <= 1.3)")
+        print(f"  {stage} s3 requests per run: {', '.join(map(str, requests[stage]))}")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ With CI=true the real-image tests must run: a missing data folder fails them ins
 and the session fails if no test marked ``realdata`` passed.
 """
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dask_processes import dask_processes, free_port
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -53,6 +55,38 @@ def two_image_store(tmp_path_factory, shared_data) -> Path:
     path = tmp_path_factory.mktemp("store") / "store"
     ingest(root, path, workers=1)
     return path
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> Iterator[str]:
+    """A real Dask cluster, one per test module: a ``dask scheduler`` and two single-threaded
+    ``dask worker`` processes on 127.0.0.1; yields the scheduler's address. The processes get no
+    AWS_* or AZURE_* variables: they reach a bucket only with the options the driver sends."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AZURE_"))}
+    with dask_processes(2, env=env) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """A moto S3 server on 127.0.0.1 with the bucket ``clanet``; the AWS_* variables point at
+    it for this module (and the processes it starts)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    env |= {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_REGION": "us-east-1"}
+    env["AWS_ALLOW_HTTP"] = "true"
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="clanet")
+        yield env
+    server.stop()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -18,14 +18,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def dask_processes(n_workers: int = 2, worker_args: tuple[str, ...] = ()) -> Iterator[str]:
-    """Start a scheduler and ``n_workers`` single-threaded workers; yield the scheduler address
-    once every worker has joined; stop them all on exit."""
+def dask_processes(
+    n_workers: int = 2, worker_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Start a scheduler and ``n_workers`` single-threaded workers (with the environment
+    ``env``, default this process's); yield the scheduler address once every worker has joined;
+    stop them all on exit."""
     from distributed import Client
 
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
     scheduler = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port)]
     procs = [subprocess.Popen([*scheduler, "--no-dashboard"], **quiet)]
     try:

@@ -12,7 +12,6 @@ import polars as pl
 import pytest
 import timm
 import torch
-from dask_processes import dask_processes
 from test_encode import SEED7, kill_and_resume
 
 from clanet_store.errors import ClanetError
@@ -25,18 +24,12 @@ ARCH = "vit_tiny_patch16_224"
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="module")
-def scheduler():
-    with dask_processes(2) as address:
-        yield address
-
-
-def _rows(path: Path, model_id: str) -> tuple[list[str], np.ndarray]:
+def stored_rows(path: Path, model_id: str) -> tuple[list[str], np.ndarray]:
     table = EmbeddingStore(path).query("embeddings", model_id).to_arrow().sort_by("patch_id")
     return table.column("patch_id").to_pylist(), vectors(table)
 
 
-def _vit(tmp_path: Path):
+def tiny_vit(tmp_path: Path):
     torch.manual_seed(5)
     model = timm.create_model(ARCH, pretrained=False, img_size=112, num_classes=0)
     weights = tmp_path / "vit.pth"
@@ -50,7 +43,7 @@ def test_cluster_encode_equals_single_process(two_image_store, scheduler, tmp_pa
     here, there = tmp_path / "here", tmp_path / "there"
     shutil.copytree(two_image_store, here)
     shutil.copytree(two_image_store, there)
-    encoder = classic_encoder(here) if kind == "classic" else _vit(tmp_path)
+    encoder = classic_encoder(here) if kind == "classic" else tiny_vit(tmp_path)
     local = encode(here, encoder, batch_size=8)
     remote = encode(
         there, encoder, batch_size=8, commit_every=16, cluster=Cluster(scheduler=scheduler)
@@ -63,8 +56,8 @@ def test_cluster_encode_equals_single_process(two_image_store, scheduler, tmp_pa
         == local.patches_encoded
         == EmbeddingStore(here).query("patches").to_polars().height
     )
-    ids_here, got_here = _rows(here, local.model_id)
-    ids_there, got_there = _rows(there, local.model_id)
+    ids_here, got_here = stored_rows(here, local.model_id)
+    ids_there, got_there = stored_rows(there, local.model_id)
     assert ids_there == ids_here and len(set(ids_there)) == len(ids_there)
     np.testing.assert_allclose(got_there, got_here, atol=1e-6, rtol=0)
     again = encode(there, encoder, batch_size=8, cluster=Cluster(scheduler=scheduler))
@@ -77,7 +70,7 @@ def test_cuda_on_workers_without_gpu_fails_in_one_line(two_image_store, schedule
     shutil.copytree(two_image_store, path)
     cluster = Cluster(scheduler=scheduler, device="cuda")
     with pytest.raises(ClanetError, match="no dask worker holds the resource GPU") as info:
-        encode(path, _vit(tmp_path), cluster=cluster)
+        encode(path, tiny_vit(tmp_path), cluster=cluster)
     assert "\n" not in str(info.value)
     assert EmbeddingStore(path).encoders() == ()  # nothing written
 
@@ -100,6 +93,6 @@ def test_a_bad_scheduler_address_fails_in_one_line(two_image_store, tmp_path):
     path = tmp_path / "store"
     shutil.copytree(two_image_store, path)
     with pytest.raises(ClanetError, match=r"^nonsense: no Dask scheduler reachable") as info:
-        encode(path, _vit(tmp_path), cluster=Cluster(scheduler="nonsense"))
+        encode(path, tiny_vit(tmp_path), cluster=Cluster(scheduler="nonsense"))
     assert "\n" not in str(info.value)
     assert EmbeddingStore(path).encoders() == ()

@@ -1,7 +1,7 @@
-"""Microscopy files through bioio (docs/formats.md): OME-TIFFs the tests write scan into one row
-per time point of the phase channel (keys from the OME plate or the file name), bad files are
-rejects with the reason, and the planes of an OME-TIFF ingest into the same patches as the same
-planes written as plain TIFFs in an export."""
+"""Microscopy files (docs/formats.md): OME-TIFFs the tests write scan into one row per time point
+of the phase channel (keys from the OME plate or the file name), bad files are rejects with the
+reason, and the planes of an OME-TIFF, an OME-Zarr and CZI files ingest into the same patches as
+the same planes written as plain TIFFs in an export."""
 
 import importlib.util
 from datetime import datetime
@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import tifffile
+import zarr
 from ome_types import model, to_xml
 from same_patches import assert_same_patches, ingest_each, write_plate_map
 
@@ -31,6 +32,43 @@ def _ome_tif(path: Path, planes: np.ndarray, channels: list[str], hours: list[fl
     }
     metadata["Plane"]["DeltaTUnit"] = ["s"] * (n_t * n_c)
     tifffile.imwrite(path, planes, ome=True, metadata=metadata)
+
+
+def _ome_zarr(path: Path, planes: np.ndarray, channels: list[str], hours: float) -> None:
+    """Write ``planes`` (T, C, Y, X) as an OME-Zarr (NGFF 0.5, Zarr v3) with plain zarr: level 0
+    and a 2x downsampled level 1, channel labels, ``hours`` between time points."""
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    group.create_array("0", data=planes, chunks=(1, 1, *planes.shape[2:]))
+    group.create_array("1", data=planes[..., ::2, ::2], chunks=(1, 1, *planes.shape[2:]))
+    space = {"type": "space", "unit": "micrometer"}
+    axes = [
+        {"name": "t", "type": "time", "unit": "hour"},
+        {"name": "c", "type": "channel"},
+        {"name": "y", **space},
+        {"name": "x", **space},
+    ]
+    datasets = [
+        {
+            "path": str(i),
+            "coordinateTransformations": [{"type": "scale", "scale": [hours, 1, s, s]}],
+        }
+        for i, s in ((0, 1.0), (1, 2.0))
+    ]
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [{"axes": axes, "datasets": datasets}],
+        "omero": {"channels": [{"label": name} for name in channels]},
+    }
+
+
+def _czi(path: Path, planes: np.ndarray, channels: list[str]) -> None:
+    """Write ``planes`` (T, C, Y, X) as a CZI with pylibCZIrw (which stores no time stamps)."""
+    pyczi = pytest.importorskip("pylibCZIrw.czi")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pyczi.create_czi(str(path)) as czi:
+        for t, c in np.ndindex(planes.shape[:2]):
+            czi.write(data=planes[t, c][..., None], plane={"T": t, "C": c, "Z": 0})
+        czi.write_metadata(channel_names=dict(enumerate(channels)))
 
 
 def _plate_ome_tif(path: Path, planes: np.ndarray) -> None:
@@ -112,20 +150,23 @@ def test_scan_reads_planes_keys_times_and_rejects(tmp_path):
 
 @pytest.fixture(scope="module")
 def ome_and_tiff_stores(tmp_path_factory, shared_data) -> dict:
-    """Three real images as the phase channel of one OME-TIFF (T=3, with a GFP channel of
-    noise), next to a corrupt OME-TIFF; and the same planes as plain 16-bit TIFFs in an export."""
+    """Three real images as the phase channel of one OME-TIFF and of one OME-Zarr (T=3, with a
+    GFP channel of noise), each next to a corrupt file of its format; and the same planes as
+    plain 16-bit TIFFs in an export."""
     tmp = tmp_path_factory.mktemp("microscopy")
     source = sorted((shared_data / "azgcb_sample" / "A431").glob("A431_B1_1_*.jpg"))[:3]
     phase = np.stack([read_grey(p).astype(np.uint16) * 257 for p in source])
     noise = np.random.default_rng(1).integers(0, 65535, phase.shape, dtype=np.uint16)
-    ome, export = tmp / "ome", tmp / "export"
+    ome, ngff, export = tmp / "ome", tmp / "ngff", tmp / "export"
     _ome_tif(ome / "VID7_B1_1.ome.tif", np.stack([phase, noise], 1), ["Phase", "GFP"], [0, 2, 4])
     (ome / "VID7_B1_2.ome.tif").write_bytes(b"II*\x00" + bytes(64))
+    _ome_zarr(ngff / "VID7_B1_1.ome.zarr", np.stack([phase, noise], 1), ["Phase", "GFP"], 2.0)
+    zarr.open_group(ngff / "VID7_B1_2.ome.zarr", mode="w")  # a Zarr group without NGFF metadata
     export.mkdir()
     for t, pixels in enumerate(phase):
         tifffile.imwrite(export / f"VID7_Ph_B1_1_00d0{2 * t}h00m.tif", pixels)
     plate = write_plate_map(tmp / "plate.csv", [("VID7", "B1", "A431", "b1")])
-    return ingest_each(tmp, {"ome": ome, "export": export}, plate, 3)
+    return ingest_each(tmp, {"ome": ome, "ngff": ngff, "export": export}, plate, 3)
 
 
 @pytest.mark.realdata
@@ -136,7 +177,8 @@ def test_ome_tiff_ingests_into_the_same_patches_as_an_export(ome_and_tiff_stores
     assert report.fluorescence_ignored == 3
     assert [r["path"] for r in report.rejects] == ["VID7_B1_2.ome.tif"]
     assert report.rejects[0]["reason"].startswith("bad microscopy file: cannot read ome-tiff")
-    assert_same_patches([path for path, _ in ome_and_tiff_stores.values()], {0.0, 2.0, 4.0})
+    stores = {name: path for name, (path, _) in ome_and_tiff_stores.items()}
+    assert_same_patches([stores["ome"], stores["export"]], {0.0, 2.0, 4.0})
     root = ome_and_tiff_stores["ome"][0].parent / "ome"
     plate = root.parent / "plate.csv"
     again = ingest(root, ome_and_tiff_stores["ome"][0], plate, workers=1)
@@ -159,3 +201,69 @@ def test_middle_z_plane_and_scenes_as_fields(tmp_path):
     assert m["location"].to_list() == [1, 1, 2, 2]
     assert m["timepoint_h"].to_list() == [0.0, 1.0, 0.0, 1.0]
     np.testing.assert_array_equal(read_plane(str(tmp_path / m["path"][3])), stack[1, 0, 1] + 1)
+
+
+@pytest.mark.realdata
+def test_ome_zarr_ingests_into_the_same_patches_as_an_export(ome_and_tiff_stores):
+    """An OME-Zarr read with plain zarr: level 0, the phase channel by its omero label, times
+    from the t-axis scale; a Zarr group without NGFF metadata is a reject with the reason."""
+    report = ome_and_tiff_stores["ngff"][1]
+    assert report.fluorescence_ignored == 3
+    assert [(r["path"], r["reason"]) for r in report.rejects] == [
+        (
+            "VID7_B1_2.ome.zarr",
+            "bad microscopy file: cannot read ome-zarr (NgffError: no NGFF multiscales metadata)",
+        )
+    ]
+    stores = {name: path for name, (path, _) in ome_and_tiff_stores.items()}
+    assert_same_patches([stores["ngff"], stores["export"]], {0.0, 2.0, 4.0})
+
+
+@pytest.mark.realdata
+def test_czi_ingests_into_the_same_patches_as_an_export(tmp_path, shared_data):
+    """Three real images as the phase channel of three one-time-point CZIs (fields 1-3, with a
+    GFP channel) give the patches of the same planes as TIFFs. pylibCZIrw writes no time
+    stamps, so a CZI of several time points is a reject saying so; a corrupt CZI one too."""
+    pytest.importorskip("bioio_czi")
+    source = sorted((shared_data / "azgcb_sample" / "A431").glob("A431_B1_1_*.jpg"))[:3]
+    phase = np.stack([read_grey(p).astype(np.uint16) * 257 for p in source])
+    noise = np.random.default_rng(3).integers(0, 65535, phase.shape, dtype=np.uint16)
+    czi, export = tmp_path / "czi", tmp_path / "export"
+    export.mkdir()
+    for field, pixels in enumerate(phase, start=1):
+        _czi(czi / f"VID7_B1_{field}.czi", np.stack([pixels, noise[0]])[None], ["Phase", "GFP"])
+        tifffile.imwrite(export / f"VID7_Ph_B1_{field}_00d00h00m.tif", pixels)
+    _czi(czi / "VID7_B1_4.czi", np.stack([phase, noise], 1), ["Phase", "GFP"])
+    (czi / "VID7_B1_5.czi").write_bytes(b"ZISRAWFILE" + bytes(64))
+    plate = write_plate_map(tmp_path / "plate.csv", [("VID7", "B1", "A431", "b1")])
+    stores = ingest_each(tmp_path, {"czi": czi, "export": export}, plate, 3)
+    report = stores["czi"][1]
+    assert report.fluorescence_ignored == 3
+    reasons = {r["path"]: r["reason"] for r in report.rejects}
+    assert reasons.keys() == {"VID7_B1_4.czi", "VID7_B1_5.czi"}
+    assert "3 time points but no Plane DeltaT" in reasons["VID7_B1_4.czi"]
+    assert reasons["VID7_B1_5.czi"].startswith("bad microscopy file: cannot read czi")
+    assert_same_patches([stores["czi"][0], stores["export"][0]], {0.0})
+
+
+def test_ome_zarr_0_4_with_z_and_minutes(tmp_path):
+    """NGFF 0.4 (Zarr v2, metadata at the top of the attributes): five axes, the middle Z plane,
+    the only channel without a label, times from a scale in minutes."""
+    stack = np.random.default_rng(4).integers(0, 255, (2, 1, 3, 16, 24), dtype=np.uint8)
+    group = zarr.open_group(tmp_path / "VID9_C2_3.ome.zarr", mode="w", zarr_format=2)
+    group.create_array("s0", data=stack, chunks=stack.shape)
+    axes = [{"name": a, "unit": "minute" if a == "t" else None} for a in "tczyx"]
+    scale = [{"type": "scale", "scale": [30.0, 1, 1, 1, 1]}]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": axes,
+            "datasets": [{"path": "s0", "coordinateTransformations": scale}],
+        }
+    ]
+    plate = write_plate_map(tmp_path / "plate.csv", [("VID9", "C2", "A549", "b1")])
+    m = scan_export(tmp_path, plate).manifest.sort("path")
+    assert m["path"].to_list() == [f"VID9_C2_3.ome.zarr#S0T{t}C0Z1" for t in (0, 1)]
+    assert m["timepoint_h"].to_list() == [0.0, 0.5] and set(m["location"]) == {3}
+    assert set(m["bits"]) == {8} and set(m["format"]) == {"ome-zarr"}
+    np.testing.assert_array_equal(read_plane(str(tmp_path / m["path"][1])), stack[1, 0, 1])

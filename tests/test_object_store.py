@@ -1,12 +1,13 @@
 """Stores on object storage (issue 22), against a real S3 server: moto's server mode on
 127.0.0.1, started here. ingest + encode (on a Dask worker) + search + info, and train, on
-``s3://bucket/prefix`` give what they give on a local store; a wrong endpoint, wrong credentials
+``s3://bucket/prefix`` give what they give on a local store, and so does ``encode`` on a real
+``dask scheduler`` with two ``dask worker`` processes; a wrong endpoint, wrong credentials
 or a missing bucket fail in one line naming the URL with nothing written; the writer lease
 refuses a second writer while it is live and lets one in after it expired; ``kill -9`` of an
-``s3://`` encode, then a re-run, leaves one row per patch."""
+``s3://`` encode, then a re-run, leaves one row per patch. On ``az://``, against Azurite (Azure
+Blob Storage's emulator, started here): ingest + encode + search + info, and the lease."""
 
 import json
-import logging
 import os
 import shutil
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +25,13 @@ import pytest
 from click.testing import CliRunner
 from dask_processes import free_port
 from test_encode import SEED7, kill_and_resume
+from test_encode_cluster import stored_rows, tiny_vit
 
 from clanet_store.cli import main
 from clanet_store.errors import ClanetError
 from clanet_store.exports.synth import synth_export
 from clanet_store.pipelines.encode import classic_encoder, encode
+from clanet_store.pipelines.encode_workers import Cluster
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.location import StoreLocation
@@ -35,40 +39,13 @@ from clanet_store.stores.lock import LEASE, StoreBusyError, writer_lock
 from clanet_store.stores.query import vectors
 
 BIN = Path(sys.executable).parent
+# Where `make` installs Azurite (npm), and its well-known development account.
+AZURITE_NPM = BIN.parent / "node" / "node_modules" / ".bin" / "azurite-blob"
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
 IMAGES = ("A431/A431_B1_1_00d00h00m.jpg", "HCC 2279/HCC 2279_G7_1_06d04h00m.jpg")
-KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on 127.0.0.1 with the bucket ``clanet``; the AWS_* variables point at
-    it for this module (and the processes it starts)."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {**KEYS, "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_REGION": "us-east-1"}
-    env["AWS_ALLOW_HTTP"] = "true"
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        _make_bucket(env, "clanet")
-        yield env
-    server.stop()
-
-
-def _make_bucket(env: dict, bucket: str) -> None:
-    import boto3
-
-    boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=bucket)
 
 
 def _ok(args: list[str]) -> dict:
@@ -96,20 +73,58 @@ def export(tmp_path_factory, shared_data) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stores(s3, export, tmp_path_factory) -> tuple[str, str]:
-    """The same export ingested into a local store and into one on the S3 server."""
+def local_store(export, tmp_path_factory) -> str:
+    """The export ingested into a store in a local folder."""
     local = str(tmp_path_factory.mktemp("local") / "store")
+    _ok(["ingest", str(export), "--store", local, "--workers", "1"])
+    return local
+
+
+@pytest.fixture(scope="module")
+def stores(s3, export, local_store) -> tuple[str, str]:
+    """The same export ingested into a local store and into one on the S3 server."""
     remote = "s3://clanet/ingested/store"
-    for store in (local, remote):
-        _ok(["ingest", str(export), "--store", store, "--workers", "1"])
-    return local, remote
+    _ok(["ingest", str(export), "--store", remote, "--workers", "1"])
+    return local_store, remote
 
 
-@pytest.mark.realdata
-def test_ingest_encode_search_on_s3_equal_a_local_store(stores):
-    local, remote = stores
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Azurite's Blob Storage emulator on 127.0.0.1 with the container ``clanet``; the
+    AZURE_STORAGE_* variables point at it (Azurite's well-known development account) for this
+    module. Skipped when Azurite is not installed (``make`` installs it with npm), a failure
+    under CI=true."""
+    binary = shutil.which("azurite-blob") or AZURITE_NPM
+    if not Path(binary).is_file():
+        message = f"Azurite not installed (npm install --prefix {AZURITE_NPM.parents[2]} azurite)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: the az:// tests must run)")
+        pytest.skip(message)
+    port = free_port()
+    cmd = [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--silent"]
+    cmd += ["--location", str(tmp_path_factory.mktemp("azurite")), "--skipApiVersionCheck"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_port(port)
+    endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    env = {"AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY}
+    env |= {"AZURE_STORAGE_ENDPOINT": endpoint, "AZURE_ALLOW_HTTP": "true"}
+    from azure.storage.blob import BlobServiceClient
+
+    BlobServiceClient(endpoint, {"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY}
+                      ).create_container("clanet")  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield env
+    proc.kill()
+    proc.wait()
+
+
+def _same_as_local(local: str, remote: str) -> None:
+    """``encode``, ``search`` and ``info`` on ``remote``, a store on object storage ingested from
+    the same export as the store in the folder ``local``, give what they give on ``local``."""
     command = ["encode", "--encoder", "classic", "--store"]
-    # On s3:// the encoder runs on a Dask worker, which reads the pixels from the bucket.
+    # On object storage the encoder runs on a Dask worker, which reads the pixels from the bucket.
     reports = {local: _ok([*command, local]), remote: _ok([*command, remote, "--workers", "1"])}
     assert reports[remote]["workers"] == 1
     assert reports[remote]["model_id"] == reports[local]["model_id"]
@@ -123,6 +138,7 @@ def test_ingest_encode_search_on_s3_equal_a_local_store(stores):
     b = there.query("embeddings", model).to_arrow().sort_by("patch_id")
     assert b.column("patch_id").to_pylist() == ids == a.column("patch_id").to_pylist()
     np.testing.assert_allclose(vectors(b), vectors(a), atol=1e-6)
+    stores = (local, remote)
     found = {s: _ok(["search", "--store", s, "--patch-id", ids[3], "-k", "5"]) for s in stores}
     hits = {s: pl.DataFrame(found[s]["results"]) for s in stores}
     assert hits[local].height == 5 and found[remote]["queries"] == found[local]["queries"]
@@ -132,6 +148,53 @@ def test_ingest_encode_search_on_s3_equal_a_local_store(stores):
     assert info[remote]["patches"] == info[local]["patches"] == len(ids)
     assert info[remote]["size_bytes"] > 0
     assert not StoreLocation.parse(remote).exists(LEASE)  # released
+
+
+@pytest.mark.realdata
+def test_ingest_encode_search_on_s3_equal_a_local_store(stores):
+    _same_as_local(*stores)
+
+
+@pytest.mark.realdata
+def test_ingest_encode_search_on_azure_equal_a_local_store(azurite, export, local_store):
+    remote = "az://clanet/ingested/store"
+    _ok(["ingest", str(export), "--store", remote, "--workers", "1"])
+    _same_as_local(local_store, remote)
+
+
+def test_the_lease_on_azure_refuses_a_second_writer_and_expires(azurite, monkeypatch):
+    monkeypatch.setenv("CLANET_STORE_LEASE_S", "2")
+    url = "az://clanet/lease/store"
+    with writer_lock(url):
+        time.sleep(2.5)  # past the lease's lifetime: the heartbeat (If-Match) kept it live
+        with pytest.raises(StoreBusyError, match="holds the writer lease until"), writer_lock(url):
+            pass
+    expired = b'{"holder": "dead", "expires": "2000-01-01T00:00:00+00:00"}'
+    StoreLocation.parse(url).write_bytes(LEASE, expired)
+    with writer_lock(url):  # taken over: If-Match on the expired lease's ETag
+        assert json.loads(StoreLocation.parse(url).read_bytes(LEASE))["holder"] != "dead"
+
+
+@pytest.mark.realdata
+def test_encode_on_a_scheduler_of_an_s3_store_equals_a_single_process_encode(
+    scheduler, stores, tmp_path
+):
+    # ``scheduler`` first: its workers start without the AWS_* variables, so they reach the
+    # bucket only through the options the driver sends with each task.
+    local, remote = stores
+    encoder = tiny_vit(tmp_path)
+    alone = encode(local, encoder, batch_size=8)
+    spread = encode(remote, encoder, batch_size=8, commit_every=16,
+                    cluster=Cluster(scheduler=scheduler))  # fmt: skip
+    assert (spread.workers, alone.workers) == (2, 0) and spread.model_id == alone.model_id
+    assert spread.patches_encoded == alone.patches_encoded > 10
+    ids, got = stored_rows(remote, alone.model_id)
+    expected_ids, expected = stored_rows(local, alone.model_id)
+    assert ids == expected_ids and len(set(ids)) == len(ids)
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    again = encode(remote, encoder, cluster=Cluster(scheduler=scheduler))
+    assert (again.patches_encoded, again.patches_skipped) == (0, alone.patches_encoded)
+    assert not StoreLocation.parse(remote).exists(LEASE)
 
 
 @pytest.mark.realdata
@@ -222,14 +285,7 @@ def authenticating_s3():
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "moto server did not start"
-            time.sleep(0.2)
+    _wait_for_port(port)
     yield f"http://127.0.0.1:{port}"
     proc.kill()
     proc.wait()
@@ -255,6 +311,18 @@ def test_bad_endpoint_credentials_or_bucket_fail_in_one_line(
     assert not StoreLocation.parse("s3://clanet/x").entries()  # nothing written
     with pytest.raises(ClanetError, match="no such bucket"):
         StoreLocation.parse("s3://no-such-bucket/x").entries()
+
+
+def _wait_for_port(port: int) -> None:
+    """Until a server listens on 127.0.0.1:``port`` (at most a minute)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"no server on port {port}"
+            time.sleep(0.2)
 
 
 def _upload(folder: Path, url: str) -> None:

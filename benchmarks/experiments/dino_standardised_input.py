@@ -5,13 +5,15 @@ A random-init ViT gives every brightfield patch nearly the same feature (median 
 ~0.001-0.002: "collapsed" before any training), because the patches' grey levels vary by a few
 hundredths around 0.5 and the position embedding dominates. Standardising each patch (and each
 DINO view) to mean 0 / std 1 before the ViT gives the random init spread. This script patches the
-standardisation into `DinoNet.forward` and `PatchEncoder.forward` (it is not in the package: the
-result below is why), trains with the demo's settings (ssl_train's ``scratch`` recipe, optionally
-with a fixed teacher temperature) and evaluates the teacher's and its random init's embeddings
+standardisation into `DinoNet.class_tokens` and `PatchEncoder.forward` (it is not in the package:
+the result below is why), trains with the demo's settings (ssl_train's ``scratch`` recipe,
+optionally with a fixed teacher temperature, DINOv2's Sinkhorn-Knopp centering, KoLeo and fewer
+local crops) and evaluates the teacher's and its random init's embeddings
 with `evaluate_levels`, as ``evaluate-encoder`` would.
 
     python benchmarks/experiments/dino_standardised_input.py --store STORE --out ssl.pth \
-        --epochs 4 [--teacher-temp 0.04]
+        --epochs 4 [--teacher-temp 0.04] [--centering sinkhorn] [--koleo 0.1] [--local-crops 4] \
+        [--resume]
 
 Results: docs/science.md ("DINO from scratch on a CPU").
 """
@@ -40,12 +42,12 @@ def standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / x.std((1, 2, 3), keepdim=True).clamp_min(1 / 255)
 
 
-def dino_forward(self: dino.DinoNet, views: list[torch.Tensor]) -> torch.Tensor:
+def dino_class_tokens(self: dino.DinoNet, views: list[torch.Tensor]) -> torch.Tensor:
     features = []
     for _size, group in itertools.groupby(views, key=lambda view: view.shape[-1]):
         x = standardise(torch.cat(list(group)).float() / 255).expand(-1, 3, -1, -1)
         features.append(self.backbone.forward_features(x)[:, 0])
-    return self.head(torch.cat(features))
+    return torch.cat(features)
 
 
 def encoder_forward(self: encoder.PatchEncoder, patches: torch.Tensor) -> torch.Tensor:
@@ -71,10 +73,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--teacher-temp", type=float, default=None)
     parser.add_argument("--arch", default="vit_tiny_patch16_224")
+    parser.add_argument("--centering", choices=dino.CENTERINGS, default="center")
+    parser.add_argument("--koleo", type=float, default=0.0)
+    parser.add_argument("--local-crops", type=int, default=dino.SCRATCH.n_local)
+    parser.add_argument(
+        "--resume", action="store_true", help="continue --out (a finished run: evaluate it only)"
+    )
     args = parser.parse_args()
-    dino.DinoNet.forward = dino_forward
+    dino.DinoNet.class_tokens = dino_class_tokens  # the student's and the teacher's forward
     encoder.PatchEncoder.forward = encoder_forward
-    recipe = dino.SCRATCH
+    recipe = dataclasses.replace(
+        dino.SCRATCH,
+        centering=args.centering,
+        koleo_weight=args.koleo,
+        n_local=args.local_crops,
+    )
     if args.teacher_temp is not None:
         t = args.teacher_temp
         recipe = dataclasses.replace(recipe, teacher_temp=t, teacher_temp_end=t)
@@ -89,9 +102,10 @@ def main() -> None:
             seed=0,
             workers=0,
             dino=recipe,
+            resume=args.resume,
         )
-        summary = run.as_dict()
-        print(json.dumps({"losses": summary["losses"], "probes": summary["probes"]}, default=str))
+        report = run.as_dict()
+        print(json.dumps({"losses": report["losses"], "probes": report["probes"]}, default=str))
     except TrainingCollapsed as exc:
         print(f"collapsed: {exc}")
     store = EmbeddingStore(args.store)

@@ -47,6 +47,23 @@ if TYPE_CHECKING:
     help="finetune: SPEC 5, for an --init; scratch: DINO's from-scratch settings (default: "
     "scratch without --init, finetune with; on --resume: as saved)",
 )
+@click.option(
+    "--centering",
+    type=click.Choice(["center", "sinkhorn"]),
+    help="teacher targets: center (DINO's centring, the recipes' default) or sinkhorn "
+    "(DINOv2's Sinkhorn-Knopp, 3 iterations: equal use of the head's outputs over a batch)",
+)
+@click.option(
+    "--koleo",
+    type=click.FloatRange(min=0),
+    help="weight of DINOv2's KoLeo regulariser on the student's class tokens (default 0: off; "
+    "DINOv2: 0.1)",
+)
+@click.option(
+    "--local-crops",
+    type=click.IntRange(min=0),
+    help="local crops per patch (default 8, SPEC 5; the demo uses 4: a faster step)",
+)
 @click.option("--resume", is_flag=True, help="continue the run saved in --out, same schedules")
 @click.option(
     "--where",
@@ -71,6 +88,9 @@ def ssl_train(
     arch: str | None,
     init: Path | None,
     recipe: str | None,
+    centering: str | None,
+    koleo: float | None,
+    local_crops: int | None,
     resume: bool,
     where: tuple[str, ...],
     k: int | None,
@@ -84,10 +104,12 @@ def ssl_train(
     and exits non-zero, keeping the checkpoint of the epoch before.
     """
     from clanet_store.pipelines.split_files import load_split
-    from clanet_store.pipelines.ssl_train import TrainingCollapsed
+    from clanet_store.pipelines.ssl_train import TrainingCollapsed, recipe_with
     from clanet_store.pipelines.ssl_train import ssl_train as run_ssl_train
 
     split = None if split_file is None else load_split(split_file)
+    changes = {"centering": centering, "koleo_weight": koleo, "n_local": local_crops}
+    dino = recipe_with(recipe, init, {key: v for key, v in changes.items() if v is not None})
 
     with progress("ssl-train", "step") as bar:
         try:
@@ -103,6 +125,7 @@ def ssl_train(
                 k,
                 _bar_update(bar),
                 recipe=recipe,
+                dino=dino,
                 split=split,
             )
         except TrainingCollapsed as exc:
@@ -168,7 +191,8 @@ def _summary_text(r: SSLReport, split: Split | None) -> str:
         f"{r.warmup_steps} warm-up steps, teacher temperature {dino.teacher_temp:g}"
         f" -> {dino.teacher_temp_end:g}, head of {dino.out_dim} outputs"
         f"{' (weight-normalised)' if dino.norm_last_layer else ''}, gradient clip "
-        f"{dino.clip_grad or 'none'}",
+        f"{dino.clip_grad or 'none'}, centering {dino.centering}, KoLeo weight "
+        f"{dino.koleo_weight:g}",
         f"{r.epochs_run} epoch{'' if r.epochs_run == 1 else 's'} in {r.seconds:.1f} s, "
         f"{r.patches_per_s:.2f} patches/s on {r.device} ({r.workers} loader workers)",
         (

@@ -6,6 +6,7 @@ __all__ = [
     "headers",
     "microscopy",
     "names",
+    "ngff",
     "scan",
     "summary",
     "synth",

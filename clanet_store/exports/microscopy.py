@@ -10,13 +10,16 @@ point, so a file becomes one manifest row per (scene, T), each addressed by a *p
 * **Z**: the middle plane (``SizeZ // 2``), the plane a brightfield stack is focused on; a
   maximum projection would mix out-of-focus planes into a transmitted-light image.
 * **Keys**: plate, well, field and time from the OME metadata where it has them (a ``Plate`` whose
-  ``WellSample`` points at the image; ``Plane DeltaT``, else ``Pixels TimeIncrement`` x T; the
-  image's ``AcquisitionDate``), else experiment, well and field from the file name
-  ``<experiment>_<well>[_<field>].<ext>`` (a file with several scenes names no field: its scenes
-  are fields 1, 2, ...). Cell line and batch come from the plate map by (experiment, well).
+  ``WellSample`` points at the image; ``Plane DeltaT``, else ``Pixels TimeIncrement`` x T, or an
+  OME-Zarr's t-axis scale x T; the image's ``AcquisitionDate``), else experiment, well and field
+  from the file name ``<experiment>_<well>[_<field>].<ext>`` (a file with several scenes names no
+  field: its scenes are fields 1, 2, ...). Cell line and batch come from the plate map by
+  (experiment, well).
 
-Each format needs its bioio plugin (``pip install 'clanet-store[formats]'`` for OME-TIFF); a
-missing plugin is an error naming the file and the package to install. docs/formats.md.
+OME-Zarr is read with plain ``zarr`` (`exports.ngff`: bioio's plugin does not install next to
+this project's environment); the other formats need their bioio plugin (``pip install
+'clanet-store[formats]'`` for OME-TIFF and CZI); a missing plugin is an error naming the file and
+the package to install. docs/formats.md.
 """
 
 from __future__ import annotations
@@ -35,12 +38,13 @@ from typing import Any
 import numpy as np
 
 from clanet_store.exports.names import NameParseError, parse_well
+from clanet_store.exports.ngff import NgffImage
 
-# Suffix (lower case) -> (format name, bioio plugin package).
+# Suffix (lower case) -> (format name, bioio plugin package; None: read with zarr, exports.ngff).
 PLUGINS = {
     ".ome.tif": ("ome-tiff", "bioio-ome-tiff"),
     ".ome.tiff": ("ome-tiff", "bioio-ome-tiff"),
-    ".ome.zarr": ("ome-zarr", "bioio-ome-zarr"),
+    ".ome.zarr": ("ome-zarr", None),
     ".nd2": ("nd2", "bioio-nd2"),
     ".czi": ("czi", "bioio-czi"),
 }
@@ -87,12 +91,18 @@ def split_ref(path: str) -> tuple[str, int, int, int, int] | None:
 
 
 def open_image(path: str) -> Any:
-    """A ``bioio.BioImage`` of ``path`` with its format's plugin as the reader; errors (no
-    plugin, unreadable file) give the reason, the caller names the file."""
+    """A ``bioio.BioImage`` of ``path`` with its format's plugin as the reader (an `NgffImage`
+    for OME-Zarr); errors (no plugin, unreadable file) give the reason, the caller names the
+    file."""
     suffix = suffix_of(path)
     if suffix is None:
         raise MicroscopyError(f"not a microscopy file ({', '.join(PLUGINS)})")
     kind, package = PLUGINS[suffix]
+    if package is None:
+        try:
+            return NgffImage(path)
+        except Exception as exc:  # NgffError, or zarr's own on a broken array
+            raise MicroscopyError(f"cannot read {kind} ({_one_line(exc)})") from None
     try:
         bioio = importlib.import_module("bioio")
         plugin = importlib.import_module(package.replace("-", "_"))
@@ -182,8 +192,9 @@ def _planes(image: Any, rel: str) -> tuple[list[Plane], int]:
             rel, s, len(scenes)
         )
         z = dims.Z // 2
+        increment = _increment_s(image, ome_image)
         for t in range(dims.T):
-            hours, acquired = _time(ome_image, t, c, z, dims.T)
+            hours, acquired = _time(ome_image, t, c, z, dims.T, increment)
             out.append(
                 Plane(
                     ref=f"{rel}#S{s}T{t}C{c}Z{z}",
@@ -262,16 +273,29 @@ def _name_keys(rel: str, scene: int, scenes: int) -> tuple[str, str, int]:
     return m.group("experiment"), parse_well(m.group("well")), field
 
 
-def _time(ome_image: Any, t: int, c: int, z: int, size_t: int) -> tuple[float, datetime | None]:
-    """Hours of time point ``t`` since the image's start, and its absolute time if known."""
+def _increment_s(image: Any, ome_image: Any) -> float | None:
+    """Seconds between time points: an OME-Zarr's t-axis scale, else ``Pixels TimeIncrement``."""
+    if isinstance(image, NgffImage):
+        return image.time_increment_s
+    if ome_image is None or ome_image.pixels.time_increment is None:
+        return None
+    unit = ome_image.pixels.time_increment_unit
+    return ome_image.pixels.time_increment * _SECONDS[unit.value]
+
+
+def _time(
+    ome_image: Any, t: int, c: int, z: int, size_t: int, increment_s: float | None
+) -> tuple[float, datetime | None]:
+    """Hours of time point ``t`` since the image's start (its plane's ``DeltaT``, else ``t`` x
+    ``increment_s``), and its absolute time if known."""
     seconds = _plane_seconds(ome_image, t, c, z) if ome_image is not None else None
-    if seconds is None and ome_image is not None and ome_image.pixels.time_increment is not None:
-        unit = ome_image.pixels.time_increment_unit
-        seconds = t * ome_image.pixels.time_increment * _SECONDS[unit.value]
+    if seconds is None and increment_s is not None:
+        seconds = t * increment_s
     if seconds is None:
         if size_t > 1:
             raise MicroscopyError(
-                f"{size_t} time points but no Plane DeltaT or Pixels TimeIncrement in the metadata"
+                f"{size_t} time points but no Plane DeltaT, Pixels TimeIncrement or t-axis scale "
+                "in the metadata"
             )
         seconds = 0.0
     start = ome_image.acquisition_date if ome_image is not None else None

@@ -6,6 +6,7 @@ __all__ = [
     "classic",
     "device",
     "dino",
+    "dino_regularisers",
     "encoder",
     "health",
     "protocol",

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 
 from clanet_store.models.checkpoint import load_backbone_weights
+from clanet_store.models.dino_regularisers import koleo_loss, sinkhorn_knopp
 from clanet_store.models.encoder import EncoderConfig, PatchEncoder
 from clanet_store.models.health import MIN_MEDIAN_DISTANCE, embedding_health
 
@@ -89,6 +90,9 @@ class DinoConfig:
     teacher_temp_warmup_epochs: float = 0.0
     student_temp: float = 0.1
     center_momentum: float = 0.9
+    centering: str = "center"
+    sinkhorn_iterations: int = 3
+    koleo_weight: float = 0.0
     # schedules and optimiser
     momentum_start: float = 0.996
     momentum_end: float = 1.0
@@ -133,6 +137,7 @@ SCRATCH = DinoConfig(
     clip_grad=3.0,
 )
 RECIPES = {"finetune": FINETUNE, "scratch": SCRATCH}
+CENTERINGS = ("center", "sinkhorn")
 MAX_OUT_DIM = 65536  # DINO's ImageNet head
 
 
@@ -247,13 +252,17 @@ class DinoNet(nn.Module):
 
     def forward(self, views: Sequence[Tensor]) -> Tensor:
         """2 + n views of B patches -> [(2 + n) * B, out_dim] logits, view-major."""
+        return self.head(self.class_tokens(views))
+
+    def class_tokens(self, views: Sequence[Tensor]) -> Tensor:
+        """2 + n views of B patches -> [(2 + n) * B, embed_dim] backbone features, view-major."""
         device = self.backbone.cls_token.device
         features = []
         for _size, group in itertools.groupby(views, key=lambda view: view.shape[-1]):
             x = torch.cat(list(group)).to(device, non_blocking=True)
             x = (x.float() / 255).expand(-1, 3, -1, -1)
             features.append(self.backbone.forward_features(x)[:, 0])
-        return self.head(torch.cat(features))
+        return torch.cat(features)
 
 
 def build_dino(
@@ -317,19 +326,35 @@ class DinoLoss(nn.Module):
     ``-sum_k q_k log p_k`` with ``q`` = `teacher_targets` and ``p = softmax(student_s /
     student_temp)``, averaged over the batch, then over the 2 x (2 + n_local) - 2 pairs. The
     teacher temperature is an argument (it follows a schedule). The centre is a buffer (saved
-    with the state dict), moved by `update_center` after each step.
+    with the state dict), moved by `update_center` after each step. With ``centering =
+    "sinkhorn"`` the targets are `sinkhorn_knopp` of the batch's teacher outputs instead (DINOv2;
+    the centre is still kept, unused).
     """
 
     center: Tensor
 
-    def __init__(self, out_dim: int, student_temp: float, center_momentum: float) -> None:
+    def __init__(
+        self,
+        out_dim: int,
+        student_temp: float,
+        center_momentum: float,
+        centering: str = "center",
+        sinkhorn_iterations: int = 3,
+    ) -> None:
         super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering {centering!r} is not one of {', '.join(CENTERINGS)}")
         self.student_temp = student_temp
         self.center_momentum = center_momentum
+        self.centering = centering
+        self.sinkhorn_iterations = sinkhorn_iterations
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def teacher_targets(self, teacher_out: Tensor, teacher_temp: float) -> Tensor:
-        """The teacher's centred, sharpened softmax ``softmax((teacher_out - center) / temp)``."""
+        """The teacher's targets over the batch: ``softmax((teacher_out - center) / temp)``, or
+        with Sinkhorn-Knopp centering `sinkhorn_knopp` of ``teacher_out``."""
+        if self.centering == "sinkhorn":
+            return sinkhorn_knopp(teacher_out, teacher_temp, self.sinkhorn_iterations)
         return F.softmax((teacher_out - self.center) / teacher_temp, dim=-1).detach()
 
     def forward(self, student_out: Tensor, teacher_out: Tensor, teacher_temp: float) -> Tensor:
@@ -353,8 +378,14 @@ class DinoLoss(nn.Module):
 
 
 def build_loss(config: DinoConfig) -> DinoLoss:
-    """The DINO loss with the recipe's student temperature and centre momentum."""
-    return DinoLoss(config.out_dim, config.student_temp, config.center_momentum)
+    """The DINO loss with the recipe's student temperature, centre momentum and centering."""
+    return DinoLoss(
+        config.out_dim,
+        config.student_temp,
+        config.center_momentum,
+        config.centering,
+        config.sinkhorn_iterations,
+    )
 
 
 # --- schedules, optimiser, one step ----------------------------------------------------------
@@ -457,11 +488,14 @@ def train_step(
     values: ScheduleValues,
     freeze_last_layer: bool,
     clip_grad: float = 0.0,
+    koleo_weight: float = 0.0,
 ) -> float:
     """One DINO step on the views of one batch; returns the loss.
 
-    Sets lr / weight decay, runs the teacher on the global views and the student on all views,
-    clips the gradients (`clip_gradients`, when ``clip_grad`` > 0), steps AdamW (the head's last
+    Sets lr / weight decay, runs the teacher on the global views and the student on all views
+    (adding ``koleo_weight`` x `koleo_loss` of the student's class tokens of each global view,
+    DINOv2's sum over the views, when ``koleo_weight`` > 0), clips the gradients
+    (`clip_gradients`, when ``clip_grad`` > 0), steps AdamW (the head's last
     layer gets no update while ``freeze_last_layer``), then moves the teacher (EMA with
     ``values.momentum``) and the centre.
     """
@@ -471,7 +505,11 @@ def train_step(
             group["weight_decay"] = values.weight_decay
     with torch.no_grad():
         teacher_out = teacher(views[:N_GLOBAL])
-    loss = loss_fn(student(views), teacher_out, values.teacher_temp)
+    tokens = student.class_tokens(views)
+    loss = loss_fn(student.head(tokens), teacher_out, values.teacher_temp)
+    if koleo_weight > 0:
+        global_tokens = tokens[: teacher_out.shape[0]].chunk(N_GLOBAL)
+        loss = loss + koleo_weight * sum(koleo_loss(view) for view in global_tokens)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip_grad > 0:

@@ -43,6 +43,7 @@ from clanet_store.pipelines.encode_workers import Cluster, remote_encoder
 from clanet_store.pipelines.ingest import IMAGE_KEYS
 from clanet_store.pipelines.prefetch import prefetched
 from clanet_store.progress import Progress
+from clanet_store.schemas import load_schema
 from clanet_store.stores import lance
 from clanet_store.stores.embedding_store import (
     EmbeddingStore,
@@ -216,7 +217,7 @@ def _register_model(store: EmbeddingStore, encoder: Encoder, table: str) -> None
         "table": table,
         "created_at": datetime.now(UTC).replace(tzinfo=None),
     }
-    models = lance.open_table(store.patch_store.db, "models", create=True)
+    models = store.patch_store.table("models", create=load_schema("models"))
     store.patch_store.register_table("models")
     lance.upsert(models, lance.to_arrow([row], "models"), "model_id")
 
@@ -234,7 +235,9 @@ def encode(
     With ``cluster`` the encoder runs on Dask workers (`pipelines.encode_workers`); this process
     still writes every row."""
     start = time.perf_counter()
-    store = EmbeddingStore(store_path)
+    # The one writer: its tables, opened under the lock through store.table, never re-check
+    # for versions of other processes (a LIST request each on object storage).
+    store = EmbeddingStore(store_path, consistency=None)
     dim = encoder.embedding_dim
     name = embeddings_table_name(dim)
     schema = embeddings_schema(dim)
@@ -244,7 +247,7 @@ def encode(
         if cluster is not None:
             location = store.path.absolute()  # workers may run in another folder
             remote = stack.enter_context(remote_encoder(cluster, location, encoder))
-        table = lance.open_table(store.patch_store.db, name, create=True, schema=schema)
+        table = store.patch_store.table(name, create=schema)
         store.patch_store.register_table(name)
         _register_model(store, encoder, name)
         patches = store.query("patches").select(*META_COLUMNS, "row").to_polars()

@@ -215,6 +215,7 @@ class TrainState:
         values: ScheduleValues,
         freeze: bool,
         clip_grad: float,
+        koleo_weight: float = 0.0,
     ) -> float:
         """One DINO step (`train_step`); returns the loss."""
         return train_step(
@@ -226,6 +227,7 @@ class TrainState:
             values,
             freeze,
             clip_grad,
+            koleo_weight,
         )
 
     def state_dicts(self) -> dict[str, Any]:
@@ -441,7 +443,10 @@ def _train(run: _Run, progress: Callable[[TrainProgress], None] | None) -> bool:
             for i, views in enumerate(loader):
                 step = epoch * steps_per_epoch + i
                 values = run.values(step)
-                loss = run.state.step(views, values, freeze, run.numbers.clip_grad)
+                numbers = run.numbers
+                loss = run.state.step(
+                    views, values, freeze, numbers.clip_grad, numbers.koleo_weight
+                )
                 epoch_losses.append(loss)
                 event = TrainProgress(epoch, step + 1, total_steps, loss, values)
                 if i == steps_per_epoch - 1:
@@ -455,6 +460,18 @@ def _train(run: _Run, progress: Callable[[TrainProgress], None] | None) -> bool:
                 if progress is not None:
                     progress(event)
     return False
+
+
+def recipe_with(recipe: str | None, init: object, changes: dict[str, Any]) -> DinoConfig | None:
+    """The numbers of ``recipe`` (default by ``init``, `default_recipe`) with ``changes``
+    (e.g. ``centering``, ``koleo_weight``); None when there are no changes (the recipe as named,
+    or on resume as saved)."""
+    if not changes:
+        return None
+    name = recipe or default_recipe(init)
+    if name not in RECIPES:
+        raise ClanetError(f"unknown recipe {name!r}: one of {', '.join(RECIPES)}")
+    return dataclasses.replace(RECIPES[name], **changes)
 
 
 def stage_recipe(params: dict[str, Any]) -> tuple[str, DinoConfig]:

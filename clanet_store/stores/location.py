@@ -6,9 +6,11 @@ and small-object reads and writes (``store.json``, the writer's lease). On objec
 through ``zarr.storage.ObjectStore`` over obstore (the same Rust ``object_store`` crate LanceDB
 uses, so one set of options configures both; docs/cluster.md). Endpoint and credentials come
 from the standard environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``, ``AWS_ALLOW_HTTP``), overridden
-by ``--storage-option KEY=VALUE``; they are read once, where the location is parsed, and travel
-with it (e.g. to Dask workers). Errors of the object store become one line naming the URL.
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``, ``AWS_ALLOW_HTTP``; for
+``az://`` ``AZURE_STORAGE_ACCOUNT_NAME``, ``_ACCOUNT_KEY``, ``_ENDPOINT``, ...: `AZURE_ENV`),
+overridden by ``--storage-option KEY=VALUE``; they are read once, where the location is parsed,
+and travel with it (e.g. to Dask workers). Errors of the object store become one line naming
+the URL.
 """
 
 from __future__ import annotations
@@ -41,11 +43,22 @@ AWS_ENV = {  # a later variable wins over an earlier one for the same option
     "AWS_REGION": "region",
     "AWS_ALLOW_HTTP": "allow_http",
 }
+# The same for az:// (Azure Blob Storage; an emulator such as Azurite: its endpoint, account and
+# key, or USE_EMULATOR for its defaults).
+AZURE_ENV = {
+    "AZURE_STORAGE_ACCOUNT_NAME": "account_name",
+    "AZURE_STORAGE_ACCOUNT_KEY": "account_key",
+    "AZURE_STORAGE_SAS_TOKEN": "sas_token",
+    "AZURE_STORAGE_USE_EMULATOR": "use_emulator",
+    "AZURE_STORAGE_ENDPOINT": "endpoint",
+    "AZURE_ALLOW_HTTP": "allow_http",
+}
+_ENV = {"s3": AWS_ENV, "az": AZURE_ENV}
 # Options of the HTTP client rather than of the store (obstore takes them apart).
 _CLIENT_KEYS = {"allow_http", "allow_invalid_certificates", "connect_timeout", "timeout"}
 # obstore's store configs take keys without the provider's prefix (``endpoint``, not
 # ``aws_endpoint``); LanceDB takes either.
-_PREFIXES = {"s3": "aws_", "gs": "google_", "az": "azure_"}
+_PREFIXES = {"s3": ("aws_",), "gs": ("google_",), "az": ("azure_storage_", "azure_")}
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,8 @@ class StoreLocation:
         options: Iterable[str] | Mapping[str, str] = (),
     ) -> StoreLocation:
         """A location from a path or URL; ``options`` as ``KEY=VALUE`` strings or a mapping,
-        over the environment's ``AWS_*`` variables for ``s3://``."""
+        over the environment's ``AWS_*`` variables for ``s3://``, ``AZURE_STORAGE_*`` for
+        ``az://``."""
         if isinstance(where, StoreLocation):
             return where
         text = str(where)
@@ -74,7 +88,7 @@ class StoreLocation:
             return cls(str(Path(text)))
         if scheme not in SCHEMES or not text.split("://", 1)[1].strip("/"):
             raise ClanetError(f"{text}: not a local path or an s3://, gs:// or az:// bucket URL")
-        env = AWS_ENV if scheme == "s3" else {}
+        env = _ENV.get(scheme, {})
         merged = {v: os.environ[k] for k, v in env.items() if k in os.environ}
         merged.update(_option_pairs(text, options))
         return cls(text.rstrip("/"), tuple(sorted(merged.items())))
@@ -230,7 +244,7 @@ def _object_store(url: str, options: tuple[tuple[str, str], ...]) -> Any:
     scheme = url.split("://", 1)[0]
     config, client = {}, {}
     for key, value in options:
-        short = key.removeprefix(_PREFIXES[scheme])
+        short = next((key[len(p) :] for p in _PREFIXES[scheme] if key.startswith(p)), key)
         short = "endpoint" if short == "endpoint_url" else short
         (client if short in _CLIENT_KEYS else config)[short] = value
     try:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import zarr
 from lancedb.expr import Expr, col
 from zarr.codecs import BloscCodec
@@ -180,10 +181,16 @@ class PatchStore:
         path: str | Path | StoreLocation,
         create: bool = False,
         extractor: dict | None = None,
+        consistency: timedelta | None = CONSISTENCY,
     ):
         """Open the store at ``path`` (a folder or an object-storage URL, `StoreLocation`); with
         ``create`` (writer only: hold the writer lock) make one when the folder is new or empty.
-        A folder with anything else in it is never overwritten (see `check_creatable`)."""
+        A folder with anything else in it is never overwritten (see `check_creatable`).
+
+        ``consistency``: how stale an open table may read. ``None`` (never look for newer
+        versions) is for a writer that holds the lock and opens its tables through `table`
+        only: no other process commits then, and a table handle sees its own commits. It saves
+        a version check per read, a LIST request on object storage (docs/cluster.md)."""
         self.path = StoreLocation.parse(path)
         if not self.path.exists("store.json"):
             if not create:
@@ -191,7 +198,7 @@ class PatchStore:
             check_creatable(self.path)
             self._create(extractor or {})
         self.meta = read_meta(self.path)
-        self.db = self.path.lance(read_consistency_interval=CONSISTENCY)
+        self.db = self.path.lance(read_consistency_interval=consistency)
         self._tables: dict[str, Any] = {}
         self._array: zarr.Array | None = None
 
@@ -236,11 +243,12 @@ class PatchStore:
 
     # --- tables -------------------------------------------------------------------------------
 
-    def table(self, name: str):
-        """The LanceDB table ``name``, opened once (tables do not pickle: one per process)."""
+    def table(self, name: str, create: pa.Schema | None = None):
+        """The LanceDB table ``name``, opened once (tables do not pickle: one per process); with
+        ``create`` (writer only), made with that schema when it does not exist."""
         if name not in self._tables:
-            layout = load_schema(table_layout(name))  # columns to check; vector sizes vary
-            self._tables[name] = lance.open_table(self.db, name, schema=layout)
+            layout = create or load_schema(table_layout(name))  # vector sizes vary
+            self._tables[name] = lance.open_table(self.db, name, create is not None, layout)
         return self._tables[name]
 
     def query(self, table: str) -> Query:

@@ -166,8 +166,7 @@ def update_sequence_embeddings(
     mid, dim = model.model_id, model.embedding_dim
     sources = _source_versions(store, model)
     name = sequence_table_name(dim)
-    db = store.patch_store.db
-    table = lance.open_table(db, name, create=True, schema=embeddings_schema(dim, LAYOUT))
+    table = store.patch_store.table(name, create=embeddings_schema(dim, LAYOUT))
     store.patch_store.register_table(name)
     current, stale = current_sequences(store, mid, pooling.k)
     stored = lance.read(table, ["row_id", "sequence_id", "fingerprint"], _model_rows(mid, pooling))
