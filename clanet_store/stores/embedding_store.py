@@ -9,6 +9,7 @@ weights source and whether it is a random init, so embeddings of different encod
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,15 @@ class EmbeddingStore:
     array and pixels, the writer side) and the encoders, embeddings and search on top of it.
     `query` reads every table; vectors come out as NumPy (zero-copy where possible)."""
 
-    def __init__(self, path: str | Path | StoreLocation, create: bool = False):
-        """Open the store at ``path`` (see `PatchStore`; ``create``: writer only)."""
-        self.patch_store = PatchStore(path, create=create)
+    def __init__(
+        self,
+        path: str | Path | StoreLocation,
+        create: bool = False,
+        consistency: timedelta | None = CONSISTENCY,
+    ):
+        """Open the store at ``path`` (see `PatchStore`: ``create``, writer only; ``consistency``,
+        how stale an open table may read)."""
+        self.patch_store = PatchStore(path, create=create, consistency=consistency)
         self.path = self.patch_store.path
         # (version, model_id -> record, oldest first) of the models table as last read.
         self._models: tuple[int, dict[str, EncoderRecord]] | None = None
