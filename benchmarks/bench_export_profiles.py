@@ -39,7 +39,8 @@ from clanet_store.stores.embedding_store import EmbeddingStore
 store, out, what = sys.argv[1:4]
 start, cpu = time.perf_counter(), time.process_time()
 if what == "read":
-    table = EmbeddingStore(store).embeddings_table()
+    es = EmbeddingStore(store)
+    table = es.table(es.encoder().table)
     query = table.search().select([*META_COLUMNS, "embedding"]).limit(None)
     rows = sum(b.num_rows for b in query.to_batches(CHUNK_ROWS))
 else:

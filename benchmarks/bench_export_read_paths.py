@@ -44,7 +44,8 @@ start, cpu = time.perf_counter(), time.process_time()
 if what == "export":
     rows = export_profiles(store, out, "patch", "parquet").rows
 elif what == "query":
-    table = EmbeddingStore(store).embeddings_table()
+    es = EmbeddingStore(store)
+    table = es.table(es.encoder(model).table)
     query = table.search().where(col("model_id") == model).select(columns).limit(None)
     rows = sum(b.num_rows for b in query.to_batches(32768))
 else:

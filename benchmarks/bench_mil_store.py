@@ -36,6 +36,7 @@ from clanet_store.learn.training import MILConfig, plan_epoch, train_mil
 from clanet_store.learn.tss import fit_interval_prior, floor_mean_gap
 from clanet_store.stores import lance
 from clanet_store.stores.embedding_store import EmbeddingStore, embeddings_schema
+from clanet_store.stores.patch_store import PatchStore
 from clanet_store.stores.sequences import load_bags
 
 MODEL_ID = "bench0000random0"
@@ -72,7 +73,7 @@ def image_rows(n_sequences: int, n_images: int, seed: int) -> list[dict]:
 
 def build_store(path: Path, n_sequences: int, n_images: int, k: int, dim: int) -> None:
     """A store holding only what `load_bags` reads: models, patches and embeddings rows."""
-    store = EmbeddingStore(path, create=True)
+    store = PatchStore(path, create=True)
     models = lance.open_table(store.db, "models", create=True)
     store.register_table("models")
     row = {

@@ -60,8 +60,9 @@ from clanet_store.stores.embedding_store import (
     EmbeddingStore,
     embeddings_schema,
     embeddings_table_name,
-    vectors,
 )
+from clanet_store.stores.patch_store import PatchStore
+from clanet_store.stores.query import vectors
 
 K = 10
 CHUNK = 50_000
@@ -192,7 +193,7 @@ def write_store(path: Path, mix: Mixture, unit_path: Path, seed: int) -> None:
 
     No patch pixels: search never reads them.
     """
-    store = EmbeddingStore(path, create=True)
+    store = PatchStore(path, create=True)
     name, schema = embeddings_table_name(mix.dim), embeddings_schema(mix.dim)
     now = datetime.now(UTC).replace(tzinfo=None)
     images = np.arange(len(mix.image_group))
@@ -490,14 +491,14 @@ def real(store: Path | None, root: Path) -> None:
             subprocess.run([cli, *step, "--store", str(store)], check=True, capture_output=True)
             print(f"clanet-store {step[0]}: {time.perf_counter() - start:.0f} s", flush=True)
     es = EmbeddingStore(store)
-    model = es.model_row()
-    table = es.embeddings_arrow(columns=["cell_line", "batch", "well", "embedding"])
+    model = es.encoder()
+    table = es.query("embeddings").select("cell_line", "batch", "well", "embedding").to_arrow()
     matrix = vectors(table)
     keys = pl.from_arrow(table.drop_columns(["embedding"]))
     print(
         f"store {store}: {keys.height} patches of {keys['cell_line'].n_unique()} cell lines in "
-        f"{keys.select('batch', 'well').n_unique()} wells; model {model['arch']} "
-        f"({model['weights_source']}, random init: {model['random_init']})"
+        f"{keys.select('batch', 'well').n_unique()} wells; model {model.arch} "
+        f"({model.weights_source}, random init: {model.random_init})"
     )
     precision, ms = [], []
     for i, row in enumerate(keys.iter_rows(named=True)):

@@ -127,7 +127,7 @@ def main() -> None:
             f"{platform.processor() or platform.machine()}, {cores} cores "
             f"(load {os.getloadavg()[0]:.1f}), torch {torch.__version__}, "
             f"{torch.get_num_threads()} training threads, {args.workers} loader workers; "
-            f"{store.patches_table(['row']).height} patches in the store"
+            f"{len(store.query('patches').to_numpy('row'))} patches in the store"
         )
         crop = crop_rate(store)
         print(f"multi-crop alone: {crop:.1f} patches/s on one core")

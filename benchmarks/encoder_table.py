@@ -148,7 +148,7 @@ def mil_scores(store: Path, work: Path, config: Any, encoders: list[dict[str, An
 
 def several_batches(store: Path) -> bool:
     """Whether some line has two batches (else the batch-separated split has no test side)."""
-    patches = PatchStore(store).patches_table(["cell_line", "batch"])
+    patches = PatchStore(store).query("patches").select("cell_line", "batch").to_polars()
     counts = patches.group_by("cell_line").agg(pl.col("batch").n_unique())
     return bool((counts["batch"] > 1).any())
 

@@ -34,8 +34,18 @@ def assert_same_patches(stores: list[Path], times: set[float]) -> None:
     snapshots = []
     for path in stores:
         store = PatchStore(path)
-        images = store.images().filter(pl.col("status") == "ok").select("image_id", "timepoint_h")
-        patches = store.patches_table().join(images, on="image_id").sort("timepoint_h", "rank")
+        images = (
+            store.query("images")
+            .to_polars()
+            .filter(pl.col("status") == "ok")
+            .select("image_id", "timepoint_h")
+        )
+        patches = (
+            store.query("patches")
+            .to_polars()
+            .join(images, on="image_id")
+            .sort("timepoint_h", "rank")
+        )
         keys = patches.select(
             "cell_line", "batch", "well", "location", "sequence_id", "timepoint_h", "x", "y"
         )

@@ -44,7 +44,7 @@ def run(command: str, **paths: Path) -> dict:
 
 def embedding_rows(store: Path) -> int:
     es = EmbeddingStore(store)
-    return sum(es.table(name).count_rows() for name in set(es.models()["table"]))
+    return sum(es.table(name).count_rows() for name in {e.table for e in es.encoders()})
 
 
 def test_classic_statistics_are_refitted_on_each_training_side(
@@ -68,7 +68,7 @@ def test_classic_statistics_are_refitted_on_each_training_side(
     assert r["protocol"] == "inductive" and r["encoder_model_id"] == base
     assert [e["split"] for e in r["encoders"]] == ["batch-separated r1", "batch-stratified r1"]
     assert [name for name, _ in fitted] == [e["split"] for e in r["encoders"]]
-    patches = EmbeddingStore(store).patches_table(["row", "sequence_id"])
+    patches = EmbeddingStore(store).query("patches").select("row", "sequence_id").to_polars()
     es = EmbeddingStore(store)
     for encoder, (_, rows) in zip(r["encoders"], fitted, strict=True):
         kind = encoder["split"].split()[0]
@@ -78,7 +78,7 @@ def test_classic_statistics_are_refitted_on_each_training_side(
         # the statistics' sample: patch rows of training sequences only, none of the test side
         seen = set(patches.filter(pl.col("row").is_in(rows))["sequence_id"])
         assert len(rows) > 0 and seen <= set(split.train) and not seen & set(split.test)
-        config = json.loads(es.model_row(encoder["model_id"])["config"])
+        config = json.loads(es.encoder(encoder["model_id"]).config)
         assert config["fit_sequences"] == list(split.train)
         assert config["fit_patches"] == len(rows)
         runs = [run for run in r["runs"] if run["split"] == kind]
@@ -86,13 +86,13 @@ def test_classic_statistics_are_refitted_on_each_training_side(
             (encoder["model_id"], "inductive")
         }
         assert f"`{encoder['model_id']}` INDUCTIVE" in out.read_text()
-    assert es.model_row()["model_id"] == base  # the default encoder stays the whole-store one
+    assert es.encoder().model_id == base  # the default encoder stays the whole-store one
 
-    before, models = embedding_rows(store), EmbeddingStore(store).models().height
+    before, models = embedding_rows(store), len(EmbeddingStore(store).encoders())
     again = run(command, s=store, o=out)
     assert [e["model_id"] for e in again["encoders"]] == [e["model_id"] for e in r["encoders"]]
     assert len(fitted) == 2  # the recorded statistics were reused, nothing fitted again
-    assert embedding_rows(store) == before and EmbeddingStore(store).models().height == models
+    assert embedding_rows(store) == before and len(EmbeddingStore(store).encoders()) == models
 
 
 def test_transductive_keeps_the_one_encoder(classic_store, tmp_path):
@@ -131,6 +131,6 @@ def test_ssl_config_trains_dino_on_each_training_side(classic_store, tmp_path):
         assert encoder["refit"] == "ssl-train" and encoder["collapsed"] is None
         checkpoint = load_torch_file(encoder["checkpoint"], "an ssl-train checkpoint")
         assert checkpoint["split"] == split.as_dict()  # trained on this split's training side
-        row = EmbeddingStore(store).model_row(encoder["model_id"])
-        assert row["weights_format"] == "clanet-ssl" and row["arch"] == "vit_tiny_patch16_224"
+        row = EmbeddingStore(store).encoder(encoder["model_id"])
+        assert row.weights_format == "clanet-ssl" and row.arch == "vit_tiny_patch16_224"
     assert len({e["model_id"] for e in r["encoders"]}) == 2

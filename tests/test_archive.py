@@ -139,6 +139,11 @@ def test_patches_open_with_plain_zarr_as_in_the_docs(two_stores):
     start = image["slot"] * 20
     mine = patches[start : start + image["patch_count"]]
     store = PatchStore(path)
-    rows = store.patches_table().filter(pl.col("image_id") == image["image_id"]).sort("row")
+    rows = (
+        store.query("patches")
+        .to_polars()
+        .filter(pl.col("image_id") == image["image_id"])
+        .sort("row")
+    )
     np.testing.assert_array_equal(mine, store.read_rows(rows["row"].to_numpy()))
     assert mine.shape[0] == image["patch_count"] > 0

@@ -188,7 +188,7 @@ def store_path(tmp_path_factory):
 def test_encode_pools_each_sequence_once_and_updates_incrementally(store_path, tmp_path):
     shutil.copytree(store_path, tmp_path / "store")  # this test changes its store
     store = EmbeddingStore(tmp_path / "store")
-    model = store.model_row()["model_id"]
+    model = store.encoder().model_id
     keys, x = read_sequences(store, model)
     table = store.table("sequence_embeddings_89")
     assert table.schema.names == load_schema("sequence_embeddings").names
@@ -213,7 +213,7 @@ def test_encode_pools_each_sequence_once_and_updates_incrementally(store_path, t
 
 def test_cli_authenticates_a_batch_and_evaluates_the_library(store_path):
     store = EmbeddingStore(store_path)
-    line, batch = store.images(["cell_line", "batch"]).row(0)
+    line, batch = store.query("images").select("cell_line", "batch").to_polars().row(0)
     s = str(store_path)
     too_few = _run(["authenticate", "--store", s, "--new", f"batch={batch}", "--claimed", line])
     assert too_few.exit_code == 1 and "needs at least 19" in too_few.output
@@ -239,7 +239,7 @@ def test_cli_authenticates_a_batch_and_evaluates_the_library(store_path):
 
 def test_bad_input_is_one_line_naming_the_problem(store_path):
     s = str(store_path)
-    batch = EmbeddingStore(store_path).images(["batch"])["batch"][0]
+    batch = EmbeddingStore(store_path).query("images").select("batch").to_polars()["batch"][0]
     absent = _run(["authenticate", "--store", s, "--new", f"batch={batch}", "--claimed", "Nope"])
     assert absent.exit_code == 1 and "'Nope' not in the reference library" in absent.output
     allowed = [*RATE, "--new", f"batch={batch}", "--claimed", "Nope", "--allow-new-line"]
@@ -255,7 +255,7 @@ def test_bad_input_is_one_line_naming_the_problem(store_path):
 
 def test_report_section_data(store_path):
     store = EmbeddingStore(store_path)
-    model = store.model_row()["model_id"]
+    model = store.encoder().model_id
     evaluation, verdicts, strips = collect.authentication(store, model)  # 5 %: too few scores
     assert evaluation.evaluation.units_skipped == 6 and verdicts == [] and strips is None
     evaluation, verdicts, strips = collect.authentication(store, model, false_alarm=0.25)

@@ -98,7 +98,7 @@ def _judge(store: str, batch: str, claimed: str, *extra: str) -> dict:
 
 
 def _batches(store: str, line: str) -> list[str]:
-    images = EmbeddingStore(store).images(["cell_line", "batch"])
+    images = EmbeddingStore(store).query("images").select("cell_line", "batch").to_polars()
     return sorted(set(images.filter(pl.col("cell_line") == line)["batch"]))
 
 

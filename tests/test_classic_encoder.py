@@ -26,7 +26,8 @@ from clanet_store.models.classic import (
 )
 from clanet_store.pipelines.encode import classic_encoder, encoder_for_model
 from clanet_store.pipelines.ingest import ingest
-from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.query import vectors
 
 BIN = Path(sys.executable).parent
 
@@ -128,26 +129,28 @@ def test_store_workflow_with_a_classic_encoder(store_path, tmp_path):
     shutil.copytree(store_path, store)
     s = str(store)
     r = _ok(["encode", "--store", s, "--encoder", "classic"])
-    n = EmbeddingStore(store).patches_table().height
+    n = EmbeddingStore(store).query("patches").to_polars().height
     assert (r["arch"], r["embedding_dim"], r["table"]) == ("classic", N_FEATURES, "embeddings_89")
     assert r["patches_encoded"] == n and not r["random_init"]
     again = _ok(["encode", "--store", s, "--encoder", "classic"])
     assert again["model_id"] == r["model_id"] and again["patches_encoded"] == 0
 
     es = EmbeddingStore(store)
-    row = es.model_row(r["model_id"])
-    assert row["arch"] == "classic" and json.loads(row["config"])["fit_patches"] == n
+    row = es.encoder(r["model_id"])
+    assert row.arch == "classic" and json.loads(row.config)["fit_patches"] == n
     rebuilt = encoder_for_model(row, None)
-    table = es.embeddings_arrow(model_id=r["model_id"])
+    table = es.query("embeddings", r["model_id"]).to_arrow()
     ids = table.column("patch_id").to_pylist()
     some = [ids[-1], ids[0], ids[len(ids) // 2]]  # each alone, in another order than stored
     expected = vectors(table)[[len(ids) - 1, 0, len(ids) // 2]]
     for patch_id, vector in zip(some, expected, strict=True):
-        np.testing.assert_array_equal(rebuilt.embed(es.patches([patch_id])), vector[None])
+        np.testing.assert_array_equal(
+            rebuilt.embed(es.patch_store.pixels([patch_id])), vector[None]
+        )
 
     found = _ok(["search", "--store", s, "--patch-id", ids[0], "-k", "3", "--other-batches"])
     assert len(found["results"]) == 3
-    image = es.images()["path"][0]
+    image = es.query("images").to_polars()["path"][0]
     found = _ok(["search", "--store", s, "--image", str(store_path.parent / "export" / image)])
     assert min(row["distance"] for row in found["results"]) < 1e-6  # its own patches
 

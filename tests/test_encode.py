@@ -19,7 +19,8 @@ from test_encoder import reference_features
 
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
-from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.query import vectors
 
 BIN = Path(sys.executable).parent
 
@@ -32,15 +33,15 @@ def test_stored_embedding_equals_direct_forward_intermediates(two_image_store, t
     encoder = load_encoder(weights, None, "cpu")
     report = encode(two_image_store, encoder, batch_size=16)
     store = EmbeddingStore(two_image_store)
-    n_patches = store.patches_table().height
+    n_patches = store.query("patches").to_polars().height
     assert report.patches_encoded == n_patches > 0
     assert (report.embedding_dim, report.table, report.random_init) == (1536, "embeddings", False)
-    table = store.embeddings_arrow(model_id=report.model_id)
+    table = store.query("embeddings", report.model_id).to_arrow()
     assert table.num_rows == n_patches
     got = vectors(table)
     assert got.shape == (n_patches, 1536)
     ids = table.column("patch_id").to_pylist()[:5]
-    pixels = store.patches(ids)
+    pixels = store.patch_store.pixels(ids)
     expected = reference_features(model.eval(), torch.from_numpy(pixels)).numpy()
     np.testing.assert_allclose(got[:5], expected, atol=1e-5, rtol=0)
     again = encode(two_image_store, encoder, batch_size=16)
@@ -62,10 +63,8 @@ def test_dino_and_timm_checkpoints_share_model_id_and_rows(two_image_store, tmp_
     assert first.model_id == second.model_id
     assert (first.table, first.embedding_dim) == ("embeddings_768", 768)
     assert second.patches_encoded == 0 and second.patches_skipped == first.patches_encoded
-    models = EmbeddingStore(two_image_store).models()
-    assert models.filter(pl.col("model_id") == first.model_id)["weights_format"].to_list() == [
-        "timm"
-    ]
+    models = EmbeddingStore(two_image_store).encoders()
+    assert [m.weights_format for m in models if m.model_id == first.model_id] == ["timm"]
 
 
 SEED7 = "random-init(seed=7)"
@@ -84,7 +83,7 @@ def kill_and_resume(cmd: list[str], path: Path, table: str, model: pl.Expr) -> t
             assert time.monotonic() < deadline, "encode committed nothing in time"
             try:
                 store = EmbeddingStore(path)
-                found = store.models().filter(model)
+                found = pl.DataFrame([e.as_dict() for e in store.encoders()]).filter(model)
                 mine = col("model_id") == found["model_id"][0] if found.height else None
                 if mine is not None and store.table(table).count_rows(mine.to_sql()):
                     break
@@ -97,14 +96,16 @@ def kill_and_resume(cmd: list[str], path: Path, table: str, model: pl.Expr) -> t
         if proc.poll() is None:
             proc.kill()
     model_id = found["model_id"][0]
-    partial = EmbeddingStore(path).embeddings(columns=["patch_id"], model_id=model_id)
-    n = EmbeddingStore(path).patches_table().height
+    partial = EmbeddingStore(path).query("embeddings", model_id).select("patch_id").to_polars()
+    n = EmbeddingStore(path).query("patches").to_polars().height
     assert 0 < partial.height < n
     res = subprocess.run([*cmd, "--format", "json"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     assert report["patches_encoded"] == n - partial.height
-    rows = EmbeddingStore(path).embeddings(columns=["patch_id"], model_id=report["model_id"])
+    rows = (
+        EmbeddingStore(path).query("embeddings", report["model_id"]).select("patch_id").to_polars()
+    )
     assert rows.height == n and rows["patch_id"].n_unique() == n
     return model_id, report
 
@@ -135,10 +136,12 @@ def test_embeddings_of_replaced_patches_are_removed(tmp_path, shared_data):
     assert ingest(root.parent, store, workers=1).images_replaced == 1
     # ingest removed the replaced patches' embeddings before committing the new images row
     assert (
-        EmbeddingStore(store).embeddings(columns=["patch_id"]).height == 0 < first.patches_encoded
+        EmbeddingStore(store).query("embeddings").select("patch_id").to_polars().height
+        == 0
+        < first.patches_encoded
     )
     second = encode(store, encoder, batch_size=32)
     assert second.stale_removed == 0 and second.patches_encoded > 0
     es = EmbeddingStore(store)
-    rows = es.embeddings(columns=["patch_id"])
-    assert sorted(rows["patch_id"]) == sorted(es.patches_table()["patch_id"])
+    rows = es.query("embeddings").select("patch_id").to_polars()
+    assert sorted(rows["patch_id"]) == sorted(es.query("patches").to_polars()["patch_id"])

@@ -17,14 +17,15 @@ from test_encode import SEED7, kill_and_resume
 from clanet_store.errors import ClanetError
 from clanet_store.pipelines.encode import classic_encoder, encode, load_encoder
 from clanet_store.pipelines.encode_workers import Cluster
-from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.query import vectors
 
 ARCH = "vit_tiny_patch16_224"
 BIN = Path(sys.executable).parent
 
 
 def stored_rows(path: Path, model_id: str) -> tuple[list[str], np.ndarray]:
-    table = EmbeddingStore(path).embeddings_arrow(model_id=model_id).sort_by("patch_id")
+    table = EmbeddingStore(path).query("embeddings", model_id).to_arrow().sort_by("patch_id")
     return table.column("patch_id").to_pylist(), vectors(table)
 
 
@@ -53,7 +54,7 @@ def test_cluster_encode_equals_single_process(two_image_store, scheduler, tmp_pa
     assert (
         remote.patches_encoded
         == local.patches_encoded
-        == EmbeddingStore(here).patches_table().height
+        == EmbeddingStore(here).query("patches").to_polars().height
     )
     ids_here, got_here = stored_rows(here, local.model_id)
     ids_there, got_there = stored_rows(there, local.model_id)
@@ -71,7 +72,7 @@ def test_cuda_on_workers_without_gpu_fails_in_one_line(two_image_store, schedule
     with pytest.raises(ClanetError, match="no dask worker holds the resource GPU") as info:
         encode(path, tiny_vit(tmp_path), cluster=cluster)
     assert "\n" not in str(info.value)
-    assert EmbeddingStore(path).models().height == 0  # nothing written
+    assert EmbeddingStore(path).encoders() == ()  # nothing written
 
 
 @pytest.mark.realdata
@@ -94,4 +95,4 @@ def test_a_bad_scheduler_address_fails_in_one_line(two_image_store, tmp_path):
     with pytest.raises(ClanetError, match=r"^nonsense: no Dask scheduler reachable") as info:
         encode(path, tiny_vit(tmp_path), cluster=Cluster(scheduler="nonsense"))
     assert "\n" not in str(info.value)
-    assert EmbeddingStore(path).models().height == 0
+    assert EmbeddingStore(path).encoders() == ()

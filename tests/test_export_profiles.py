@@ -71,7 +71,7 @@ def _store(path, images: int = 36) -> None:
 def _expected(path, level: str) -> tuple[np.ndarray, pl.DataFrame]:
     """The level's vectors and keys computed from the whole store at once (evaluate-encoder's
     way), sorted by the level's id."""
-    table = EmbeddingStore(path).embeddings_arrow(None, [*META_COLUMNS, "embedding"])
+    table = EmbeddingStore(path).query("embeddings").select(*META_COLUMNS, "embedding").to_arrow()
     keys = pl.from_arrow(table.drop_columns(["embedding"]))
     x = np.asarray(table["embedding"].to_pylist(), np.float32)
     vectors, rows = level_rows(x, keys, TOP_K)[level]

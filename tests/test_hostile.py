@@ -26,8 +26,9 @@ import zarr
 from click.testing import CliRunner
 
 from clanet_store.cli import main
-from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.patch_store import PatchStore
+from clanet_store.stores.query import vectors
 
 BIN = Path(sys.executable).parent
 FIRST = ("A431", "BT474")  # 14 real images
@@ -70,7 +71,7 @@ def _one_line_error(res: subprocess.CompletedProcess, *needles: str) -> str:
 def _pixels(store_path: Path) -> dict[str, bytes]:
     """patch_id -> pixels of the committed patches."""
     store = PatchStore(store_path)
-    rows = store.patches_table(["patch_id", "row"])
+    rows = store.query("patches").select("patch_id", "row").to_polars()
     return {
         pid: px.tobytes()
         for pid, px in zip(rows["patch_id"], store.read_rows(rows["row"].to_numpy()), strict=True)
@@ -81,8 +82,8 @@ def _tables(store_path: Path, placement: bool = True) -> dict[str, pl.DataFrame]
     """The images and committed patches rows; without ``placement`` the slots and array rows,
     which follow the order in which workers finished, are left out."""
     store = PatchStore(store_path)
-    images = store.images().drop("ingested_at").sort("image_id")
-    patches = store.patches_table().sort("patch_id")
+    images = store.query("images").to_polars().drop("ingested_at").sort("image_id")
+    patches = store.query("patches").to_polars().sort("patch_id")
     if not placement:
         images, patches = images.drop("slot"), patches.drop("row")
     return {"images": images, "patches": patches}
@@ -126,7 +127,7 @@ def test_lost_store_json_ingest_refuses_and_repair_restores(clean_store, export,
 
     res = _cli("repair", "--store", str(path), "--format", "json")
     assert res.returncode == 0, res.stderr
-    meta.pop("sequence_sources")  # a cache repair leaves out (stores/repair.py)
+    meta.pop("sequence_sources")  # a cache repair leaves out (pipelines/repair.py)
     assert json.loads((path / "store.json").read_text()) == meta
     assert _pixels(path) == pixels
     assert all(t.equals(tables[k]) for k, t in _tables(path).items())
@@ -269,14 +270,14 @@ def test_killed_between_commits_readers_see_only_committed(
 
     info = json.loads(_cli("info", "--store", str(path), "--format", "json").stdout)
     assert info["patches"] == len(committed) == sum(b["patches"] for b in info["per_batch"])
-    assert set(store.patches_table()["patch_id"]) == committed
+    assert set(store.query("patches").to_polars()["patch_id"]) == committed
 
     res = _cli("encode", "--store", str(path), "--arch", ARCH, "--format", "json")
     assert json.loads(res.stdout)["patches_encoded"] == 0, res.stderr
     es = EmbeddingStore(path)
-    embedded = es.embeddings(columns=["patch_id", "embedding"])
+    embedded = es.query("embeddings").select("patch_id", "embedding").to_polars()
     assert set(embedded["patch_id"]) == committed
-    query = vectors(es.embeddings_arrow(columns=["embedding"]))[0]
+    query = vectors(es.query("embeddings").select("embedding").to_arrow())[0]
     hits = es.search(query, k=len(committed) + 50)
     assert set(hits["patch_id"]) <= committed and hits.height == len(committed)
 
@@ -286,11 +287,11 @@ def test_killed_between_commits_readers_see_only_committed(
     changed.write_bytes((more / "A431" / "A431_C6_1_04d00h00m.jpg").read_bytes())
     res = _cli("ingest", str(more), "--store", str(path), "--workers", "1", "--format", "json")
     assert json.loads(res.stdout)["images_replaced"] == 1, res.stderr
-    now = set(PatchStore(path).patches_table()["patch_id"])
+    now = set(PatchStore(path).query("patches").to_polars()["patch_id"])
     es = EmbeddingStore(path)
     hits = es.search(query, k=len(now) + 50)
     assert set(hits["patch_id"]) <= now
-    assert set(es.embeddings(columns=["patch_id"])["patch_id"]) <= now
+    assert set(es.query("embeddings").select("patch_id").to_polars()["patch_id"]) <= now
 
 
 # --- 5. model and weights files -----------------------------------------------------------------
@@ -355,7 +356,7 @@ def test_interrupt_is_one_line_and_the_rerun_completes(
     while _leftovers(token) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _leftovers(token)
-    assert PatchStore(path).patches_table().height < len(_pixels(clean_store))
+    assert PatchStore(path).query("patches").to_polars().height < len(_pixels(clean_store))
     res = _cli(*args, "--format", "json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["recovered_rows"] > 0
@@ -394,7 +395,7 @@ def test_control_characters_in_names_are_printed_escaped(tmp_path, shared_data):
 )
 def test_bad_filter_values_are_errors_naming_the_value(where, value, clean_store):
     es = EmbeddingStore(clean_store)
-    patch_id = es.embeddings(columns=["patch_id"])["patch_id"][0]
+    patch_id = es.query("embeddings").select("patch_id").to_polars()["patch_id"][0]
     res = CliRunner().invoke(
         main, ["search", "--store", str(clean_store), "--patch-id", patch_id, "--where", where]
     )

@@ -43,13 +43,19 @@ def _copy_subset(shared_data: Path, dest: Path, lines=SUBSET) -> Path:
 
 def _crop_check(store: PatchStore, root: Path, n_images: int = 4) -> None:
     """Stored pixels equal the crops of the source image at the recorded boxes."""
-    images = store.images().filter(pl.col("status") == "ok").sort("path").head(n_images)
-    patches = store.patches_table()
+    images = (
+        store.query("images")
+        .to_polars()
+        .filter(pl.col("status") == "ok")
+        .sort("path")
+        .head(n_images)
+    )
+    patches = store.query("patches").to_polars()
     for image in images.iter_rows(named=True):
         grey = read_grey(root / image["path"])
         mine = patches.filter(pl.col("image_id") == image["image_id"]).sort("rank")
         assert mine.height == image["patch_count"] > 0
-        pixels = store.patches(mine["patch_id"].to_list())
+        pixels = store.pixels(mine["patch_id"].to_list())
         for box, px in zip(mine.iter_rows(named=True), pixels, strict=True):
             assert (box["w"], box["h"]) == (112, 112)
             np.testing.assert_array_equal(
@@ -60,7 +66,7 @@ def _crop_check(store: PatchStore, root: Path, n_images: int = 4) -> None:
 def _snapshot(store_path: Path) -> dict[str, bytes]:
     """patch_id -> pixels, plus the image rows that matter, for comparing two stores."""
     store = PatchStore(store_path)
-    table = store.patches_table(["patch_id", "row"])
+    table = store.query("patches").select("patch_id", "row").to_polars()
     assert table["patch_id"].n_unique() == table.height, "duplicate patch rows"
     pixels = store.read_rows(table["row"].to_numpy())
     return {pid: px.tobytes() for pid, px in zip(table["patch_id"], pixels, strict=True)}
@@ -78,12 +84,12 @@ def test_real_export_counts_match_scan_and_pixels_match_source(real_store, share
     path, report = real_store
     scan = scan_export(shared_data / "azgcb_sample")
     store = PatchStore(path)
-    images = store.images()
+    images = store.query("images").to_polars()
     assert report.images_added == scan.manifest.height == 72
     assert report.images_rejected == 0 and report.workers == 2
     assert set(images["image_id"]) == set(scan.manifest["image_id"])
     assert (images["status"] == "ok").all()
-    patches = store.patches_table()
+    patches = store.query("patches").to_polars()
     assert patches.height == report.patches_added == images["patch_count"].cast(int).sum()
     assert patches["patch_id"].n_unique() == patches.height
     per_image = patches.group_by("image_id").agg(pl.col("rank").sort())
@@ -131,7 +137,7 @@ def test_incremental_changed_and_bad_files(tmp_path, shared_data):
     tif.write_bytes(tif.read_bytes()[:2000])
     (root / "BT474" / "not a valid name.jpg").write_bytes(changed.read_bytes())
     store = PatchStore(store_path)
-    old_ids = set(store.patches_table(where=None)["image_id"])
+    old_ids = set(store.query("patches").to_polars()["image_id"])
     second = ingest(root, store_path, workers=2)
     assert second.images_added == 3  # HCC 2279
     assert second.images_replaced == 1
@@ -141,16 +147,16 @@ def test_incremental_changed_and_bad_files(tmp_path, shared_data):
     assert "BT474/BT474_B1_1_09d00h00m.tif" in reasons
     assert "bad file name" in reasons["BT474/not a valid name.jpg"]
     assert all(reasons.values())
-    images = store.images()
+    images = store.query("images").to_polars()
     assert images.height == 14 + 3 + 3
     assert set(images.filter(pl.col("status") == "rejected")["path"]) == set(reasons)
     # the changed image now has the patches of its new content, and no stale rows remain
     cid = images.filter(pl.col("path") == "A431/A431_B1_1_00d00h00m.jpg").row(0, named=True)
-    mine = store.patches_table().filter(pl.col("image_id") == cid["image_id"])
+    mine = store.query("patches").to_polars().filter(pl.col("image_id") == cid["image_id"])
     assert set(mine["content_hash"]) == {cid["content_hash"]}
     assert mine.height == cid["patch_count"]
-    assert store.patches_table().height == images["patch_count"].cast(int).sum()
-    assert old_ids <= set(store.patches_table()["image_id"])
+    assert store.query("patches").to_polars().height == images["patch_count"].cast(int).sum()
+    assert old_ids <= set(store.query("patches").to_polars()["image_id"])
     _crop_check(store, root, n_images=20)
     third = ingest(root, store_path, workers=1)
     assert (third.images_added, third.images_replaced, third.images_rejected) == (0, 0, 0)
@@ -188,7 +194,10 @@ def test_sigkill_then_rerun_equals_clean_run(tmp_path, shared_data):
     res = subprocess.run([*cmd, "--format", "json"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert _snapshot(crashed) == _snapshot(clean)
-    a, b = PatchStore(crashed).images(), PatchStore(clean).images()
+    a, b = (
+        PatchStore(crashed).query("images").to_polars(),
+        PatchStore(clean).query("images").to_polars(),
+    )
     cols = ["image_id", "status", "content_hash", "patch_count"]
     assert a.select(cols).sort("image_id").equals(b.select(cols).sort("image_id"))
 
@@ -223,7 +232,7 @@ def test_second_writer_fails_at_once(tmp_path, shared_data):
             ingest(root, store_path, workers=1)
         assert time.monotonic() - start < 10
         # readers are not blocked
-        assert PatchStore(store_path).images().height == 0
+        assert PatchStore(store_path).query("images").to_polars().height == 0
 
 
 def test_newer_store_version_is_refused(tmp_path):

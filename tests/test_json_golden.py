@@ -149,7 +149,7 @@ def outputs(tmp_path_factory, shared_data) -> dict[str, str]:
             (paths["store"] / "store.json").unlink()
         result[name] = _mask(name, _invoke(name, command, paths), tmp, shared_data)
         if name == "encode-classic":
-            patches = EmbeddingStore(paths["store"]).patches_table(["patch_id"])
+            patches = EmbeddingStore(paths["store"]).query("patches").select("patch_id").to_polars()
             patch_id = patches.sort("patch_id")["patch_id"][0]
     return result
 

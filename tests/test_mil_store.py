@@ -26,8 +26,9 @@ from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.pipelines.mil import ABLATION_VARIANTS
 from clanet_store.stores import lance
-from clanet_store.stores.embedding_store import EmbeddingStore, embeddings_schema, vectors
+from clanet_store.stores.embedding_store import EmbeddingStore, embeddings_schema
 from clanet_store.stores.filters import parse_filters
+from clanet_store.stores.query import vectors
 from clanet_store.stores.sequences import filter_schema, list_sequences, load_bags
 
 ARCH = "vit_tiny_patch16_224"
@@ -48,7 +49,9 @@ def store_path(tmp_path_factory) -> Path:
 def table(store_path) -> pl.DataFrame:
     """The embeddings table read directly from LanceDB, vectors as a NumPy column."""
     store = EmbeddingStore(store_path)
-    arrow = lance.open_table(store.db, "embeddings_768", schema=embeddings_schema(768)).to_arrow()
+    arrow = lance.open_table(
+        store.patch_store.db, "embeddings_768", schema=embeddings_schema(768)
+    ).to_arrow()
     frame = pl.from_arrow(arrow.drop(["embedding"]))
     return frame.with_columns(vector=pl.Series(list(vectors(arrow))))
 
@@ -222,12 +225,12 @@ def test_predict_a_new_export(store_path, tmp_path):
     model = tmp_path / "gated.pt"
     train = "train --store {s} --split batch-stratified --repeat 1 --epochs 2 --out {m}"
     run(train, s=store, m=model)
-    images = EmbeddingStore(store).images().height
+    images = EmbeddingStore(store).query("images").to_polars().height
 
     predict = "predict --store {s} --model {m} --export {e} --workers 1"
     message = run(predict + " --seed 1", 1, s=store, m=model, e=export)
     assert "gives encoder" in message and "nothing was ingested" in message
-    assert EmbeddingStore(store).images().height == images
+    assert EmbeddingStore(store).query("images").to_polars().height == images
 
     p = run(predict + " --format json", s=store, m=model, e=export)
     assert p["ingest"]["images_added"] == 2 and p["encode"]["patches_encoded"] > 0

@@ -33,9 +33,10 @@ from clanet_store.exports.synth import synth_export
 from clanet_store.pipelines.encode import classic_encoder, encode
 from clanet_store.pipelines.encode_workers import Cluster
 from clanet_store.pipelines.ingest import ingest
-from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.lock import LEASE, StoreBusyError, writer_lock
+from clanet_store.stores.query import vectors
 
 BIN = Path(sys.executable).parent
 # Where `make` installs Azurite (npm), and its well-known development account.
@@ -128,13 +129,13 @@ def _same_as_local(local: str, remote: str) -> None:
     assert reports[remote]["workers"] == 1
     assert reports[remote]["model_id"] == reports[local]["model_id"]
     here, there = EmbeddingStore(local), EmbeddingStore(remote)
-    ids = here.patches_table(["patch_id"])["patch_id"].sort().to_list()
+    ids = here.query("patches").select("patch_id").to_polars()["patch_id"].sort().to_list()
     assert len(ids) > 10
-    assert there.patches_table(["patch_id"])["patch_id"].sort().to_list() == ids
-    assert np.array_equal(there.patches(ids), here.patches(ids))
+    assert there.query("patches").select("patch_id").to_polars()["patch_id"].sort().to_list() == ids
+    assert np.array_equal(there.patch_store.pixels(ids), here.patch_store.pixels(ids))
     model = reports[local]["model_id"]
-    a = here.embeddings_arrow(model_id=model).sort_by("patch_id")
-    b = there.embeddings_arrow(model_id=model).sort_by("patch_id")
+    a = here.query("embeddings", model).to_arrow().sort_by("patch_id")
+    b = there.query("embeddings", model).to_arrow().sort_by("patch_id")
     assert b.column("patch_id").to_pylist() == ids == a.column("patch_id").to_pylist()
     np.testing.assert_allclose(vectors(b), vectors(a), atol=1e-6)
     stores = (local, remote)

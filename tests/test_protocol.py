@@ -9,6 +9,8 @@ with two fields of well B10 and a defocused copy of one of them.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from clanet_store.pipelines.ingest import ingest
 from clanet_store.pipelines.qc import MIN_SEQUENCES, QCParams, _drift_unit, run_qc
 from clanet_store.pipelines.split_files import read_split, write_split
 from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.encoder_record import EncoderRecord
 from clanet_store.stores.patch_store import PatchStore
 from clanet_store.stores.sequences import list_sequences
 
@@ -180,7 +183,12 @@ def test_inductive_ssl_reads_no_patch_of_the_test_side(crops_store, tmp_path, mo
             "--split", str(bad)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "bad.json: not a valid split file" in result.output
-    patches = PatchStore(crops_store).patches_table(["row", "patch_id", "sequence_id", "rank"])
+    patches = (
+        PatchStore(crops_store)
+        .query("patches")
+        .select("row", "patch_id", "sequence_id", "rank")
+        .to_polars()
+    )
     seen = patches.filter(pl.col("row").is_in(read))
     assert seen.height == len(set(read)) > 0 and summary.patches == 16 * 2
     assert not set(seen["sequence_id"]) & set(split.test)  # no patch of the test side was read
@@ -188,16 +196,19 @@ def test_inductive_ssl_reads_no_patch_of_the_test_side(crops_store, tmp_path, mo
     allowed = split_patch_rows(PatchStore(crops_store), split, 2)
     assert set(read) == set(allowed.tolist())  # the whole training side, nothing else
 
-    row = {"arch": TINY, "random_init": False, "weights_format": "clanet-ssl"}
-    row["weights_source"] = out.name
+    row = EncoderRecord(
+        model_id="m", arch=TINY, img_size=112, embedding_dim=768, config="{}",
+        weights_source=out.name, weights_format="clanet-ssl", random_init=False,
+        table="embeddings_768", created_at=datetime(2026, 1, 1),
+    )  # fmt: skip
     assert encoder_training(row, split, out)["encoder_training"] == "inductive"
     other = make_split(records, "batch-stratified", 2)
     if set(split.train) & set(other.test):
         assert encoder_training(row, other, out)["encoder_training"] == "transductive"
     assert encoder_training(row, split)["encoder_training"] == "unknown"  # checkpoint not given
-    random = {**row, "random_init": True, "weights_format": "random-init", "weights_source": "x"}
+    random = replace(row, random_init=True, weights_format="random-init", weights_source="x")
     assert encoder_training(random, split)["encoder_training"] == "inductive"
-    classic = {**row, "arch": "classic", "weights_format": "classic", "config": "{}"}  # all patches
+    classic = replace(row, arch="classic", weights_format="classic")  # fitted on all patches
     assert encoder_training(classic, split)["encoder_training"] == "transductive"
 
 
@@ -287,8 +298,10 @@ def test_changed_mask_or_ccs_parameters_make_ingest_re_extract(tmp_path, shared_
     store = tmp_path / "store"
 
     def patches() -> tuple[int, int, set[str]]:
-        images = PatchStore(store).images(["patch_count", "extractor_version"])
-        rows = PatchStore(store).patches_table(["patch_id"]).height
+        images = (
+            PatchStore(store).query("images").select("patch_count", "extractor_version").to_polars()
+        )
+        rows = PatchStore(store).query("patches").select("patch_id").to_polars().height
         return rows, int(images["patch_count"].sum()), set(images["extractor_version"])
 
     first = ingest(tmp_path / "export", store, workers=1)
@@ -329,9 +342,12 @@ def test_changed_mask_or_ccs_parameters_make_ingest_re_extract(tmp_path, shared_
     assert recorded[redone.extractor_version]["decode"]["scale_percentiles"] == [1.0, 99.0]
     assert recorded[first.extractor_version]["mask"]["canny_sigma"] == 1.0
     assert ingest(tmp_path / "export", store, workers=1).images_replaced == 2  # defaults: back
-    assert set(PatchStore(store).images(["extractor_version"])["extractor_version"]) == {
-        first.extractor_version
-    }
+    assert set(
+        PatchStore(store)
+        .query("images")
+        .select("extractor_version")
+        .to_polars()["extractor_version"]
+    ) == {first.extractor_version}
 
 
 def test_extraction_parameters_are_tables_of_the_pipeline_toml(tmp_path):

@@ -56,7 +56,8 @@ from clanet_store.qc.heatmap import colour, plate_heatmap
 from clanet_store.qc.quality import QUALITY_FEATURES, patch_quality
 from clanet_store.schemas import load_schema
 from clanet_store.stores import lance
-from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.query import vectors
 
 LIVECELL = "livecell_shsy5y"
 HOURS = range(0, 96, 12)  # 8 time points, 0 h .. 84 h
@@ -343,8 +344,11 @@ def test_corrupt_export_keeps_names_and_layout(qc_store):
 @pytest.mark.realdata
 def test_random_halves_split_by_image_show_no_drift(qc_store):
     store = EmbeddingStore(qc_store["path"])
-    table = store.embeddings_arrow(
-        (col("batch") == "clean") & (col("rank") < 10), ["image_id", "embedding"]
+    table = (
+        store.query("embeddings")
+        .where((col("batch") == "clean") & (col("rank") < 10))
+        .select("image_id", "embedding")
+        .to_arrow()
     )
     z, images = vectors(table), np.array(table["image_id"].to_pylist())
     unique = np.unique(images)
@@ -377,7 +381,7 @@ def test_well_against_its_defocus_copy_drifts_and_scores_are_stored(qc_store):
     mine = rows.filter(pl.col("run_id") == report["run_id"])
     assert mine.height == 80 and set(mine["model_id"]) == {report["model_id"]}
     assert store.table("qc").schema.names == load_schema("qc").names
-    assert store.meta["tables"]["qc"] == 1
+    assert store.patch_store.meta["tables"]["qc"] == 1
     again = run_qc(
         qc_store["path"], ["batch=clean,well=B10"], ["batch=defocus3"], params=by_image
     ).as_dict()

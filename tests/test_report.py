@@ -220,7 +220,13 @@ def test_banners_on_a_random_init_encoder(two_encoders, tmp_path):
     shutil.copytree(two_encoders["store"], tmp_path / "store")  # QC writes into the store
     store = EmbeddingStore(tmp_path / "store")
     vit = two_encoders["vit"]["model_id"]
-    keys = store.images(["cell_line", "batch"]).unique().sort("cell_line", "batch")
+    keys = (
+        store.query("images")
+        .select("cell_line", "batch")
+        .to_polars()
+        .unique()
+        .sort("cell_line", "batch")
+    )
     line = keys["cell_line"][0]
     batches = keys.filter(pl.col("cell_line") == line)["batch"][:2]
     ref, new = (f"cell_line={line},batch={b}" for b in batches)

@@ -166,8 +166,8 @@ def test_demo_stage_outputs(demo):
     assert encode["patches_encoded"] == patches > 0
     assert encode["random_init"] is True and encode["arch"] == ssl["arch"]
     classic = encode["extra_model_ids"]["classic"]
-    assert store.model_row(classic)["arch"] == "classic"
-    assert store.embeddings(columns=["patch_id"], model_id=classic).height == patches
+    assert store.encoder(classic).arch == "classic"
+    assert store.query("embeddings", classic).select("patch_id").to_polars().height == patches
     # the random init is set aside: the models are trained on classic, and the reason says why
     choice = _stage(first, "choose_encoder")["summary"]
     assert choice["model_id"] == choice["model_ids"]["batch-separated-r1"] == classic
@@ -388,7 +388,14 @@ def test_models_without_a_test_side_are_reported_not_evaluated(tmp_path):
 
 def test_report_shows_the_newest_qc_run(demo, tmp_path):
     store = demo["out"] / "store"
-    keys = EmbeddingStore(store).images(["cell_line", "batch"]).unique().sort("cell_line", "batch")
+    keys = (
+        EmbeddingStore(store)
+        .query("images")
+        .select("cell_line", "batch")
+        .to_polars()
+        .unique()
+        .sort("cell_line", "batch")
+    )
     line, batches = keys["cell_line"][0], keys.filter(keys["cell_line"] == keys["cell_line"][0])
     ref, new = (f"cell_line={line},batch={b}" for b in batches["batch"][:2])
     qc = _ok(["qc", "--store", str(store), "--reference", ref, "--new", new,

@@ -19,8 +19,9 @@ from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.pipelines.search import build_index
 from clanet_store.stores import lance
-from clanet_store.stores.embedding_store import EmbeddingStore, embeddings_schema, vectors
+from clanet_store.stores.embedding_store import EmbeddingStore, embeddings_schema
 from clanet_store.stores.filters import parse_filters
+from clanet_store.stores.query import vectors
 
 # Three "cell lines" (one with a quote in its name), each one image of a real export.
 IMAGES = {
@@ -50,7 +51,7 @@ def _brute_force(matrix: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
 @pytest.mark.realdata
 def test_exact_search_equals_brute_force(store_path):
     es = EmbeddingStore(store_path)
-    table = es.embeddings_arrow()
+    table = es.query("embeddings").to_arrow()
     matrix = vectors(table)
     ids = table.column("patch_id").to_pylist()
     for q in (0, 17, len(ids) - 1):
@@ -63,12 +64,17 @@ def test_exact_search_equals_brute_force(store_path):
 @pytest.mark.realdata
 def test_filters_and_other_batches(store_path):
     es = EmbeddingStore(store_path)
-    pid = es.embeddings(where=col("cell_line") == "A431", columns=["patch_id"])["patch_id"][0]
+    pid = (
+        es.query("embeddings")
+        .where(col("cell_line") == "A431")
+        .select("patch_id")
+        .to_polars()["patch_id"][0]
+    )
     assert es.patch_keys(pid)["cell_line"] == "A431"
     found = es.search(pid, k=50, other_batches=True)
     assert found.height > 0 and "A431" not in set(found["cell_line"])
     assert pid not in set(found["patch_id"])
-    schema = es.embeddings_table().schema
+    schema = es.table(es.encoder().table).schema
     only = parse_filters(["cell_line=O'Neil-1"], schema)
     found = es.search(pid, k=50, where=only)
     assert found.height > 0 and set(found["cell_line"]) == {"O'Neil-1"}
@@ -83,17 +89,18 @@ def test_filters_and_other_batches(store_path):
 )
 def test_injection_attempts_match_literally(store_path, value):
     es = EmbeddingStore(store_path)
-    pid = es.embeddings(columns=["patch_id"])["patch_id"][0]
-    condition = parse_filters([f"cell_line={value}"], es.embeddings_table().schema)
+    pid = es.query("embeddings").select("patch_id").to_polars()["patch_id"][0]
+    condition = parse_filters([f"cell_line={value}"], es.table(es.encoder().table).schema)
     found = es.search(pid, k=10, where=condition)
     assert found.height == 0
-    assert es.embeddings_table().count_rows() == es.patches_table().height  # nothing dropped
+    rows = es.table(es.encoder().table).count_rows()
+    assert rows == es.query("patches").to_polars().height  # nothing dropped
 
 
 @pytest.mark.realdata
 def test_cli_search_json_parquet_and_gallery(store_path, tmp_path):
     es = EmbeddingStore(store_path)
-    pid = es.embeddings(columns=["patch_id"])["patch_id"][3]
+    pid = es.query("embeddings").select("patch_id").to_polars()["patch_id"][3]
     runner = CliRunner()
     args = ["search", "--store", str(store_path), "--patch-id", pid, "-k", "4"]
     res = runner.invoke(
@@ -135,10 +142,10 @@ def test_patch_added_after_index_is_found(store_path, tmp_path):
     path = tmp_path / "store"
     shutil.copytree(store_path, path)
     es = EmbeddingStore(path)
-    model = es.model_row()
-    table = es.table(model["table"])
+    model = es.encoder()
+    table = es.table(model.table)
     rng = np.random.default_rng(0)
-    n, dim = 2000, model["embedding_dim"]
+    n, dim = 2000, model.embedding_dim
     filler = pa.table(
         {
             "patch_id": [f"filler{i}" for i in range(n)],
@@ -156,7 +163,7 @@ def test_patch_added_after_index_is_found(store_path, tmp_path):
             "embedding": pa.FixedSizeListArray.from_arrays(
                 pa.array(rng.normal(size=n * dim).astype(np.float32)), dim
             ),
-            "model_id": [model["model_id"]] * n,
+            "model_id": [model.model_id] * n,
             "created_at": [datetime(2026, 1, 1)] * n,
         }
     ).cast(embeddings_schema(dim))
@@ -180,23 +187,23 @@ def test_second_model_in_the_same_table(store_path, tmp_path):
     path = tmp_path / "store"
     shutil.copytree(store_path, path)
     es = EmbeddingStore(path)
-    first = es.model_row()
-    table = es.table(first["table"])
+    first = es.encoder()
+    table = es.table(first.table)
     rows = table.to_arrow()
     q = vectors(rows)[0]
-    assert (
-        es.search(q, k=1, model_id=first["model_id"])["patch_id"][0] == rows["patch_id"][0].as_py()
-    )
+    assert es.search(q, k=1, model_id=first.model_id)["patch_id"][0] == rows["patch_id"][0].as_py()
     copy = rows.drop_columns(["model_id", "patch_id"])
     copy = copy.append_column("model_id", pa.array(["second"] * rows.num_rows)).append_column(
         "patch_id", pa.array([f"second-{p}" for p in rows["patch_id"].to_pylist()])
     )
     table.add(copy.select(rows.schema.names).cast(rows.schema))
-    found = es.search(q, k=6, model_id=first["model_id"])
+    found = es.search(q, k=6, model_id=first.model_id)
     assert found.height == 6 and not any(p.startswith("second") for p in found["patch_id"])
     models = es.table("models")
-    lance.upsert(models, lance.to_arrow([{**first, "model_id": "second"}], "models"), "model_id")
-    found = es.search(q, k=6, model_id=first["model_id"])
+    lance.upsert(
+        models, lance.to_arrow([{**first.as_dict(), "model_id": "second"}], "models"), "model_id"
+    )
+    found = es.search(q, k=6, model_id=first.model_id)
     assert found.height == 6 and not any(p.startswith("second") for p in found["patch_id"])
     found = es.search(q, k=6, model_id="second")
     assert found.height == 6 and all(p.startswith("second") for p in found["patch_id"])
@@ -211,14 +218,14 @@ def test_result_keys_from_the_images_table_and_later_images_found(store_path, tm
     path = tmp_path / "store"
     shutil.copytree(store_path, path)
     es = EmbeddingStore(path)
-    rows = es.embeddings_arrow()
+    rows = es.query("embeddings").to_arrow()
     q = vectors(rows)[0]
     found = es.search(q, k=12)
     keys = ["patch_id", "cell_line", "batch", "well", "location", "timepoint_h", "rank"]
     stored = pl.from_arrow(rows.select(keys))
     expected = found.select("patch_id").join(stored, on="patch_id").sort("patch_id")
     assert found.select(keys).sort("patch_id").equals(expected)
-    paths = dict(es.images(["image_id", "path"]).iter_rows())
+    paths = dict(es.query("images").select("image_id", "path").to_polars().iter_rows())
     assert found["path"].to_list() == [paths[i] for i in found["image_id"]]
 
     image = es.table("images").to_arrow().slice(0, 1)
@@ -230,7 +237,7 @@ def test_result_keys_from_the_images_table_and_later_images_found(store_path, tm
     for image_id, patch_id in (("new-image", "new-patch"), ("no-such-image", "orphan-patch")):
         row = first.set_column(first.schema.get_field_index("image_id"), "image_id", [[image_id]])
         row = row.set_column(row.schema.get_field_index("patch_id"), "patch_id", [[patch_id]])
-        es.table(es.model_row()["table"]).add(row)
+        es.table(es.encoder().table).add(row)
     hit = es.search(q, k=1, where=col("patch_id") == "new-patch").row(0, named=True)
     assert (hit["path"], hit["cell_line"], hit["image_id"]) == (new["path"], "NewLine", "new-image")
     orphan = es.search(q, k=1, where=col("patch_id") == "orphan-patch").row(0, named=True)
@@ -242,7 +249,7 @@ def test_search_inside_a_running_event_loop(store_path):
     """search runs LanceDB's async API on LanceDB's own background loop, so it also works where
     an event loop is already running (a Jupyter notebook, an async web handler)."""
     es = EmbeddingStore(store_path)
-    q = vectors(es.embeddings_arrow())[3]
+    q = vectors(es.query("embeddings").to_arrow())[3]
 
     async def inside() -> pl.DataFrame:
         return es.search(q, k=4)

@@ -530,7 +530,9 @@ def test_cli_trains_and_prints_a_json_summary(
     assert summary["losses"][0] == pytest.approx(math.log(65536), rel=0.2)  # SPEC's 65536 outputs
     assert summary["recipe"] == "finetune" and summary["dino"]["out_dim"] == 65536
     assert summary["health"]["collapsed"] is False and len(summary["probes"]) == 1
-    assert PatchStore(store).patches_table(["row"]).height == 20  # training wrote nothing there
+    assert (
+        PatchStore(store).query("patches").select("row").to_polars().height == 20
+    )  # training wrote nothing there
 
     bad = ["ssl-train", "--store", str(store), "--out", str(store.parent / "bad.pt")]
     again = CliRunner().invoke(main, [*bad, "--where", "rank<two"])
@@ -552,7 +554,7 @@ def test_encode_command_takes_the_checkpoint(store: Path, reference) -> None:
         False,
     )
     assert report["embedding_dim"] == summary.embedding_dim == 768
-    assert report["patches_encoded"] == PatchStore(store).patches_table().height
+    assert report["patches_encoded"] == PatchStore(store).query("patches").to_polars().height
 
 
 # --- collapse ---------------------------------------------------------------------------------

@@ -56,9 +56,9 @@ def encoder_forward(self: encoder.PatchEncoder, patches: torch.Tensor) -> torch.
 
 
 def summary(store: EmbeddingStore, weights: str | None, arch: str) -> dict:
-    table = store.patches_table(["row", "rank", *LEVEL_KEYS]).sort("row")
+    table = store.query("patches").select("row", "rank", *LEVEL_KEYS).to_polars().sort("row")
     model = encoder.build_encoder(encoder.EncoderConfig(arch=arch), weights, 0)
-    pixels = store.read_rows(table["row"].to_numpy())
+    pixels = store.patch_store.read_rows(table["row"].to_numpy())
     with torch.inference_mode():
         chunks = [model(torch.from_numpy(pixels[i : i + 256])) for i in range(0, len(pixels), 256)]
     vectors = torch.cat(chunks).numpy().astype(np.float32)

@@ -82,8 +82,8 @@ class ScatterEncoder:
 def main(store_path: str) -> None:
     torch.set_num_threads(1)
     store = EmbeddingStore(store_path)
-    ids = store.patches_table(columns=["patch_id"])["patch_id"].to_list()
-    features = log_scattering(store.patches(ids))
+    ids = store.query("patches").select("patch_id").to_polars()["patch_id"].to_list()
+    features = log_scattering(store.patch_store.pixels(ids))
     encoder = ScatterEncoder(features.mean(0), features.std(0) + 1e-6)
     print(json.dumps(encode(store_path, encoder).as_dict(), default=str))
     for evaluation in evaluate_encoders(store_path):

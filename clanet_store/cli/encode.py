@@ -75,7 +75,7 @@ def encode(
     from clanet_store.pipelines.encode import classic_encoder, load_encoder
     from clanet_store.pipelines.encode import encode as run_encode
     from clanet_store.pipelines.encode_workers import Cluster
-    from clanet_store.pipelines.evaluate_encoder import sample_health
+    from clanet_store.pipelines.evaluate_encoder import stored_health
 
     if workers and scheduler:
         raise click.UsageError("--workers starts a local cluster: not with --scheduler")
@@ -92,7 +92,7 @@ def encode(
     with progress_bars("patch") as update:
         report = run_encode(store, encoder, batch_size, wait, update, commit_every, cluster)
     r = report.as_dict()
-    health = sample_health(store, r["model_id"])
+    health = stored_health(store, r["model_id"])
     r["health"] = health.as_dict() if health else None
     lines = [
         f"{store}: {r['patches_encoded']} patches encoded, {r['patches_skipped']} already had an "

@@ -162,7 +162,7 @@ def encoders_table(encoders: Sequence[EncoderSummary]) -> str:
 def repair(store: Path, fmt: str) -> None:
     """Rebuild a lost or corrupt store.json from the patch array and the tables (after checking
     that they agree; refused when they do not)."""
-    from clanet_store.pipelines.store_info import repair as repair_store
+    from clanet_store.pipelines.repair import repair_store
 
     r = repair_store(store)
     tables = ", ".join(f"{k} v{v}" for k, v in r.tables.items())

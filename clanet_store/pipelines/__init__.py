@@ -17,6 +17,7 @@ __all__ = [
     "patches",
     "prefetch",
     "qc",
+    "repair",
     "search",
     "split_encoder",
     "split_files",

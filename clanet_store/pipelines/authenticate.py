@@ -152,8 +152,8 @@ def with_paths(store: EmbeddingStore, result: Authentication) -> Authentication:
     """The verdicts with each nearest reference sequence's image path filled in (read for
     those images only: the whole images table takes ~1 s at 100,000 images)."""
     ids = sorted({n.image_id for v in (*result.sequences, *result.batches) for n in v.nearest})
-    found = store.images(["image_id", "path"], where=col("image_id").isin(ids)) if ids else None
-    paths = dict(found.iter_rows()) if found is not None else {}
+    images = store.query("images").where(col("image_id").isin(ids)).select("image_id", "path")
+    paths = dict(images.to_polars().iter_rows()) if ids else {}
 
     def fill(verdicts: tuple[Verdict, ...]) -> tuple[Verdict, ...]:
         return tuple(
@@ -185,8 +185,8 @@ def authenticate_store(
         raise ClanetError("give --new filters selecting the sequences to authenticate")
     pooling, model_id = _pooling(mil, model_id)
     store = current_store(store_path, model_id, wait, pooling)
-    model = store.model_row(model_id)
-    mid = model["model_id"]
+    model = store.encoder(model_id)
+    mid = model.model_id
     new_keys, new_x = read_sequences(store, mid, sequence_filter(new), pooling)
     if new_keys.height == 0:
         raise ClanetError(f"{store.path}: --new {' '.join(new)} selects no sequence of {mid}")
@@ -217,7 +217,7 @@ def authenticate_store(
         mid,
     )
     return StoreAuthentication(
-        Encoder.from_row(model), pooling.name, ref_keys.height, with_paths(store, result)
+        Encoder.of(model), pooling.name, ref_keys.height, with_paths(store, result)
     )
 
 
@@ -234,14 +234,14 @@ def evaluate_store(
     by the MIL model file ``mil``: its training sequences are then no held-out evidence)."""
     pooling, model_id = _pooling(mil, model_id)
     store = current_store(store_path, model_id, wait, pooling)
-    model = store.model_row(model_id)
-    keys, x = read_sequences(store, model["model_id"], sequence_filter(reference), pooling)
+    model = store.encoder(model_id)
+    keys, x = read_sequences(store, model.model_id, sequence_filter(reference), pooling)
     if keys.height == 0:
-        raise ClanetError(f"{store.path}: the reference library of {model['model_id']} is empty")
-    library = reference_library(model["model_id"], keys, x)
+        raise ClanetError(f"{store.path}: the reference library of {model.model_id} is empty")
+    library = reference_library(model.model_id, keys, x)
     return StoreEvaluation(
-        Encoder.from_row(model),
-        sample_health(store, model["model_id"]),
+        Encoder.of(model),
+        sample_health(store, model.model_id),
         pooling.name,
         evaluate_library(library, false_alarm, top_m),
     )
@@ -259,7 +259,7 @@ def held_out_verdicts(
     without it); and the sequence rows (``sequence_id``, ``image_id``). Units whose rest cannot
     be calibrated are left out."""
     store = current_store(store_path, model_id, wait=False)
-    mid = store.model_row(model_id)["model_id"]
+    mid = store.encoder(model_id).model_id
     keys, x = read_sequences(store, mid)
     library = reference_library(mid, keys, x)
     verdicts = []

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import torch
 from lancedb.expr import col
@@ -51,6 +50,7 @@ from clanet_store.stores.embedding_store import (
     embeddings_schema,
     embeddings_table_name,
 )
+from clanet_store.stores.encoder_record import EncoderRecord
 from clanet_store.stores.lock import writer_lock
 from clanet_store.stores.sequence_embeddings import update_sequence_embeddings
 from clanet_store.stores.sequences import sequence_filter
@@ -114,10 +114,11 @@ def classic_encoder(
     """
     store = EmbeddingStore(store_path)
     fit_sequences = None if split is None else tuple(split.train)
-    recorded = store.models().filter(pl.col("arch") == CLASSIC_ARCH)
-    for row in recorded.iter_rows(named=True):
+    for record in store.encoders():
+        if record.arch != CLASSIC_ARCH:
+            continue
         with contextlib.suppress(ValueError):  # another version of the descriptor
-            config = ClassicConfig.from_dict(json.loads(row["config"]))
+            config = ClassicConfig.from_dict(record.settings)
             if config.fit_sequences == fit_sequences:
                 return ClassicEncoder(config, threads)
     rows = classic_fit_rows(store, split)
@@ -126,7 +127,7 @@ def classic_encoder(
         raise ClanetError(
             f"{store.path}: no patches{side} to fit the classic encoder on (run ingest)"
         )
-    pixels = store.read_rows(rows)
+    pixels = store.patch_store.read_rows(rows)
     raw = describe(pixels, threads)
     fit_split = None if split is None else f"{split.kind} r{split.repeat}"
     config = fit_statistics(raw, fit_split, fit_sequences)
@@ -138,42 +139,45 @@ def classic_fit_rows(store: EmbeddingStore, split: Split | None = None) -> np.nd
     drawn with FIT_SEED from the store's patches sorted by patch id, or from those of
     ``split``'s training sequences only."""
     where = None if split is None else sequence_filter(split.train)
-    patches = store.patches_table(["patch_id", "row"], where=where).sort("patch_id")
+    patches = store.query("patches").where(where).select("patch_id", "row").to_polars()
+    patches = patches.sort("patch_id")
     rng = np.random.default_rng(FIT_SEED)
     pick = np.sort(rng.choice(patches.height, min(FIT_PATCHES, patches.height), replace=False))
     return patches["row"].to_numpy()[pick]
 
 
-def encoder_for_model(model: dict, weights: str | Path | None, device: str = "auto") -> Encoder:
-    """Rebuild the encoder that wrote a model's embeddings (a models-table row): a classic one
+def encoder_for_model(
+    model: EncoderRecord, weights: str | Path | None, device: str = "auto"
+) -> Encoder:
+    """Rebuild the encoder that wrote a model's embeddings: a classic one
     from its recorded statistics, from ``weights`` for trained encoders, from the recorded seed
     for a random init (``weights`` given for a random init are loaded and checked too, never
     ignored); refuse any other encoder."""
-    config = json.loads(model["config"])
+    config = model.settings
     if config["arch"] == CLASSIC_ARCH:
         if weights is not None:
             raise ClanetError(
-                f"{weights}: model {model['model_id']} is the classic descriptor, which takes no "
+                f"{weights}: model {model.model_id} is the classic descriptor, which takes no "
                 "weights file"
             )
         try:
             encoder: Encoder = ClassicEncoder(ClassicConfig.from_dict(config))
         except ValueError as exc:
-            raise ClanetError(f"model {model['model_id']}: {exc}") from None
-        weights = model["weights_source"]
+            raise ClanetError(f"model {model.model_id}: {exc}") from None
+        weights = model.weights_source
     else:
         seed = 0
-        if model["random_init"] and weights is None:
-            seed = int(model["weights_source"].split("seed=")[1].rstrip(")"))
+        if model.random_init and weights is None:
+            seed = int(model.weights_source.split("seed=")[1].rstrip(")"))
         elif weights is None:
             raise ClanetError(
-                f"model {model['model_id']} was made from weights {model['weights_source']}: "
+                f"model {model.model_id} was made from weights {model.weights_source}: "
                 "pass that file with --weights"
             )
         encoder = load_encoder(weights, config["arch"], device, seed, config["normalize"])
-    if encoder.model_id != model["model_id"]:
+    if encoder.model_id != model.model_id:
         raise ClanetError(
-            f"{weights}: gives model {encoder.model_id}, not {model['model_id']} (other weights?)"
+            f"{weights}: gives model {encoder.model_id}, not {model.model_id} (other weights?)"
         )
     return encoder
 
@@ -181,7 +185,8 @@ def encoder_for_model(model: dict, weights: str | Path | None, device: str = "au
 def _batches(store: EmbeddingStore, rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     """Patch pixels batch by batch, read by a background thread a few batches ahead."""
     starts = range(0, len(rows), batch_size)
-    return prefetched((store.read_rows(rows[s : s + batch_size]) for s in starts), PREFETCH_BATCHES)
+    read = store.patch_store.read_rows
+    return prefetched((read(rows[s : s + batch_size]) for s in starts), PREFETCH_BATCHES)
 
 
 def _local_vectors(
@@ -198,7 +203,7 @@ def _local_vectors(
 
 
 def _register_model(store: EmbeddingStore, encoder: Encoder, table: str) -> None:
-    if not store.models().filter(pl.col("model_id") == encoder.model_id).is_empty():
+    if any(e.model_id == encoder.model_id for e in store.encoders()):
         return
     row = {
         "model_id": encoder.model_id,
@@ -212,8 +217,8 @@ def _register_model(store: EmbeddingStore, encoder: Encoder, table: str) -> None
         "table": table,
         "created_at": datetime.now(UTC).replace(tzinfo=None),
     }
-    models = store.table("models", create=load_schema("models"))
-    store.register_table("models")
+    models = store.patch_store.table("models", create=load_schema("models"))
+    store.patch_store.register_table("models")
     lance.upsert(models, lance.to_arrow([row], "models"), "model_id")
 
 
@@ -242,10 +247,10 @@ def encode(
         if cluster is not None:
             location = store.path.absolute()  # workers may run in another folder
             remote = stack.enter_context(remote_encoder(cluster, location, encoder))
-        table = store.table(name, create=schema)
-        store.register_table(name)
+        table = store.patch_store.table(name, create=schema)
+        store.patch_store.register_table(name)
         _register_model(store, encoder, name)
-        patches = store.patches_table([*META_COLUMNS, "row"])
+        patches = store.query("patches").select(*META_COLUMNS, "row").to_polars()
         # Embeddings of patches that ingest has since replaced (changed files) are stale.
         stale = lance.read(table, ["patch_id"]).join(patches, on="patch_id", how="anti")
         removed = lance.delete_where_in(table, "patch_id", stale["patch_id"].to_list())

@@ -33,9 +33,11 @@ from clanet_store.learn.encoder_metrics import (
 )
 from clanet_store.models.health import EmbeddingHealth, embedding_health
 from clanet_store.stores import lance
-from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.encoder_record import EncoderRecord
 from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.lock import writer_lock
+from clanet_store.stores.query import vectors
 
 TABLE = "encoder_evals"
 # Embeddings read for the health line of ``encode`` and ``info`` (a pseudo-random sample by
@@ -54,13 +56,9 @@ class Encoder:
     embedding_dim: int
 
     @classmethod
-    def from_row(cls, model: dict[str, Any]) -> Encoder:
+    def of(cls, model: EncoderRecord) -> Encoder:
         return cls(
-            model["model_id"],
-            model["arch"],
-            model["weights_source"],
-            model["random_init"],
-            model["embedding_dim"],
+            model.model_id, model.arch, model.weights_source, model.random_init, model.embedding_dim
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,17 +103,18 @@ def evaluate_model(
     the rows ``where`` selects (e.g. the training side of a split); writes nothing."""
     start = datetime.now(UTC).replace(tzinfo=None)
     t0 = time.perf_counter()
-    model = store.model_row(model_id)
-    table = store.embeddings_arrow(where, [*LEVEL_KEYS, "rank", "embedding"], model_id)
+    model = store.encoder(model_id)
+    rows = store.query("embeddings", model.model_id).where(where)
+    table = rows.select(*LEVEL_KEYS, "rank", "embedding").to_arrow()
     if table.num_rows < 2:
         raise ClanetError(
-            f"{store.path}: model {model['model_id']} has {table.num_rows} embedding(s); "
+            f"{store.path}: model {model.model_id} has {table.num_rows} embedding(s); "
             "evaluation needs at least 2"
         )
     keys = pl.from_arrow(table.drop_columns(["embedding"]))
     levels = evaluate_levels(vectors(table), keys, top_k=top_k, seed=seed, max_queries=max_queries)
     return EncoderEvaluation(
-        encoder=Encoder.from_row(model),
+        encoder=Encoder.of(model),
         top_k=top_k,
         seed=seed,
         evaluated_at=start,
@@ -158,14 +157,14 @@ def evaluate_encoders(
     """Evaluate ``model_ids`` (default: every encoder of the store) and append the results to
     the ``encoder_evals`` table."""
     store = EmbeddingStore(store_path)
-    ids = list(model_ids) or store.models()["model_id"].to_list()
+    ids = list(model_ids) or [e.model_id for e in store.encoders()]
     if not ids:
-        store.model_row()  # raises: no embeddings yet
+        store.encoder()  # raises: no embeddings yet
     evaluations = [evaluate_model(store, m, top_k, seed, max_queries) for m in ids]
     rows = pl.concat([evaluation_rows(e) for e in evaluations])
     with writer_lock(store.path, wait=wait):
-        table = lance.open_table(store.db, TABLE, create=True)
-        store.register_table(TABLE)
+        table = lance.open_table(store.patch_store.db, TABLE, create=True)
+        store.patch_store.register_table(TABLE)
         lance.upsert(table, rows.to_arrow(), "eval_id")
     return evaluations
 
@@ -173,31 +172,31 @@ def evaluate_encoders(
 def latest_evaluations(store: EmbeddingStore) -> pl.DataFrame:
     """Each model's latest ``encoder_evals`` rows (one per level); empty before the first
     evaluation."""
-    if TABLE not in store.db.list_tables(limit=10_000).tables:
+    if TABLE not in store.patch_store.db.list_tables(limit=10_000).tables:
         return pl.from_arrow(lance.to_arrow([], TABLE))
-    rows = lance.read(store.table(TABLE))
+    rows = store.query(TABLE).to_polars()
     latest = rows.group_by("model_id").agg(pl.col("evaluated_at").max())
     order = pl.col("level").replace_strict(list(LEVELS), list(range(len(LEVELS))), default=9)
     return rows.join(latest, on=["model_id", "evaluated_at"]).sort("model_id", order)
 
 
-def sample_health(
-    store: EmbeddingStore | StoreLocation, model_id: str, seed: int = 0
-) -> EmbeddingHealth | None:
+def sample_health(store: EmbeddingStore, model_id: str, seed: int = 0) -> EmbeddingHealth | None:
     """Patch-level health of a model's embeddings, from at most ``HEALTH_ROWS`` of them (the
     patch ids below a cut-off: ids are hashes, so this is a uniform, repeatable sample); None
-    with fewer than two embeddings. ``store``: an open store or its location (``encode``)."""
-    if isinstance(store, StoreLocation):
-        store = EmbeddingStore(store)
-    ids = store.embeddings(columns=["patch_id"], model_id=model_id)["patch_id"]
-    where = None
+    with fewer than two embeddings."""
+    rows = store.query("embeddings", model_id)
+    ids = rows.select("patch_id").to_polars()["patch_id"]
     if ids.len() > HEALTH_ROWS:
-        cut = ids.sort()[HEALTH_ROWS]
-        where = col("patch_id") < cut
-    table = store.embeddings_arrow(where, ["embedding"], model_id)
-    if table.num_rows < 2:
-        return None
-    return embedding_health(np.asarray(vectors(table)), seed=seed)
+        rows = rows.where(col("patch_id") < ids.sort()[HEALTH_ROWS])
+    x = rows.to_numpy("embedding")
+    return embedding_health(np.asarray(x), seed=seed) if len(x) >= 2 else None
+
+
+def stored_health(
+    store_path: str | Path | StoreLocation, model_id: str, seed: int = 0
+) -> EmbeddingHealth | None:
+    """`sample_health` of a model of the store at ``store_path`` (what ``encode`` prints)."""
+    return sample_health(EmbeddingStore(store_path), model_id, seed)
 
 
 @dataclass(frozen=True)
@@ -225,12 +224,12 @@ def encoder_summaries(store: EmbeddingStore, seed: int = 0) -> list[EncoderSumma
     latest = latest_evaluations(store).filter(pl.col("level") == "image")
     evaluated = {r["model_id"]: r for r in latest.iter_rows(named=True)}
     out = []
-    for model in store.models().iter_rows(named=True):
-        health = sample_health(store, model["model_id"], seed)
-        image = evaluated.get(model["model_id"])
+    for model in store.encoders():
+        health = sample_health(store, model.model_id, seed)
+        image = evaluated.get(model.model_id)
         out.append(
             EncoderSummary(
-                encoder=Encoder.from_row(model),
+                encoder=Encoder.of(model),
                 health=health,
                 evaluated_at=image["evaluated_at"] if image else None,
                 image=image,

@@ -35,7 +35,8 @@ from clanet_store.learn.encoder_metrics import LEVELS, level_rows
 from clanet_store.pipelines.encode import META_COLUMNS
 from clanet_store.pipelines.prefetch import prefetched
 from clanet_store.progress import Progress
-from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.query import vectors
 
 FORMATS = ("parquet", "anndata")
 METADATA_PREFIX = "Metadata_"
@@ -92,7 +93,7 @@ Chunks = Iterator[tuple[np.ndarray, pl.DataFrame, int]]
 def _patch_chunks(store: EmbeddingStore, model_id: str, chunk_rows: int) -> Chunks:
     """Every patch embedding of the model, ``chunk_rows`` at a time, in storage order; with the
     patch rows read."""
-    table = store.embeddings_table(model_id)
+    table = store.table(store.encoder(model_id).table)
     query = (
         table.search()
         .where(col("model_id") == model_id)
@@ -128,12 +129,12 @@ def _level_chunks(
 ) -> Chunks:
     """The image or sequence rows of whole sequences at a time, with each level's metadata; with
     the patch rows read."""
-    keys = store.embeddings(_top(top_k), ["sequence_id"], model_id)
+    top = store.query("embeddings", model_id).where(_top(top_k))
+    keys = top.select("sequence_id").to_polars()
     metadata = [c for c in LEVEL_METADATA[level] if c != "path"]
     for sequences in _sequence_groups(keys, chunk_rows):
-        table = store.embeddings_arrow(
-            _top(top_k) & col("sequence_id").isin(sequences), [*META_COLUMNS, "embedding"], model_id
-        )
+        chunk = top.where(col("sequence_id").isin(sequences))
+        table = chunk.select(*META_COLUMNS, "embedding").to_arrow()
         patches = pl.from_arrow(table.drop_columns(["embedding"]))
         x, rows = level_rows(vectors(table), patches, top_k)[level]
         key = LEVEL_ID[level]
@@ -147,11 +148,11 @@ def _top(top_k: int) -> Expr:
     return col("rank") < top_k
 
 
-def _with_paths(store: EmbeddingStore, level: str, keys: pl.DataFrame) -> pl.DataFrame:
-    """The level's metadata in order, with each image's path where the level has images."""
-    if "path" in LEVEL_METADATA[level]:
-        paths = store.image_rows(keys["image_id"].to_list())["path"]
-        keys = keys.with_columns(path=paths)
+def _with_paths(paths: pl.DataFrame | None, level: str, keys: pl.DataFrame) -> pl.DataFrame:
+    """The level's metadata in order, with each image's path (from ``paths``: image_id, path)
+    where the level has images."""
+    if paths is not None:
+        keys = keys.join(paths, on="image_id", how="left", maintain_order="left")
     return keys.select(LEVEL_METADATA[level])
 
 
@@ -282,11 +283,11 @@ def export_profiles(
         raise ClanetError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     start = time.perf_counter()
     store = EmbeddingStore(store_path)
-    model = store.model_row(model_id)
-    model_id, dim = model["model_id"], model["embedding_dim"]
+    model = store.encoder(model_id)
+    model_id, dim = model.model_id, model.embedding_dim
     # LanceDB's count_rows takes SQL text only; a user's model id is never pasted into SQL.
-    total = store.embeddings_arrow(None if level == "patch" else _top(top_k), ["rank"], model_id)
-    total = total.num_rows
+    counted = store.query("embeddings", model_id).where(None if level == "patch" else _top(top_k))
+    total = counted.select("rank").to_arrow().num_rows
     if total == 0:
         raise ClanetError(f"{store.path}: model {model_id} has no embeddings to export")
     out = Path(out)
@@ -311,7 +312,7 @@ def export_profiles(
         format=fmt,
         level=level,
         model_id=model_id,
-        random_init=bool(model["random_init"]),
+        random_init=bool(model.random_init),
         top_k=top_k,
         rows=rows,
         features=dim,
@@ -333,8 +334,10 @@ def _write_chunks(
     None when there was no chunk (nothing written)."""
     writer: _ParquetWriter | _AnnDataWriter | None = None
     rows = done = 0
+    images = store.query("images").select("image_id", "path")
+    paths = images.to_polars() if "path" in LEVEL_METADATA[level] else None
     for x, keys, patches in chunks:
-        keys = _with_paths(store, level, keys)
+        keys = _with_paths(paths, level, keys)
         if writer is None:
             schema = keys.to_arrow().schema
             writer = (

@@ -18,7 +18,6 @@ encoder is:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from lancedb.expr import col
 from clanet_store.learn.splits import Split
 from clanet_store.models.checkpoint import SSL_FORMAT
 from clanet_store.models.classic import CLASSIC_ARCH
+from clanet_store.stores.encoder_record import EncoderRecord
 from clanet_store.stores.patch_store import PatchStore
 from clanet_store.stores.sequences import SEQUENCE_KEYS, SequenceRecord, sequence_filter
 from clanet_store.torchfile import load_torch_file
@@ -38,14 +38,15 @@ ENCODER_TRAINING = ("inductive", "transductive", "unknown")
 def split_patch_rows(store: PatchStore, split: Split, k: int) -> np.ndarray:
     """Sorted Zarr rows of the patches (rank < k) of the split's training sequences."""
     where = (col("rank") < k) & sequence_filter(split.train)
-    return np.sort(store.patches_table(["row"], where=where)["row"].to_numpy())
+    return np.sort(store.query("patches").where(where).select("row").to_numpy("row"))
 
 
 def patch_sequences(store: PatchStore) -> list[SequenceRecord]:
     """The store's sequences from its patches table (no embeddings needed), as `list_sequences`
     gives them: the same keys, batches, positions and label order, so a split drawn from them
     before encoding is the split `train` draws (and reuses) afterwards."""
-    frame = store.patches_table(list(SEQUENCE_KEYS)).unique("sequence_id").sort("sequence_id")
+    frame = store.query("patches").select(*SEQUENCE_KEYS).to_polars()
+    frame = frame.unique("sequence_id").sort("sequence_id")
     classes = {name: i for i, name in enumerate(sorted(frame["cell_line"].unique().to_list()))}
     return [
         SequenceRecord(
@@ -74,20 +75,20 @@ def checkpoint_split(path: str | Path) -> tuple[bool, Split | None]:
 
 
 def encoder_training(
-    model_row: dict[str, Any], split: Split | None, checkpoint: str | Path | None = None
+    model: EncoderRecord, split: Split | None, checkpoint: str | Path | None = None
 ) -> dict[str, Any]:
-    """Whether the encoder of a models-table row saw the test side of ``split``.
+    """Whether the encoder ``model`` saw the test side of ``split``.
 
     ``checkpoint``: the ssl-train checkpoint the encoder was read from (the store records its
     file name only; without it, that name is looked up in the working directory). Returns
     ``{"encoder_training": inductive | transductive | unknown, "encoder_training_why": ...}``.
     """
-    if model_row["arch"] == CLASSIC_ARCH:
-        return _classic_training(json.loads(model_row["config"]), split)
-    if model_row["random_init"] or model_row["weights_format"] != SSL_FORMAT:
-        origin = "a random init" if model_row["random_init"] else "weights from elsewhere"
+    if model.arch == CLASSIC_ARCH:
+        return _classic_training(model.settings, split)
+    if model.random_init or model.weights_format != SSL_FORMAT:
+        origin = "a random init" if model.random_init else "weights from elsewhere"
         return _said("inductive", f"{origin}: not trained on this store's patches")
-    name = model_row["weights_source"]
+    name = model.weights_source
     path = Path(checkpoint) if checkpoint is not None else Path(name)
     found, ssl_split = checkpoint_split(path) if path.name == name else (False, None)
     if not found:

@@ -323,6 +323,20 @@ def ingest(
     return report
 
 
+# What ingest needs to know of each stored image to skip, replace or re-extract it.
+_EXISTING_COLUMNS = (
+    "image_id",
+    "path",
+    "status",
+    "error",
+    "file_size",
+    "mtime_ns",
+    "content_hash",
+    "extractor_version",
+    "slot",
+)
+
+
 class _Writer:
     """The one writer: slots, Zarr writes, grouped row commits, recovery. Holds no Dask state."""
 
@@ -337,19 +351,7 @@ class _Writer:
         self.commit_every = commit_every
         self.params, self.key = params, key
         self.report = IngestReport(recovered_rows=recover(store), extractor_version=key)
-        self.existing = store.images(
-            [
-                "image_id",
-                "path",
-                "status",
-                "error",
-                "file_size",
-                "mtime_ns",
-                "content_hash",
-                "extractor_version",
-                "slot",
-            ]
-        )
+        self.existing = store.query("images").select(*_EXISTING_COLUMNS).to_polars()
         used = self.existing["slot"].drop_nulls()
         self.next_slot = int(used.max()) + 1 if used.len() else 0
         self.stored_ok = set(self.existing.filter(pl.col("status") == "ok")["image_id"])
@@ -453,7 +455,8 @@ class _Writer:
 
     def _kept(self, image_id: str) -> dict:
         """The stored values of an unchanged image (only its size / mtime are refreshed)."""
-        old = self.store.images(where=col("image_id") == image_id).row(0, named=True)
+        old = self.store.query("images").where(col("image_id") == image_id).to_polars()
+        old = old.row(0, named=True)
         self.report.images_skipped += 1
         keep = ("content_hash", "confluency", "mask_fraction", "patch_count", "slot")
         return {k: old[k] for k in keep}
@@ -489,7 +492,7 @@ class _Writer:
         r = self.report
         if r.images_replaced or r.images_rejected:
             recover(self.store)  # the old patch rows of re-extracted or now-rejected images
-        used = self.store.images(["slot"])["slot"].drop_nulls()
+        used = self.store.query("images").select("slot").to_polars()["slot"].drop_nulls()
         self.store.ensure_slots(int(used.max()) + 1 if used.len() else 0)
         if r.images_added or r.images_replaced or r.images_rejected or r.recovered_rows:
             for name in ("images", "patches"):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 
 from clanet_store.errors import ClanetError
 from clanet_store.learn import metrics
@@ -55,6 +53,7 @@ from clanet_store.pipelines.mil_reports import (
 from clanet_store.pipelines.split_files import split_for
 from clanet_store.progress import Progress
 from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.encoder_record import EncoderRecord
 from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.sequences import filter_schema, list_sequences, load_bags, sequence_filter
@@ -83,10 +82,10 @@ def _sides(sequences: Sequence[Any], split: Split, path: Path) -> tuple[list[Any
         raise ClanetError(f"{path}: {error}; delete the file to draw a new split") from None
 
 
-def _encoder_row(store: EmbeddingStore, model_id: str | None, model_path: Path | None) -> dict:
-    """The store's models-table row of ``model_id``, naming the MIL model file when refused."""
+def _encoder(store: EmbeddingStore, model_id: str | None, model_path: Path | None) -> EncoderRecord:
+    """The store's encoder ``model_id``, naming the MIL model file when refused."""
     try:
-        return store.model_row(model_id)
+        return store.encoder(model_id)
     except ClanetError as error:
         if model_path is None:
             raise
@@ -139,18 +138,20 @@ def train(
     """
     out = Path(out)
     store = EmbeddingStore(store_path)
-    row = _encoder_row(store, model_id, None)
+    recorded = _encoder(store, model_id, None)
     start = time.perf_counter()
-    records, classes = list_sequences(store, k=config.k, model_id=row["model_id"])
+    records, classes = list_sequences(store, k=config.k, model_id=recorded.model_id)
     split, path, reused = split_for(records, split_kind, repeat, out.parent)
     train_records, test_records = _sides(records, split, path)
     bags, _ = load_bags(
-        store, sequence_filter(split.train), config.k, row["model_id"], classes=classes
+        store, sequence_filter(split.train), config.k, recorded.model_id, classes=classes
     )
     load_seconds = time.perf_counter() - start
     model, history = _fit(bags, classes, config, progress)
-    seen = encoder_training(row, split, ssl_checkpoint)
-    save_model(out, model, config, classes, split, row["model_id"], training_record(history) | seen)
+    seen = encoder_training(recorded, split, ssl_checkpoint)
+    save_model(
+        out, model, config, classes, split, recorded.model_id, training_record(history) | seen
+    )
     return TrainReport(
         model=str(out),
         split_file=str(path),
@@ -161,7 +162,7 @@ def train(
         test_sequences=len(test_records),
         sequences_outside_split=len(records) - len(train_records) - len(test_records),
         classes=list(classes),
-        encoder=Encoder.from_row(row),
+        encoder=Encoder.of(recorded),
         config=config.as_dict(),
         **training_record(history),
         seen=EncoderTraining(**seen),
@@ -186,9 +187,9 @@ def evaluate(
     if mil.split is None or not mil.split.test:
         raise ClanetError(f"{model_path}: the model's split has no test sequences to score")
     store = EmbeddingStore(store_path)
-    row = _encoder_row(store, mil.encoder_model_id, model_path)
+    recorded = _encoder(store, mil.encoder_model_id, model_path)
     bags, _ = load_bags(
-        store, sequence_filter(mil.split.test), mil.config.k, row["model_id"], mil.classes
+        store, sequence_filter(mil.split.test), mil.config.k, recorded.model_id, mil.classes
     )
     missing = sorted(set(mil.split.test) - {bag.key for bag in bags})
     if missing:
@@ -203,8 +204,8 @@ def evaluate(
         repeat=mil.split.repeat,
         aggregator=mil.config.aggregator,
         tss=mil.config.tss,
-        encoder=Encoder.from_row(row),
-        seen=EncoderTraining(**_seen(row, mil, ssl_checkpoint)),
+        encoder=Encoder.of(recorded),
+        seen=EncoderTraining(**_seen(recorded, mil, ssl_checkpoint)),
         test_sequences=len(bags),
         test_batches=len({bag.batch for bag in bags}),
         classes=list(mil.classes),
@@ -216,7 +217,9 @@ def evaluate(
     )
 
 
-def _seen(row: dict, mil: MILModel, ssl_checkpoint: str | Path | None) -> dict[str, Any]:
+def _seen(
+    recorded: EncoderRecord, mil: MILModel, ssl_checkpoint: str | Path | None
+) -> dict[str, Any]:
     """Whether the encoder saw the test side: from ``ssl_checkpoint`` when given, else as the
     model file recorded it at training time (when that could tell), else as far as the store
     tells."""
@@ -225,7 +228,7 @@ def _seen(row: dict, mil: MILModel, ssl_checkpoint: str | Path | None) -> dict[s
         "transductive",
     ):
         return {key: mil.training[key] for key in ("encoder_training", "encoder_training_why")}
-    return encoder_training(row, mil.split, ssl_checkpoint)
+    return encoder_training(recorded, mil.split, ssl_checkpoint)
 
 
 def _ranked(proba: np.ndarray, classes: Sequence[str], threshold: float) -> list[dict[str, Any]]:
@@ -260,17 +263,16 @@ def _export_encoder(
 
     recorded = None
     if store_path.exists("store.json"):
-        models = EmbeddingStore(store_path).models()
-        found = models.filter(pl.col("model_id") == mil.encoder_model_id)
-        recorded = found.row(0, named=True) if found.height else None
-    config = json.loads(recorded["config"]) if recorded else {}
+        encoders = EmbeddingStore(store_path).encoders()
+        recorded = next((e for e in encoders if e.model_id == mil.encoder_model_id), None)
+    config = recorded.settings if recorded else {}
     if recorded and config["arch"] == CLASSIC_ARCH:
         return encoder_for_model(recorded, weights)  # refuses a weights file
     encoder = load_encoder(
         weights, config.get("arch"), "auto", seed, config.get("normalize", False)
     )
     if encoder.model_id != mil.encoder_model_id:
-        origin = f", weights {recorded['weights_source']}" if recorded else ""
+        origin = f", weights {recorded.weights_source}" if recorded else ""
         raise ClanetError(
             f"{model_path}: trained on embeddings of encoder {mil.encoder_model_id}{origin}, but "
             f"--weights {weights or 'none'} (seed {seed}) gives encoder {encoder.model_id} "
@@ -338,8 +340,8 @@ def predict(
     else:
         expr = parse_filters(where, filter_schema())
     store = EmbeddingStore(store_path)
-    row = _encoder_row(store, mil.encoder_model_id, model_path)
-    bags, classes = load_bags(store, expr, mil.config.k, row["model_id"], mil.classes)
+    recorded = _encoder(store, mil.encoder_model_id, model_path)
+    bags, classes = load_bags(store, expr, mil.config.k, recorded.model_id, mil.classes)
     bags.sort(key=lambda bag: (bag.batch, bag.position))
     proba = predict_proba(mil.model, bags)
     trained = set(mil.split.train if mil.split is not None else ())
@@ -355,7 +357,7 @@ def predict(
         model=str(model_path),
         where=list(where),
         added=added,
-        encoder=Encoder.from_row(row),
+        encoder=Encoder.of(recorded),
         classes=list(mil.classes),
         threshold=threshold,
         include_training=include_training,
@@ -476,13 +478,13 @@ def ablation(
     if transductive and ssl is not None:
         raise ClanetError("an ssl-train config trains one encoder per split: not transductive")
     store = EmbeddingStore(store_path)
-    row = _encoder_row(store, model_id, None)
-    records, classes = list_sequences(store, k=k, model_id=row["model_id"])
+    recorded = _encoder(store, model_id, None)
+    records, classes = list_sequences(store, k=k, model_id=recorded.model_id)
     encoder_for = (
-        functools.partial(given_encoder, row, checkpoint=ssl_checkpoint)
+        functools.partial(given_encoder, recorded, checkpoint=ssl_checkpoint)
         if transductive
         else lambda split: split_encoder(
-            store_path, row, split, out.parent, ssl, ssl_checkpoint, progress, say
+            store_path, recorded, split, out.parent, ssl, ssl_checkpoint, progress, say
         )
     )
     runs, encoders, test_sizes = _ablation_runs(
@@ -492,7 +494,7 @@ def ablation(
     report = AblationReport(
         out=str(out),
         store=str(store.path),
-        encoder=Encoder.from_row(row),
+        encoder=Encoder.of(recorded),
         protocol="transductive" if transductive else "inductive",
         classes=list(classes),
         sequences=len(records),

@@ -65,14 +65,11 @@ from clanet_store.qc.heatmap import save_plate_heatmap
 from clanet_store.qc.quality import CHUNK, QUALITY_FEATURES, patch_quality
 from clanet_store.schemas import load_schema
 from clanet_store.stores import lance
-from clanet_store.stores.embedding_store import (
-    KEY_COLUMNS,
-    EmbeddingStore,
-    embeddings_schema,
-    vectors,
-)
+from clanet_store.stores.embedding_store import KEY_COLUMNS, EmbeddingStore, embeddings_schema
+from clanet_store.stores.encoder_record import EncoderRecord
 from clanet_store.stores.filters import parse_filters
 from clanet_store.stores.lock import writer_lock
+from clanet_store.stores.query import vectors
 from clanet_store.stores.sequences import SEQUENCE_KEYS
 
 GROUP_COLUMNS = {"image": "image_id", "sequence": "sequence_id"}
@@ -114,14 +111,13 @@ def images_without_patches(store: EmbeddingStore, filters: Sequence[str]) -> pl.
             schema={"path": pl.String, "well": pl.String, "timepoint_h": pl.Float64}
         )
     empty = (col("status") == "ok") & (col("patch_count") == 0)
-    return store.images(
-        ["path", "well", "timepoint_h"], where=empty if where is None else where & empty
-    ).sort("path")
+    images = store.query("images").where(where).where(empty)
+    return images.select("path", "well", "timepoint_h").to_polars().sort("path")
 
 
 def _selection(
     store: EmbeddingStore,
-    model: dict,
+    model: EncoderRecord,
     filters: Sequence[str],
     role: str,
     k: int | None,
@@ -131,14 +127,15 @@ def _selection(
     the selection that have no patches at all, ``empty``)."""
     text = ",".join(filters)
     try:
-        where = parse_filters(filters, embeddings_schema(model["embedding_dim"]))
+        where = parse_filters(filters, embeddings_schema(model.embedding_dim))
     except ClanetError as exc:
         raise ClanetError(f"{role} filter: {exc}") from None
     if where is None:
         raise ClanetError(f"{role} filter is empty: give at least one column=value")
     if k is not None:
         where = where & (col("rank") < k)
-    table = store.embeddings_arrow(where, [*KEY_COLUMNS, "embedding"], model["model_id"])
+    rows = store.query("embeddings", model.model_id).where(where)
+    table = rows.select(*KEY_COLUMNS, "embedding").to_arrow()
     if table.num_rows == 0:
         top = f" among the top {k} patches per image" if k is not None else ""
         blank = (
@@ -149,7 +146,7 @@ def _selection(
         )
         raise ClanetError(
             f"{store.path}: {role} filter {text!r} selects no embeddings of model "
-            f"{model['model_id']}{top}{blank}"
+            f"{model.model_id}{top}{blank}"
         )
     return table
 
@@ -233,7 +230,7 @@ def run_qc(
     """Drift, online drift (``window`` images, if given) and anomaly scores; see the module doc."""
     params = params or QCParams()
     store = EmbeddingStore(store_path)
-    model = store.model_row(model_id)
+    model = store.encoder(model_id)
     ref = _selection(store, model, reference_filters, "reference", params.k)
     empty = images_without_patches(store, new_filters)
     new = _selection(store, model, new_filters, "new", params.k, empty)
@@ -247,11 +244,11 @@ def run_qc(
     meta = pl.from_arrow(new.select(list(KEY_COLUMNS)))
     drift, online, unit = _drift(x, y, ref, new, meta, window, params, progress)
     scores = _anomaly(store, x, ref, y, new, meta, params)
-    key = [model["model_id"], list(reference_filters), list(new_filters), params.k,
+    key = [model.model_id, list(reference_filters), list(new_filters), params.k,
            params.contamination, params.n_trees, params.seed, params.quality]  # fmt: skip
     labels = {
         "run_id": short_hash(json.dumps(key)),
-        "model_id": model["model_id"],
+        "model_id": model.model_id,
         "reference": ",".join(reference_filters),
         "new": ",".join(new_filters),
     }
@@ -259,11 +256,11 @@ def run_qc(
     images = _image_summary(store, scores)
     anomaly = _anomaly_summary(scores, images, params)
     if heatmap is not None:
-        title = f"max image anomaly score per well ({model['model_id'][:8]})"
+        title = f"max image anomaly score per well ({model.model_id[:8]})"
         save_plate_heatmap(anomaly.wells, heatmap, title=title, threshold=scores.image_threshold)
     return QCReport(
         **labels,
-        random_init=bool(model["random_init"]),
+        random_init=bool(model.random_init),
         drift_test=drift,
         unit=unit,
         alpha=params.alpha,
@@ -434,7 +431,8 @@ def _quality(store: EmbeddingStore, table: pa.Table) -> np.ndarray:
     """Image-quality statistics (``qc.quality``) of a selection's patches, in its row order,
     read from the Zarr store in chunk order, a block at a time."""
     images = table["image_id"].unique().to_pylist()
-    located = store.patches_table(["patch_id", "row"], where=col("image_id").isin(images))
+    patches = store.query("patches").where(col("image_id").isin(images))
+    located = patches.select("patch_id", "row").to_polars()
     wanted = pl.DataFrame({"patch_id": table["patch_id"].to_numpy(zero_copy_only=False)})
     rows = wanted.join(located, on="patch_id", how="left", maintain_order="left")["row"]
     if rows.null_count():
@@ -445,7 +443,7 @@ def _quality(store: EmbeddingStore, table: pa.Table) -> np.ndarray:
     block = 8 * CHUNK
     for start in range(0, len(rows), block):
         part = order[start : start + block]
-        out[part] = patch_quality(store.read_rows(rows[part]))
+        out[part] = patch_quality(store.patch_store.read_rows(rows[part]))
     return out
 
 
@@ -513,8 +511,8 @@ def _write_scores(
         **{name: pl.lit(value) for name, value in labels.items()},
     )
     with writer_lock(store.path, wait=wait):
-        table = lance.open_table(store.db, "qc", create=True)
-        store.register_table("qc")
+        table = lance.open_table(store.patch_store.db, "qc", create=True)
+        store.patch_store.register_table("qc")
         table.delete(col("run_id") == run_id)
         table.add(lance.to_arrow(rows.to_arrow(), "qc"))
 
@@ -528,7 +526,8 @@ def _image_summary(store: EmbeddingStore, scores: _Scores) -> pl.DataFrame:
         flagged=pl.col("image_flagged").any(),
     )
     ids = per_image["image_id"].to_list()
-    paths = store.images(["image_id", "path"], where=col("image_id").isin(ids))
+    images = store.query("images").where(col("image_id").isin(ids))
+    paths = images.select("image_id", "path").to_polars()
     return per_image.join(paths, on="image_id", how="left").sort("score", descending=True)
 
 

@@ -115,15 +115,15 @@ def build_index(
     """Scalar and vector indexes on one model's embeddings table; compact and prune versions."""
     start = time.perf_counter()
     store = EmbeddingStore(store_path)
-    model = store.model_row(model_id)
+    model = store.encoder(model_id)
     with writer_lock(store.path, wait=wait):
-        table = store.table(model["table"])
-        for name in ("images", "patches", model["table"]):
+        table = store.table(model.table)
+        for name in ("images", "patches", model.table):
             store.table(name).optimize(cleanup_older_than=KEEP_VERSIONS)
         rows = table.count_rows()
         for column, kind in SCALAR_INDEXES.items():
             table.create_index(column, config=kind(), replace=True)
-        # search reads images missing from its memo (EmbeddingStore.image_rows) by image_id:
+        # search reads images missing from its memo (EmbeddingStore._image_rows) by image_id:
         # with this B-tree 5 ms instead of a scan, 8 ms on 10,000 images (load ~5).
         store.table("images").create_index("image_id", config=BTree(), replace=True)
         params: dict[str, Any] = {}
@@ -132,8 +132,8 @@ def build_index(
             table.create_index("embedding", config=IvfRq(distance_type="cosine", **params))
         table.optimize(cleanup_older_than=KEEP_VERSIONS)
     return IndexReport(
-        model["table"],
-        model["model_id"],
+        model.table,
+        model.model_id,
         rows,
         params,
         sorted(SCALAR_INDEXES),
@@ -182,7 +182,7 @@ def gallery_row(
 ) -> list[tuple[np.ndarray, str]]:
     """A `draw_gallery` row: the query patch, then each neighbour labelled with line / batch,
     time and distance (``keys``: the query's cell_line and batch, or its x and y in a new image)."""
-    neighbours = store.patches(found["patch_id"].to_list())
+    neighbours = store.patch_store.pixels(found["patch_id"].to_list())
     labels = [
         f"{r['cell_line']} / {r['batch']}\n{r['timepoint_h']:.1f} h, d={r['distance']:.3f}"
         for r in found.iter_rows(named=True)
@@ -250,13 +250,13 @@ def search(
     if (patch_id is None) == (image is None):
         raise ClanetError("search needs exactly one of a stored patch id and a new image")
     store = EmbeddingStore(store_path)
-    model = store.model_row(model_id)
-    condition = parse_filters(where, store.table(model["table"]).schema)
+    model = store.encoder(model_id)
+    condition = parse_filters(where, store.table(model.table).schema)
     if patch_id is not None:
-        found = store.search(patch_id, k, condition, model["model_id"], other_batches)
-        keys = store.patch_keys(patch_id, model["model_id"])
+        found = store.search(patch_id, k, condition, model.model_id, other_batches)
+        keys = store.patch_keys(patch_id, model.model_id)
         query = {"patch_id": patch_id, **{c: keys[c] for c in ("cell_line", "batch", "image_id")}}
-        queries = [SearchQuery(query, store.patches([patch_id])[0], found)]
+        queries = [SearchQuery(query, store.patch_store.pixels([patch_id])[0], found)]
     else:
         if other_batches:
             raise ClanetError(f"{image}: a new image has no batch to exclude (other_batches)")
@@ -271,4 +271,4 @@ def search(
         ]
     if gallery is not None:
         draw_gallery([gallery_row(store, q.keys, q.pixels, q.found) for q in queries], gallery)
-    return SearchResult(model["model_id"], queries, None if gallery is None else str(gallery))
+    return SearchResult(model.model_id, queries, None if gallery is None else str(gallery))

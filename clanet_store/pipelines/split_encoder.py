@@ -29,6 +29,7 @@ from clanet_store.pipelines.inductive import encoder_training
 from clanet_store.pipelines.ssl_train import stage_run
 from clanet_store.progress import Progress, as_stage
 from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.encoder_record import EncoderRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,16 +49,18 @@ class SplitEncoder:
         return dataclasses.asdict(self)
 
 
-def given_encoder(row: dict[str, Any], split: Split, checkpoint: str | Path | None) -> SplitEncoder:
-    """The encoder of models row ``row`` for ``split``, as it is (nothing refitted)."""
+def given_encoder(
+    model: EncoderRecord, split: Split, checkpoint: str | Path | None
+) -> SplitEncoder:
+    """The encoder ``model`` for ``split``, as it is (nothing refitted)."""
     return SplitEncoder(
-        _name(split), row["model_id"], "none", **encoder_training(row, split, checkpoint)
+        _name(split), model.model_id, "none", **encoder_training(model, split, checkpoint)
     )
 
 
 def split_encoder(
     store_path: str | Path,
-    base: dict[str, Any],
+    base: EncoderRecord,
     split: Split,
     folder: Path,
     ssl: dict[str, Any] | None = None,
@@ -66,16 +69,16 @@ def split_encoder(
     say: Callable[[str], None] = print,
 ) -> SplitEncoder:
     """The encoder ``split`` is scored on, fitted on its training side where something is
-    fitted (see the module doc); ``base`` is the models row of the store's encoder."""
+    fitted (see the module doc); ``base`` is the store's encoder."""
     if ssl is not None:
         return _dino(store_path, split, folder, ssl, progress, say)
-    if base["arch"] != CLASSIC_ARCH:
+    if base.arch != CLASSIC_ARCH:
         return given_encoder(base, split, ssl_checkpoint)
     encoder = classic_encoder(store_path, split=split)
     encode(store_path, encoder, progress=as_stage(progress, f"encode classic {_name(split)}"))
-    row = EmbeddingStore(store_path).model_row(encoder.model_id)
+    fitted = EmbeddingStore(store_path).encoder(encoder.model_id)
     return SplitEncoder(
-        _name(split), encoder.model_id, "classic statistics", **encoder_training(row, split)
+        _name(split), encoder.model_id, "classic statistics", **encoder_training(fitted, split)
     )
 
 
@@ -102,12 +105,12 @@ def _dino(
     weights = out if out.exists() else None
     encoder = load_encoder(weights, ssl["arch"], "auto", seed=ssl["seed"])
     encode(store_path, encoder, progress=as_stage(progress, f"encode {name}"))
-    row = EmbeddingStore(store_path).model_row(encoder.model_id)
+    trained = EmbeddingStore(store_path).encoder(encoder.model_id)
     return SplitEncoder(
         name,
         encoder.model_id,
         "ssl-train",
-        **encoder_training(row, split, weights),
+        **encoder_training(trained, split, weights),
         checkpoint=None if weights is None else str(weights),
         collapsed=r.collapsed,
     )

@@ -125,9 +125,7 @@ def training_rows(store: PatchStore, k: int, where: Sequence[str]) -> np.ndarray
     """Sorted Zarr rows of the patches with rank < k that pass the ``where`` filters
     (`parse_filters`: ``cell_line=A549``, ``batch!=b2``, typed by the patches schema)."""
     extra = parse_filters(where, load_schema("patches"))
-    expr = col("rank") < k if extra is None else (col("rank") < k) & extra
-    rows = store.patches_table(["row"], where=expr)["row"].to_numpy()
-    return np.sort(rows)
+    return np.sort(store.query("patches").where(col("rank") < k).where(extra).to_numpy("row"))
 
 
 class EpochBatches:

@@ -1,5 +1,5 @@
-"""``info`` and ``repair``: what a store holds (with its encoders' health), and the rebuild of a
-lost ``store.json``, as typed results for the command line."""
+"""``info``: what a store holds (with its encoders' health), as a typed result for the command
+line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 from clanet_store.pipelines.evaluate_encoder import EncoderSummary, encoder_summaries
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.location import StoreLocation
-from clanet_store.stores.repair import RepairReport, repair_store
 from clanet_store.stores.summary import store_info
 
 
@@ -45,9 +44,4 @@ def info(location: StoreLocation) -> InfoReport:
     """Counts per cell line and batch, time range, size, table versions, rejects (`store_info`)
     and every encoder's health and latest evaluation (`encoder_summaries`)."""
     store = EmbeddingStore(location)
-    return InfoReport(**store_info(store), encoders=tuple(encoder_summaries(store)))
-
-
-def repair(location: StoreLocation) -> RepairReport:
-    """Rebuild the store's ``store.json`` (`stores.repair.repair_store`)."""
-    return repair_store(location)
+    return InfoReport(**store_info(store.patch_store), encoders=tuple(encoder_summaries(store)))

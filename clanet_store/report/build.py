@@ -35,6 +35,7 @@ from clanet_store.pipelines.mil import evaluate
 from clanet_store.qc.heatmap import plate_heatmap
 from clanet_store.report import collect, figures, page
 from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.encoder_record import EncoderRecord
 from clanet_store.stores.summary import store_info
 from clanet_store.textout import percent_mean_std
 
@@ -89,7 +90,7 @@ def write_report(
     images = collect.ok_images(store)
     if images.is_empty():
         raise ClanetError(f"{store.path}: no ingested images to report on")
-    info = store_info(store)
+    info = store_info(store.patch_store)
     say("dataset")
     sections = [page.note(text) for text in notes] + [_dataset(info, images)]
     say("confluency and intervals")
@@ -98,7 +99,7 @@ def write_report(
     sections.append(_examples(collect.example_images(store, images, roots=exports)))
     say("encoder health")
     summaries, sequence_evals = collect.encoders(store)
-    encoder = store.model_row(model_id) if summaries else None
+    encoder = store.encoder(model_id) if summaries else None
     variants = {}
     if models:
         say("evaluating models")
@@ -123,7 +124,7 @@ def write_report(
         sections=html.count("<section "),
         images=html.count("<img "),
         models=[str(m) for m in models],
-        encoder_model_id=None if encoder is None else encoder["model_id"],
+        encoder_model_id=None if encoder is None else encoder.model_id,
         encoders=list(summaries),
         warnings=warnings,
         seconds=time.perf_counter() - start,
@@ -336,7 +337,7 @@ def _signal_rows(
 def _embedding_sections(
     store: EmbeddingStore,
     summaries: dict[str, EncoderSummary],
-    encoder: dict[str, Any] | None,
+    encoder: EncoderRecord | None,
     variants: dict[str, Any],
     qc: dict[str, Any] | None,
     k: int,
@@ -360,16 +361,16 @@ def _embedding_sections(
         no_embeddings = page.note("No embeddings yet: run `clanet-store encode` for this section.")
         sections.append(page.section("Patch embeddings", no_embeddings, anchor="embeddings"))
     else:
-        add("t-SNE of the embeddings", encoder["model_id"], "This t-SNE comes from",
+        add("t-SNE of the embeddings", encoder.model_id, "This t-SNE comes from",
             lambda banner: _projection(store, encoder, k, banner))  # fmt: skip
     if variants:
         banners = _model_banners(variants, summaries)
         warnings += banners
         sections.append(_evaluation(variants, banners))
     if encoder is not None:
-        add("neighbour gallery", encoder["model_id"], "These neighbours come from",
+        add("neighbour gallery", encoder.model_id, "These neighbours come from",
             lambda banner: _gallery(store, encoder, banner))  # fmt: skip
-        add("authentication", encoder["model_id"], "These verdicts come from",
+        add("authentication", encoder.model_id, "These verdicts come from",
             lambda banner: _authentication(store, encoder, banner))  # fmt: skip
     if qc is not None:
         add("quality control", qc["model_id"], "This QC run scored the embeddings of",
@@ -378,7 +379,7 @@ def _embedding_sections(
 
 
 def _uses(
-    encoder: dict[str, Any] | None,
+    encoder: EncoderRecord | None,
     variants: dict[str, dict[str, Any]],
     qc: dict[str, Any] | None,
 ) -> dict[str, list[str]]:
@@ -387,7 +388,7 @@ def _uses(
     pairs = [(m, "MIL models") for v in variants.values() for m in v["encoder_model_ids"]]
     if encoder is not None:
         mine = ("t-SNE", "neighbours", "authentication")
-        pairs = [*((encoder["model_id"], use) for use in mine), *pairs]
+        pairs = [*((encoder.model_id, use) for use in mine), *pairs]
     for model_id, use in [*pairs, *([(qc["model_id"], "QC")] if qc else [])]:
         if use not in uses.setdefault(model_id, []):
             uses[model_id].append(use)
@@ -432,16 +433,16 @@ def _model_banners(
     return banners
 
 
-def _encoder_note(encoder: dict[str, Any]) -> str:
+def _encoder_note(encoder: EncoderRecord) -> str:
     return (
-        f"Embeddings of encoder {encoder['model_id']} ({encoder['arch']}, "
-        f"{encoder['embedding_dim']}-d, weights {encoder['weights_source']}); its health and "
+        f"Embeddings of encoder {encoder.model_id} ({encoder.arch}, "
+        f"{encoder.embedding_dim}-d, weights {encoder.weights_source}); its health and "
         "cross-batch numbers are under Encoders."
     )
 
 
-def _projection(store: EmbeddingStore, encoder: dict[str, Any], k: int, banner: str | None) -> str:
-    keys, x = collect.projection_sample(store, encoder["model_id"], k)
+def _projection(store: EmbeddingStore, encoder: EncoderRecord, k: int, banner: str | None) -> str:
+    keys, x = collect.projection_sample(store, encoder.model_id, k)
     if len(keys) < 5:
         return page.section(
             "Patch embeddings",
@@ -536,8 +537,8 @@ def _evaluation(variants: dict[str, dict[str, Any]], banners: Sequence[str]) -> 
     return page.section("Authentication models", *parts, anchor="evaluation")
 
 
-def _gallery(store: EmbeddingStore, encoder: dict[str, Any], banner: str | None) -> str:
-    png, summary = collect.neighbour_gallery(store, encoder["model_id"])
+def _gallery(store: EmbeddingStore, encoder: EncoderRecord, banner: str | None) -> str:
+    png, summary = collect.neighbour_gallery(store, encoder.model_id)
     if png is None:
         return page.section(
             "Nearest neighbours across batches",
@@ -567,8 +568,8 @@ def _gallery(store: EmbeddingStore, encoder: dict[str, Any], banner: str | None)
     )
 
 
-def _authentication(store: EmbeddingStore, encoder: dict[str, Any], banner: str | None) -> str:
-    evaluation, verdicts, strips = collect.authentication(store, encoder["model_id"])
+def _authentication(store: EmbeddingStore, encoder: EncoderRecord, banner: str | None) -> str:
+    evaluation, verdicts, strips = collect.authentication(store, encoder.model_id)
     head = [*([page.banner(banner)] if banner else []), page.paragraph(_encoder_note(encoder))]
     if isinstance(evaluation, str):
         note = page.note(f"authenticate --evaluate cannot run on this store: {evaluation}")

@@ -27,7 +27,8 @@ from clanet_store.pipelines.evaluate_encoder import (
 )
 from clanet_store.pipelines.mil_reports import EvalReport
 from clanet_store.pipelines.search import gallery_row
-from clanet_store.stores.embedding_store import EmbeddingStore, vectors
+from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.query import vectors
 
 # t-SNE of more points than this takes minutes on 2 cores and draws an unreadable blob.
 PROJECTION_POINTS = 2000
@@ -37,7 +38,8 @@ EXAMPLE_WIDTH = 900  # px: the drawings are shown about half this wide
 def ok_images(store: EmbeddingStore) -> pl.DataFrame:
     """The ingested (status ok) images with their keys, time and confluency."""
     columns = ["image_id", "path", "cell_line", "batch", "sequence_id", "timepoint_h"]
-    return store.images([*columns, "confluency"], where=col("status") == "ok")
+    images = store.query("images").where(col("status") == "ok")
+    return images.select(*columns, "confluency").to_polars()
 
 
 def imaging_intervals(images: pl.DataFrame) -> pl.DataFrame:
@@ -84,7 +86,7 @@ def example_images(
     examples = []
     for row in picks.iter_rows(named=True):
         item = {key: row[key] for key in ("cell_line", "batch", "timepoint_h", "path")}
-        source = store.source_file(row["path"], roots)
+        source = store.patch_store.source_file(row["path"], roots)
         if source is None:
             examples.append({**item, "error": "the original file is not under any export root"})
             continue
@@ -115,7 +117,7 @@ def encoders(
     """Every encoder of the store, oldest first, by model id: its patch-level health (from a
     sample, computed here once per report) and latest image-level evaluation
     (`encoder_summaries`); and the latest sequence-level evaluation rows by model id."""
-    if "models" not in store.meta["tables"]:
+    if "models" not in store.patch_store.meta["tables"]:
         return {}, {}
     summaries = {s.encoder.model_id: s for s in encoder_summaries(store)}
     latest = latest_evaluations(store).filter(pl.col("level") == "sequence")
@@ -127,9 +129,8 @@ def projection_sample(
 ) -> tuple[pl.DataFrame, np.ndarray]:
     """Up to ``points`` embeddings of patches with rank < k, drawn at random with ``seed``:
     their keys and their vectors (rows aligned)."""
-    table = store.embeddings_arrow(
-        col("rank") < k, ["patch_id", "cell_line", "batch", "embedding"], model_id
-    )
+    rows = store.query("embeddings", model_id).where(col("rank") < k)
+    table = rows.select("patch_id", "cell_line", "batch", "embedding").to_arrow()
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(table.num_rows, min(points, table.num_rows), replace=False))
     sample = table.take(take)
@@ -159,7 +160,8 @@ def neighbour_gallery(
     """Nearest neighbours from *other* batches of a few query patches (rank 0 patches of
     different cell lines, picked with ``seed``): the gallery PNG and, per query, its neighbours
     and the share of them of the same cell line."""
-    keys = store.embeddings(col("rank") == 0, ["patch_id", "cell_line", "batch"], model_id)
+    rows = store.query("embeddings", model_id).where(col("rank") == 0)
+    keys = rows.select("patch_id", "cell_line", "batch").to_polars()
     if keys.is_empty():
         return None, []
     picks = keys.sample(fraction=1.0, shuffle=True, seed=seed).unique("cell_line", keep="first")
@@ -168,7 +170,7 @@ def neighbour_gallery(
         found = store.search(query["patch_id"], k, None, model_id, other_batches=True)
         if found.is_empty():
             continue
-        pixels = store.patches([query["patch_id"]])[0]
+        pixels = store.patch_store.pixels([query["patch_id"]])[0]
         rows.append(gallery_row(store, query, pixels, found))
         same = float((found["cell_line"] == query["cell_line"]).mean())
         results = found.select("patch_id", "cell_line", "batch", "distance").to_dicts()
@@ -183,19 +185,20 @@ def neighbour_gallery(
 def latest_qc(store: EmbeddingStore) -> dict[str, Any] | None:
     """The newest ``qc`` run of the store (see ``clanet-store qc``): its filters, the maximum
     image score per well, and the flagged images with their paths; None without QC runs."""
-    if "qc" not in store.meta["tables"]:
+    if "qc" not in store.patch_store.meta["tables"]:
         return None
-    frame = pl.from_arrow(store.table("qc").to_arrow())
+    frame = store.query("qc").to_polars()
     if frame.is_empty():
         return None
     newest = frame.sort("created_at").row(-1, named=True)
     run = frame.filter(pl.col("run_id") == newest["run_id"])
     wells = dict(run.group_by("well").agg(pl.col("image_score").max()).iter_rows())
+    paths = store.query("images").select("image_id", "path").to_polars()
     flagged = (
         run.filter(pl.col("image_flagged"))
         .group_by("image_id")
         .agg(pl.col("well", "timepoint_h").first(), score=pl.col("image_score").max())
-        .join(store.images(["image_id", "path"]), on="image_id", how="left")
+        .join(paths, on="image_id", how="left")
         .sort("score", descending=True)
     )
     keep = ("run_id", "model_id", "reference", "new", "created_at")
@@ -253,16 +256,13 @@ def authentication(
     first_image = dict(sequences.iter_rows())
     wanted = [[first_image[v.sequences[0]], *(n.image_id for n in v.nearest)] for v in verdicts]
     ids = sorted({i for row in wanted for i in row})
-    patch_of = dict(
-        store.patches_table(
-            ["image_id", "patch_id"], where=(col("rank") == 0) & col("image_id").isin(ids)
-        ).iter_rows()
-    )
+    firsts = store.query("patches").where((col("rank") == 0) & col("image_id").isin(ids))
+    patch_of = dict(firsts.select("image_id", "patch_id").to_polars().iter_rows())
     rows = []
     for v, images in zip(verdicts, wanted, strict=True):
         if not all(i in patch_of for i in images):
             continue
-        pixels = store.patches([patch_of[i] for i in images])
+        pixels = store.patch_store.pixels([patch_of[i] for i in images])
         labels = [f"{v.unit}\nclaimed {v.claimed}: {v.verdict}"] + [
             f"{n.unit}\nd={n.distance:.3f}" for n in v.nearest
         ]

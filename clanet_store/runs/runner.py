@@ -54,7 +54,8 @@ def store_fingerprint(path: Path) -> str:
     with other parameters."""
     if not (path / "store.json").exists():
         return "missing"
-    images = PatchStore(path).images(["image_id", "content_hash", "status", "extractor_version"])
+    images = PatchStore(path).query("images")
+    images = images.select("image_id", "content_hash", "status", "extractor_version").to_polars()
     rows = images.filter(images["status"] == "ok").sort("image_id")
     columns = ("image_id", "content_hash", "extractor_version")
     return _digest([rows[column].to_list() for column in columns])

@@ -3,13 +3,14 @@ where a store lives (a folder or object storage)."""
 
 __all__ = [
     "embedding_store",
+    "encoder_record",
     "filters",
     "lance",
     "location",
     "lock",
     "manifest",
     "patch_store",
-    "repair",
+    "query",
     "sequence_embeddings",
     "sequences",
     "summary",

@@ -8,8 +8,10 @@ weights source and whether it is a random init, so embeddings of different encod
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,8 +24,11 @@ from lancedb.expr import Expr, col
 from clanet_store.errors import ClanetError
 from clanet_store.schemas import arrow_type, load_schema
 from clanet_store.stores import lance
+from clanet_store.stores.encoder_record import EncoderRecord
 from clanet_store.stores.filters import all_of
+from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.patch_store import CONSISTENCY, PatchStore
+from clanet_store.stores.query import Query
 
 DEFAULT_DIM = 1536
 # Candidates re-ranked with the full vectors, x k: RaBitQ's 1-bit codes alone lose recall.
@@ -83,76 +88,84 @@ def embeddings_schema(dim: int, layout: str = "embeddings") -> pa.Schema:
     return schema.set(i, field.with_type(vector))
 
 
-class EmbeddingStore(PatchStore):
-    """A store with embeddings: tables as polars, vectors as NumPy (zero-copy where possible)."""
+class EmbeddingStore:
+    """A store with embeddings: the store's `PatchStore` (``patch_store``: store.json, the patch
+    array and pixels, the writer side) and the encoders, embeddings and search on top of it.
+    `query` reads every table; vectors come out as NumPy (zero-copy where possible)."""
 
-    # (version, rows oldest first, model_id -> row) of the models table as last read.
-    _models: tuple[int, pl.DataFrame, dict[str, dict]] | None = None
-    # The images table's image_id and IMAGE_COLUMNS, and image_id -> row; see image_rows.
-    _images: tuple[pl.DataFrame, dict[str, int]] | None = None
-    # LanceDB's async connection and the tables opened on it, for searches (see _async_table).
-    _async: tuple[Any, dict[str, Any]] | None = None
+    def __init__(
+        self,
+        path: str | Path | StoreLocation,
+        create: bool = False,
+        consistency: timedelta | None = CONSISTENCY,
+    ):
+        """Open the store at ``path`` (see `PatchStore`: ``create``, writer only; ``consistency``,
+        how stale an open table may read)."""
+        self.patch_store = PatchStore(path, create=create, consistency=consistency)
+        self.path = self.patch_store.path
+        # (version, model_id -> record, oldest first) of the models table as last read.
+        self._models: tuple[int, dict[str, EncoderRecord]] | None = None
+        # The images table's image_id and IMAGE_COLUMNS, and image_id -> row; see _image_rows.
+        self._images: tuple[pl.DataFrame, dict[str, int]] | None = None
+        # LanceDB's async connection and the tables opened on it, for searches (_async_table).
+        self._async: tuple[Any, dict[str, Any]] | None = None
 
-    def models(self) -> pl.DataFrame:
-        """The encoders that wrote embeddings into this store, oldest first (empty before the
+    def table(self, name: str):
+        """The LanceDB table ``name`` (`PatchStore.table`)."""
+        return self.patch_store.table(name)
+
+    def query(self, table: str, model_id: str | None = None) -> Query:
+        """Rows of ``table`` as a `Query`. ``embeddings``: the rows of one encoder (``model_id``;
+        default: `encoder`'s choice) from its ``embeddings_<dim>`` table; any other table as
+        `PatchStore.query` reads it (``patches``: committed rows only)."""
+        if table == "embeddings":
+            return Query(table, partial(self._embeddings, self.encoder(model_id)))
+        if model_id is not None:
+            raise ClanetError(f"query({table!r}): model_id applies to embeddings only")
+        return self.patch_store.query(table)
+
+    def _embeddings(
+        self, model: EncoderRecord, columns: Sequence[str] | None, where: Expr | None
+    ) -> pa.Table:
+        condition = col("model_id") == model.model_id
+        search = self.table(model.table).search().where(all_of([condition, where]))
+        if columns:
+            search = search.select(list(columns))
+        return search.limit(None).to_arrow()
+
+    def encoders(self) -> tuple[EncoderRecord, ...]:
+        """The encoders that wrote embeddings into this store, oldest first (none before the
         first encode).
 
         Read again only when the table has a new version: ``search`` asks on every query, and a
         version check costs ~0.5 ms where a read costs ~3 ms.
         """
-        if self._models is None and "models" not in self.db.list_tables(limit=10_000).tables:
-            return pl.from_arrow(load_schema("models").empty_table())
+        db = self.patch_store.db
+        if self._models is None and "models" not in db.list_tables(limit=10_000).tables:
+            return ()
         table = self.table("models")
         version = table.version
         if self._models is None or self._models[0] != version:
             rows = lance.read(table).sort("created_at", maintain_order=True)
-            self._models = (version, rows, {r["model_id"]: r for r in rows.iter_rows(named=True)})
-        return self._models[1]
+            records = (EncoderRecord.from_row(r) for r in rows.iter_rows(named=True))
+            self._models = (version, {r.model_id: r for r in records})
+        return tuple(self._models[1].values())
 
-    def model_row(self, model_id: str | None = None) -> dict:
-        """The models-table row of ``model_id``; without one, the only (or latest) model, leaving
-        out encoders fitted to one split's training side (an inductive ``ablation`` adds them)
-        unless the store has no other."""
-        models = self.models()
-        if models.height == 0:
+    def encoder(self, model_id: str | None = None) -> EncoderRecord:
+        """The encoder ``model_id``; without one, the only (or latest) encoder, leaving out
+        encoders fitted to one split's training side (an inductive ``ablation`` adds them) unless
+        the store has no other."""
+        encoders = self.encoders()
+        if not encoders:
             raise ClanetError(f"{self.path}: no embeddings yet (run clanet-store encode)")
-        rows = self._models[2]
         if model_id is None:
-            general = [key for key in models["model_id"] if not _fitted_to_split(rows[key])]
-            return dict(rows[(general or models["model_id"].to_list())[-1]])
-        if model_id not in rows:
-            known = ", ".join(models["model_id"])
+            general = [e for e in encoders if not e.fitted_to_split]
+            return (general or encoders)[-1]
+        by_id = self._models[1]
+        if model_id not in by_id:
+            known = ", ".join(by_id)
             raise ClanetError(f"{self.path}: no embeddings of model {model_id} (known: {known})")
-        return dict(rows[model_id])
-
-    def embeddings_table(self, model_id: str | None = None):
-        """The LanceDB table holding ``model_id``'s vectors."""
-        return self.table(self.model_row(model_id)["table"])
-
-    def embeddings_arrow(
-        self,
-        where: Expr | None = None,
-        columns: Sequence[str] | None = None,
-        model_id: str | None = None,
-    ) -> pa.Table:
-        """Embedding rows of one model (default: the latest), filtered, as an Arrow table."""
-        model = self.model_row(model_id)
-        query = col("model_id") == model["model_id"]
-        if where is not None:
-            query = query & where
-        search = self.table(model["table"]).search().where(query)
-        if columns:
-            search = search.select(list(columns))
-        return search.limit(None).to_arrow()
-
-    def embeddings(
-        self,
-        where: Expr | None = None,
-        columns: Sequence[str] | None = None,
-        model_id: str | None = None,
-    ) -> pl.DataFrame:
-        """Embedding rows as a polars DataFrame (the ``embedding`` column is an Array column)."""
-        return pl.from_arrow(self.embeddings_arrow(where, columns, model_id))
+        return by_id[model_id]
 
     def search(
         self,
@@ -174,10 +187,10 @@ class EmbeddingStore(PatchStore):
         written, so the next search sees it; a search racing that first write finds the other
         model's rows among its hits and searches again with the condition.
         """
-        model = self.model_row(model_id)
+        model = self.encoder(model_id)
         conditions = [where]
         if isinstance(query, str):
-            keys = self.patch_keys(query, model["model_id"])
+            keys = self.patch_keys(query, model.model_id)
             conditions.append(col("patch_id") != query)
             if other_batches:
                 conditions.append(
@@ -186,21 +199,19 @@ class EmbeddingStore(PatchStore):
             query = keys["embedding"]
         elif other_batches:
             raise ClanetError("other_batches needs a stored patch id as the query")
-        if query.shape != (model["embedding_dim"],):
+        if query.shape != (model.embedding_dim,):
             raise ClanetError(
-                f"query vector has shape {query.shape}, the model gives {model['embedding_dim']}-d"
+                f"query vector has shape {query.shape}, the model gives {model.embedding_dim}-d"
             )
-        own = col("model_id") == model["model_id"]
-        shared = sum(r["table"] == model["table"] for r in self._models[2].values()) > 1
-        found = self._nearest(
-            model["table"], query, k, all_of([own if shared else None, *conditions])
-        )
-        if not shared and (found["model_id"] != model["model_id"]).any():
-            found = self._nearest(model["table"], query, k, all_of([own, *conditions]))
-        images = self.image_rows(found["image_id"].to_list())
+        own = col("model_id") == model.model_id
+        shared = sum(e.table == model.table for e in self._models[1].values()) > 1
+        found = self._nearest(model.table, query, k, all_of([own if shared else None, *conditions]))
+        if not shared and (found["model_id"] != model.model_id).any():
+            found = self._nearest(model.table, query, k, all_of([own, *conditions]))
+        images = self._image_rows(found["image_id"].to_list())
         return pl.concat([found, images], how="horizontal").select(RESULT_COLUMNS)
 
-    def image_rows(self, image_ids: list[str]) -> pl.DataFrame:
+    def _image_rows(self, image_ids: list[str]) -> pl.DataFrame:
         """``IMAGE_COLUMNS`` of each image, in order (nulls for an id the images table lacks).
 
         From a memo of the images table, read on first use (0.2 s at 100,000 images), because
@@ -210,13 +221,14 @@ class EmbeddingStore(PatchStore):
         entry never goes stale; images ingested later are read when first asked for.
         """
         columns = ["image_id", *IMAGE_COLUMNS]
+        images = self.query("images").select(*columns)
         if self._images is None:
-            table = self.images(columns)
+            table = images.to_polars()
             self._images = (table, {i: n for n, i in enumerate(table["image_id"])})
         table, rows = self._images
         missing = list({i for i in image_ids if i not in rows})
         if missing:
-            new = self.images(columns, where=col("image_id").isin(missing))
+            new = images.where(col("image_id").isin(missing)).to_polars()
             rows.update({i: table.height + n for n, i in enumerate(new["image_id"])})
             table = table.vstack(new)
             self._images = (table, rows)
@@ -269,11 +281,8 @@ class EmbeddingStore(PatchStore):
 
     def patch_keys(self, patch_id: str, model_id: str | None = None) -> dict:
         """A stored patch's embedding (NumPy), cell line, batch and image id."""
-        rows = self.embeddings(
-            where=col("patch_id") == patch_id,
-            columns=["embedding", "cell_line", "batch", "image_id"],
-            model_id=model_id,
-        )
+        query = self.query("embeddings", model_id).where(col("patch_id") == patch_id)
+        rows = query.select("embedding", "cell_line", "batch", "image_id").to_polars()
         if rows.height == 0:
             raise ClanetError(
                 f"{self.path}: no embedding for patch {patch_id!r} (wrong id or model?)"
@@ -281,16 +290,3 @@ class EmbeddingStore(PatchStore):
         row = rows.row(0, named=True)
         row["embedding"] = np.asarray(row["embedding"], dtype=np.float32)
         return row
-
-
-def vectors(table: pa.Table, column: str = "embedding") -> np.ndarray:
-    """The vectors of an Arrow table as an (n, dim) float32 array; no copy when the column is
-    one chunk (LanceDB results usually are): flatten and to_numpy view the Arrow buffer."""
-    array = table.column(column)
-    chunk = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
-    return chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, array.type.list_size)
-
-
-def _fitted_to_split(row: dict) -> bool:
-    """Whether a models row's encoder was fitted on one split's training side only."""
-    return json.loads(row["config"]).get("fit_sequences") is not None

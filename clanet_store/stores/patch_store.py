@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from clanet_store.errors import ClanetError
 from clanet_store.schemas import load_schema, schema_version
 from clanet_store.stores import lance
 from clanet_store.stores.location import StoreLocation
+from clanet_store.stores.query import Query
 
 STORE_FORMAT = "clanet-store"
 STORE_VERSION = 1
@@ -171,7 +173,8 @@ def check_creatable(path: StoreLocation) -> None:
 
 
 class PatchStore:
-    """A store directory: tables as polars DataFrames, patch pixels as NumPy arrays."""
+    """A store: store.json, its tables (read with `query`) and the patch array (pixels as NumPy
+    arrays); the writer side (slots, tables, exports) for ``ingest``."""
 
     def __init__(
         self,
@@ -248,19 +251,19 @@ class PatchStore:
             self._tables[name] = lance.open_table(self.db, name, create is not None, layout)
         return self._tables[name]
 
-    def images(
-        self, columns: Sequence[str] | None = None, where: Expr | None = None
-    ) -> pl.DataFrame:
-        """The ``images`` table as a polars DataFrame."""
-        return lance.read(self.table("images"), columns, where)
+    def query(self, table: str) -> Query:
+        """Rows of ``table`` (``images``, ``patches``, ``qc``, ...) as a `Query`. ``patches``
+        gives the committed rows only: rows whose ``(image_id, content_hash, slot)`` an ``images``
+        row with status ok vouches for. Rows of an ingest still running, or killed between its
+        patches and images commits, are invisible there (`uncommitted_patches` lists them)."""
+        if table == "patches":
+            return Query(table, self._committed_patches)
+        return Query(table, partial(self._read, table))
 
-    def patches_table(
-        self, columns: Sequence[str] | None = None, where: Expr | None = None
-    ) -> pl.DataFrame:
-        """The committed rows of the ``patches`` table as a polars DataFrame (``where`` e.g.
-        ``col("rank") < 10``): rows whose ``(image_id, content_hash, slot)`` an ``images`` row
-        with status ok vouches for. Rows of an ingest still running, or killed between its
-        patches and images commits, are invisible here (`uncommitted_patches` lists them)."""
+    def _read(self, name: str, columns: Sequence[str] | None, where: Expr | None) -> pl.DataFrame:
+        return lance.read(self.table(name), columns, where)
+
+    def _committed_patches(self, columns: Sequence[str] | None, where: Expr | None) -> pl.DataFrame:
         wanted = list(columns) if columns else None
         read_cols = None if wanted is None else list(dict.fromkeys([*wanted, *_PATCH_KEYS]))
         rows = _with_slot(lance.read(self.table("patches"), read_cols, where))
@@ -276,7 +279,7 @@ class PatchStore:
 
     def _committed(self) -> pl.DataFrame:
         """``(image_id, content_hash, slot)`` of the images with status ok: the commit markers."""
-        images = self.images(["image_id", "content_hash", "slot", "status"])
+        images = self._read("images", ["image_id", "content_hash", "slot", "status"], None)
         ok = images.filter(pl.col("status") == "ok")
         return ok.select("image_id", "content_hash", pl.col("slot").cast(pl.Int64))
 
@@ -301,10 +304,11 @@ class PatchStore:
         unique, inverse = np.unique(rows, return_inverse=True)
         return self.array.oindex[unique][inverse]
 
-    def patches(self, patch_ids: Sequence[str]) -> np.ndarray:
+    def pixels(self, patch_ids: Sequence[str]) -> np.ndarray:
         """Patch pixels (n, 112, 112) uint8 for these patch ids, in the order given."""
         ids = list(patch_ids)
-        found = self.patches_table(["patch_id", "row"], where=col("patch_id").isin(ids))
+        query = self.query("patches").where(col("patch_id").isin(ids))
+        found = query.select("patch_id", "row").to_polars()
         lookup = dict(zip(found["patch_id"], found["row"], strict=True))
         missing = [p for p in ids if p not in lookup]
         if missing:

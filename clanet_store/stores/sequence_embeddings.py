@@ -41,9 +41,10 @@ from clanet_store.stores.embedding_store import (
     EmbeddingStore,
     embeddings_schema,
     embeddings_table_name,
-    vectors,
 )
+from clanet_store.stores.encoder_record import EncoderRecord
 from clanet_store.stores.patch_store import read_meta, write_meta
+from clanet_store.stores.query import vectors
 from clanet_store.stores.sequences import SEQUENCE_KEYS, load_bags, sequence_filter
 
 LAYOUT = "sequence_embeddings"
@@ -106,12 +107,13 @@ def current_sequences(
     """Every sequence of the model as the table would hold it (``ROW_KEYS``, no vector), and
     the ids of its stale patch embeddings of rank < k (their patch is no longer listed: they
     are not pooled), from the keys alone."""
-    keys = store.embeddings(
-        col("rank") < k,
-        ["patch_id", "image_id", *SEQUENCE_KEYS, "timepoint_h"],
-        model_id,
+    keys = (
+        store.query("embeddings", model_id)
+        .where(col("rank") < k)
+        .select("patch_id", "image_id", *SEQUENCE_KEYS, "timepoint_h")
+        .to_polars()
     )
-    live = store.patches_table(["patch_id"], where=col("rank") < k)
+    live = store.query("patches").where(col("rank") < k).select("patch_id").to_polars()
     stale = keys.join(live, on="patch_id", how="anti")["patch_id"]
     keys = keys.join(live, on="patch_id", how="semi").sort("sequence_id", "timepoint_h", "image_id")
     rows = keys.group_by("sequence_id", maintain_order=True).agg(
@@ -135,17 +137,17 @@ def _sources_key(model_id: str, pooling: Pooling) -> str:
     return model_id if pooling.name == MEAN.name else f"{model_id} {pooling.name}"
 
 
-def _source_versions(store: EmbeddingStore, model: dict) -> dict[str, int]:
+def _source_versions(store: EmbeddingStore, model: EncoderRecord) -> dict[str, int]:
     """The versions of the tables a model's sequence vectors are computed from."""
-    return {name: store.table(name).version for name in ("patches", "images", model["table"])}
+    return {name: store.table(name).version for name in ("patches", "images", model.table)}
 
 
 def is_current(store: EmbeddingStore, model_id: str | None = None, pooling: Pooling = MEAN) -> bool:
     """Whether no table the model's sequence vectors of ``pooling`` come from changed since
     their last update (store.json records the versions; a store without the record is not
     current)."""
-    model = store.model_row(model_id)
-    key = _sources_key(model["model_id"], pooling)
+    model = store.encoder(model_id)
+    key = _sources_key(model.model_id, pooling)
     recorded = read_meta(store.path).get(SOURCES_KEY, {}).get(key)
     return recorded == _source_versions(store, model)
 
@@ -160,12 +162,12 @@ def update_sequence_embeddings(
     """Bring the model's sequence vectors of ``pooling`` up to date (see the module doc). The
     caller holds the writer lock."""
     start = time.perf_counter()
-    model = store.model_row(model_id)
-    mid, dim = model["model_id"], model["embedding_dim"]
+    model = store.encoder(model_id)
+    mid, dim = model.model_id, model.embedding_dim
     sources = _source_versions(store, model)
     name = sequence_table_name(dim)
-    table = store.table(name, create=embeddings_schema(dim, LAYOUT))
-    store.register_table(name)
+    table = store.patch_store.table(name, create=embeddings_schema(dim, LAYOUT))
+    store.patch_store.register_table(name)
     current, stale = current_sequences(store, mid, pooling.k)
     stored = lance.read(table, ["row_id", "sequence_id", "fingerprint"], _model_rows(mid, pooling))
     pairs = ["sequence_id", "fingerprint"]
@@ -183,7 +185,7 @@ def update_sequence_embeddings(
     meta = read_meta(store.path)
     meta.setdefault(SOURCES_KEY, {})[_sources_key(mid, pooling)] = sources
     write_meta(store.path, meta)
-    store.meta = meta
+    store.patch_store.meta = meta
     return SequenceTableUpdate(
         model_id=mid,
         table=name,
@@ -198,7 +200,7 @@ def update_sequence_embeddings(
 
 def _pool(
     store: EmbeddingStore,
-    model: dict,
+    model: EncoderRecord,
     todo: pl.DataFrame,
     stale: pl.Series,
     progress: Callable[[int, int], None] | None,
@@ -207,17 +209,17 @@ def _pool(
     patch vectors read. Each streamed row finds its sequence by ``sequence_id`` (a join on
     ``todo``'s few ids: one on the patch ids, against every pooled patch, cost 0.2-0.5 s per
     batch at 1 M); the ``stale`` patches are dropped by id, and only when there are any."""
-    dim = model["embedding_dim"]
+    dim = model.embedding_dim
     sums = np.zeros((todo.height, dim), np.float64)
     if todo.height == 0:
         return sums.astype(np.float32), 0
     codes = todo.select("sequence_id").with_row_index("code")
-    where = _pooled_patch_rows(model["model_id"])
+    where = _pooled_patch_rows(model.model_id)
     if todo.height <= IN_LIST_MAX:
         where = where & col("sequence_id").isin(todo["sequence_id"].to_list())
     columns = ["sequence_id", "embedding", *(["patch_id"] if len(stale) else [])]
     reader = (
-        store.table(model["table"])
+        store.table(model.table)
         .search()
         .where(where)
         .select(columns)
@@ -237,7 +239,7 @@ def _pool(
     if read != expected:
         raise ClanetError(
             f"{store.path}: read {read} of {expected} patch embeddings of model "
-            f"{model['model_id']} (a writer changed them?); run the same command again"
+            f"{model.model_id} (a writer changed them?); run the same command again"
         )
     counts = todo["n_patches"].to_numpy().astype(np.float64)
     return (sums / counts[:, None]).astype(np.float32), read
@@ -297,11 +299,11 @@ def read_sequences(
 ) -> tuple[pl.DataFrame, np.ndarray]:
     """The model's sequence rows of ``pooling`` selected by ``where`` (keys without the vector)
     and their vectors (n, dim) float32."""
-    model = store.model_row(model_id)
-    name = sequence_table_name(model["embedding_dim"])
-    if name not in store.db.list_tables(limit=10_000).tables:
+    model = store.encoder(model_id)
+    name = sequence_table_name(model.embedding_dim)
+    if name not in store.patch_store.db.list_tables(limit=10_000).tables:
         raise ClanetError(f"{store.path}: no sequence vectors yet (run clanet-store encode)")
-    query = _model_rows(model["model_id"], pooling)
+    query = _model_rows(model.model_id, pooling)
     if where is not None:
         query = query & where
     table = store.table(name).search().where(query).limit(None).to_arrow()

@@ -80,10 +80,9 @@ def _patches(
     if k < 1:
         raise ClanetError(f"k must be >= 1, got {k}")
     expr = col("rank") < k if where is None else (col("rank") < k) & where
-    table = store.embeddings_arrow(
-        expr, [*KEY_COLUMNS, "embedding"] if with_vectors else KEY_COLUMNS, model_id
-    )
-    live = store.patches_table(["patch_id"], where=col("rank") < k)
+    columns = [*KEY_COLUMNS, "embedding"] if with_vectors else KEY_COLUMNS
+    table = store.query("embeddings", model_id).where(expr).select(*columns).to_arrow()
+    live = store.query("patches").where(col("rank") < k).select("patch_id").to_polars()
     frame = (
         pl.from_arrow(table.select(list(KEY_COLUMNS)))
         .with_row_index("row")
@@ -92,7 +91,7 @@ def _patches(
     )
     if frame.height == 0:
         raise ClanetError(
-            f"{store.path}: no patch embeddings of model {store.model_row(model_id)['model_id']} "
+            f"{store.path}: no patch embeddings of model {store.encoder(model_id).model_id} "
             f"with rank < {k} match the filter"
         )
     new_image = frame["image_id"].ne(frame["image_id"].shift()).fill_null(True).to_numpy()

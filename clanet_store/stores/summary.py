@@ -8,23 +8,23 @@ import polars as pl
 
 from clanet_store.stores.patch_store import PatchStore
 
+_IMAGE_COLUMNS = (
+    "image_id",
+    "path",
+    "status",
+    "error",
+    "cell_line",
+    "batch",
+    "sequence_id",
+    "timepoint_h",
+    "patch_count",
+    "confluency",
+)
+
 
 def store_info(store: PatchStore) -> dict[str, Any]:
     """A JSON-ready description of the store."""
-    images = store.images(
-        [
-            "image_id",
-            "path",
-            "status",
-            "error",
-            "cell_line",
-            "batch",
-            "sequence_id",
-            "timepoint_h",
-            "patch_count",
-            "confluency",
-        ]
-    )
+    images = store.query("images").select(*_IMAGE_COLUMNS).to_polars()
     ok = images.filter(pl.col("status") == "ok")
     per_batch = (
         ok.group_by("cell_line", "batch")
@@ -46,7 +46,7 @@ def store_info(store: PatchStore) -> dict[str, Any]:
         "batches": ok.select("cell_line", "batch").n_unique() if ok.height else 0,
         "sequences": ok["sequence_id"].n_unique(),
         "images": ok.height,
-        "patches": store.patches_table(["patch_id"]).height,  # committed rows only
+        "patches": len(store.query("patches").to_numpy("row")),  # committed rows only
         "rejected": rejects.height,
         "t_min_h": ok["timepoint_h"].min(),
         "t_max_h": ok["timepoint_h"].max(),
