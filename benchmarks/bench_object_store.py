@@ -8,14 +8,15 @@ both stages on local disk (the first run in a process loads the JIT-compiled des
 * ``ingest``: `clanet_store.pipelines.ingest.ingest` with one Dask worker into a new store, in a
   temporary folder (the baseline) and under a new ``s3://`` prefix;
 * ``encode``: ``encode --encoder classic`` end to end on each of those stores (`classic_encoder`
-  fits its statistics on the store's patches, then `encode`).
+  fits its statistics on the store's patches, then `encode`), or with ``--encoder vit`` the
+  seeded random-init ViT-S/8 on the CPU (`load_encoder`; a speed number only), built once.
 
 Prints each round, the medians, the ratio s3 / local (issue 22's target: within 1.3x) and the
 HTTP requests the server logged per s3 stage (its request log goes to a temporary file). The
 server is moto, a Python process on the same cores: a ratio measured here bounds the cost of
 going through the object-store layer (HTTP requests, no page cache) more than it predicts a real
 S3 or MinIO. Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_object_store.py
-[--images 12] [--rounds 2]``.
+[--images 12] [--rounds 2] [--encoder classic|vit]``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shared_data import AZGCB
 
 import clanet_store
-from clanet_store.pipelines.encode import classic_encoder, encode
+from clanet_store.pipelines.encode import classic_encoder, encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
 
 
@@ -44,7 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--encoder", choices=("classic", "vit"), default="classic")
     args = parser.parse_args()
+    vit = load_encoder(None, None, "cpu") if args.encoder == "vit" else None
     work = Path(tempfile.mkdtemp(prefix="bench_object_store_"))
     server_log = work / "server.log"
     server = _start_server(server_log)
@@ -54,7 +57,7 @@ def main() -> None:
         requests: dict[str, list[int]] = {}
         warm = str(work / "warm-up")  # untimed: loads the JIT-compiled code and the imports
         ingest(export, warm, workers=1)
-        encode(warm, classic_encoder(warm))
+        encode(warm, vit or classic_encoder(warm))
         for r in range(args.rounds):
             stores = {"local": str(work / f"store{r}"), "s3": f"s3://bench/store{r}"}
             order = ["local", "s3"] if r % 2 == 0 else ["s3", "local"]
@@ -65,7 +68,7 @@ def main() -> None:
                     if stage == "ingest":
                         ingest(export, stores[where], workers=1)
                     else:
-                        encode(stores[where], classic_encoder(stores[where]))
+                        encode(stores[where], vit or classic_encoder(stores[where]))
                     times.setdefault((stage, where), []).append(time.perf_counter() - start)
                     if where == "s3":
                         requests.setdefault(stage, []).append(_requests(server_log) - logged)
@@ -130,7 +133,10 @@ def _print(
     load = os.getloadavg()[0]
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus; load {load:.1f}")
     print(f"clanet_store from {Path(clanet_store.__file__).parent}")
-    print(f"{args.images} images, {args.rounds} rounds; server: moto (python -m moto.server)")
+    print(
+        f"{args.images} images, {args.rounds} rounds, encoder {args.encoder}; "
+        "server: moto (python -m moto.server)"
+    )
     for stage in ("ingest", "encode"):
         medians = {}
         for where in ("local", "s3"):
