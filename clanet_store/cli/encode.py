@@ -72,28 +72,20 @@ def encode(
 ) -> None:
     """Embed every stored patch that has no embedding for this encoder yet (1536-d for ViT-S/8,
     89-d for classic)."""
-    from clanet_store.pipelines.encode import classic_encoder, load_encoder
-    from clanet_store.pipelines.encode import encode as run_encode
+    from clanet_store.pipelines.encode_run import EncoderSpec, encode_store
     from clanet_store.pipelines.encode_workers import Cluster
-    from clanet_store.pipelines.evaluate_encoder import stored_health
 
     if workers and scheduler:
         raise click.UsageError("--workers starts a local cluster: not with --scheduler")
-    cluster = Cluster(workers, scheduler, device) if workers or scheduler else None
     if kind == "classic":
         given = [name for name, value in (("--weights", weights), ("--arch", arch)) if value]
         if given or normalize:
             raise click.UsageError(f"{', '.join(given or ['--normalize'])}: only for --encoder vit")
-        encoder = classic_encoder(store)
-    else:
-        # On a cluster the driver only ships the weights: each worker moves them to its device.
-        local = device if cluster is None else "cpu"
-        encoder = load_encoder(weights, arch, local, seed, normalize)
+    cluster = Cluster(workers, scheduler, device) if workers or scheduler else None
+    spec = EncoderSpec(kind, weights, arch, device, seed, normalize)
     with progress_bars("patch") as update:
-        report = run_encode(store, encoder, batch_size, wait, update, commit_every, cluster)
-    r = report.as_dict()
-    health = stored_health(store, r["model_id"])
-    r["health"] = health.as_dict() if health else None
+        run = encode_store(store, spec, batch_size, wait, update, commit_every, cluster)
+    r, health = run.as_dict(), run.health
     lines = [
         f"{store}: {r['patches_encoded']} patches encoded, {r['patches_skipped']} already had an "
         f"embedding of this model",

@@ -6,6 +6,7 @@ __all__ = [
     "choose_encoder",
     "corrupt",
     "encode",
+    "encode_run",
     "encode_workers",
     "evaluate_encoder",
     "export_profiles",

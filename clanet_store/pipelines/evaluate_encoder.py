@@ -35,7 +35,6 @@ from clanet_store.models.health import EmbeddingHealth, embedding_health
 from clanet_store.stores import lance
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.encoder_record import EncoderRecord
-from clanet_store.stores.location import StoreLocation
 from clanet_store.stores.lock import writer_lock
 from clanet_store.stores.query import vectors
 
@@ -190,13 +189,6 @@ def sample_health(store: EmbeddingStore, model_id: str, seed: int = 0) -> Embedd
         rows = rows.where(col("patch_id") < ids.sort()[HEALTH_ROWS])
     x = rows.to_numpy("embedding")
     return embedding_health(np.asarray(x), seed=seed) if len(x) >= 2 else None
-
-
-def stored_health(
-    store_path: str | Path | StoreLocation, model_id: str, seed: int = 0
-) -> EmbeddingHealth | None:
-    """`sample_health` of a model of the store at ``store_path`` (what ``encode`` prints)."""
-    return sample_health(EmbeddingStore(store_path), model_id, seed)
 
 
 @dataclass(frozen=True)
