@@ -1,7 +1,8 @@
 """A store on a local S3 server against the same store on local disk: ingest and encode.
 
 Starts moto's S3 server (``python -m moto.server``, its own process) on 127.0.0.1, copies
-``--images`` real images of ../shared/data/azgcb_sample into a temporary export and times, in
+``--images`` real images of ../shared/data/azgcb_sample (past its 72, the same files again
+under other field numbers) into a temporary export and times, in
 alternating order per round (to spread machine noise over both), after an untimed warm-up of
 both stages on local disk (the first run in a process loads the JIT-compiled descriptor):
 
@@ -11,8 +12,9 @@ both stages on local disk (the first run in a process loads the JIT-compiled des
   fits its statistics on the store's patches, then `encode`), or with ``--encoder vit`` the
   seeded random-init ViT-S/8 on the CPU (`load_encoder`; a speed number only), built once.
 
-Prints each round, the medians, the ratio s3 / local (issue 22's target: within 1.3x) and the
-HTTP requests the server logged per s3 stage (its request log goes to a temporary file). The
+Prints each round, the medians, the ratio s3 / local (issue 22's target: within 1.3x), the
+HTTP requests the server logged per s3 stage (its request log goes to a temporary file) and the
+CPU seconds the server spent on them (on the same cores as the client). The
 server is moto, a Python process on the same cores: a ratio measured here bounds the cost of
 going through the object-store layer (HTTP requests, no page cache) more than it predicts a real
 S3 or MinIO. Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_object_store.py
@@ -32,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shared_data import AZGCB
@@ -55,6 +59,8 @@ def main() -> None:
         export = _export(work / "export", args.images)
         times: dict[tuple[str, str], list[float]] = {}
         requests: dict[str, list[int]] = {}
+        server_cpu: dict[str, list[float]] = {}
+        moto = psutil.Process(server.pid)
         warm = str(work / "warm-up")  # untimed: loads the JIT-compiled code and the imports
         ingest(export, warm, workers=1)
         encode(warm, vit or classic_encoder(warm))
@@ -64,6 +70,7 @@ def main() -> None:
             for stage in ("ingest", "encode"):
                 for where in order:
                     logged = _requests(server_log)
+                    cpu = sum(moto.cpu_times()[:2])
                     start = time.perf_counter()
                     if stage == "ingest":
                         ingest(export, stores[where], workers=1)
@@ -71,8 +78,10 @@ def main() -> None:
                         encode(stores[where], vit or classic_encoder(stores[where]))
                     times.setdefault((stage, where), []).append(time.perf_counter() - start)
                     if where == "s3":
+                        cpu = sum(moto.cpu_times()[:2]) - cpu
+                        server_cpu.setdefault(stage, []).append(cpu)
                         requests.setdefault(stage, []).append(_requests(server_log) - logged)
-        _print(times, requests, args)
+        _print(times, requests, server_cpu, args)
     finally:
         server.kill()
         server.wait()
@@ -116,10 +125,17 @@ def _requests(log: Path) -> int:
 
 
 def _export(root: Path, n: int) -> Path:
-    """``n`` real images (sorted names of azgcb_sample), copied with their folders."""
-    images = sorted(AZGCB.rglob("*.jpg"))[:n]
-    for image in images:
+    """``n`` real images (sorted names of azgcb_sample), copied with their folders; past the
+    sample's 72, copies again under another field (``<prefix>_<well>_<location + 100 k>_...``:
+    a new image to ingest, the same pixels)."""
+    images = sorted(AZGCB.rglob("*.jpg"))
+    for i in range(n):
+        image = images[i % len(images)]
         target = root / image.relative_to(AZGCB)
+        if i >= len(images):
+            prefix, well, location, time_point = image.stem.rsplit("_", 3)
+            location = int(location) + 100 * (i // len(images))
+            target = target.with_name(f"{prefix}_{well}_{location}_{time_point}.jpg")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(image, target)
     return root
@@ -128,6 +144,7 @@ def _export(root: Path, n: int) -> Path:
 def _print(
     times: dict[tuple[str, str], list[float]],
     requests: dict[str, list[int]],
+    server_cpu: dict[str, list[float]],
     args: argparse.Namespace,
 ) -> None:
     load = os.getloadavg()[0]
@@ -147,6 +164,9 @@ def _print(
         ratio = medians["s3"] / medians["local"]
         print(f"  {stage}: s3 / local = {ratio:.2f}x (target <= 1.3)")
         print(f"  {stage} s3 requests per run: {', '.join(map(str, requests[stage]))}")
+        cpu = statistics.median(server_cpu[stage])
+        per = 1e3 * cpu / statistics.median(requests[stage])
+        print(f"  {stage} s3 server CPU: {cpu:.2f} s ({per:.2f} ms per request, same cores)")
 
 
 if __name__ == "__main__":

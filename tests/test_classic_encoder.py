@@ -24,7 +24,8 @@ from clanet_store.models.classic import (
     describe,
     fit_statistics,
 )
-from clanet_store.pipelines.encode import classic_encoder, encoder_for_model
+from clanet_store.pipelines import encode as encode_module
+from clanet_store.pipelines.encode import classic_encoder, classic_fit_rows, encoder_for_model
 from clanet_store.pipelines.ingest import ingest
 from clanet_store.stores.embedding_store import EmbeddingStore
 from clanet_store.stores.query import vectors
@@ -178,6 +179,21 @@ def test_predict_a_new_export_with_the_recorded_statistics(store_path, tmp_path)
     p = _ok([*predict, "--export", str(export)])
     assert p["encode"]["model_id"] == first.model_id and p["encode"]["patches_encoded"] > 0
     assert classic_encoder(store).model_id == first.model_id  # statistics stay frozen
+
+
+def test_the_fit_sample_is_whole_images_drawn_until_it_holds_enough(store_path, monkeypatch):
+    store = EmbeddingStore(store_path)
+    patches = store.query("patches").select("image_id", "row").to_polars()
+    assert set(classic_fit_rows(store)) == set(patches["row"])  # a small store: all of it
+    monkeypatch.setattr(encode_module, "FIT_PATCHES", 50)
+    rows = classic_fit_rows(store)
+    assert np.array_equal(rows, classic_fit_rows(store))  # the same draw again
+    drawn = patches.filter(pl.col("row").is_in(rows.tolist()))
+    whole = patches.filter(pl.col("image_id").is_in(drawn["image_id"].unique().implode()))
+    assert drawn.height == whole.height  # every drawn image with all its patches
+    largest = drawn.group_by("image_id").len()["len"].max()
+    assert drawn.height >= 50 > drawn.height - largest  # no more images than it needs
+    assert drawn["image_id"].n_unique() < patches["image_id"].n_unique()
 
 
 def test_classic_refuses_vit_options(store_path):

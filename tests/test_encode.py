@@ -1,5 +1,7 @@
 """encode on a real store: stored vectors equal a direct timm computation, checkpoint formats
-share one path and one model_id, re-runs add nothing, and a SIGKILLed run resumes exactly."""
+share one path and one model_id, re-runs add nothing, and a SIGKILLed run resumes exactly;
+batches never split a Zarr chunk, and a table is compacted only when it has something to
+compact."""
 
 import json
 import shutil
@@ -9,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import lancedb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 import timm
 import torch
@@ -19,7 +23,9 @@ from test_encoder import reference_features
 
 from clanet_store.pipelines.encode import encode, load_encoder
 from clanet_store.pipelines.ingest import ingest
+from clanet_store.stores import lance
 from clanet_store.stores.embedding_store import EmbeddingStore
+from clanet_store.stores.patch_store import SLOT_SIZE, slot_batches
 from clanet_store.stores.query import vectors
 
 BIN = Path(sys.executable).parent
@@ -145,3 +151,29 @@ def test_embeddings_of_replaced_patches_are_removed(tmp_path, shared_data):
     es = EmbeddingStore(store)
     rows = es.query("embeddings").select("patch_id").to_polars()
     assert sorted(rows["patch_id"]) == sorted(es.query("patches").to_polars()["patch_id"])
+
+
+def test_batches_cover_the_rows_in_order_and_never_split_a_slot():
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(50 * SLOT_SIZE, 600, replace=False))
+    for batch_size in (1, 7, 64, 1000):
+        batches = slot_batches(rows, batch_size)
+        assert np.array_equal(np.concatenate(batches), rows)
+        slots = [set((b // SLOT_SIZE).tolist()) for b in batches]
+        assert all(not (a & b) for i, a in enumerate(slots) for b in slots[i + 1 :])
+        assert all(len(b) >= batch_size for b in batches[:-1])
+        assert all(len(b) < batch_size + SLOT_SIZE for b in batches)  # a slot more at most
+    assert slot_batches(np.array([], np.int64), 64) == []
+
+
+def test_compact_runs_only_on_more_than_one_fragment_or_deleted_rows(tmp_path):
+    table = lancedb.connect(tmp_path).create_table("t", pa.table({"a": [1, 2, 3]}))
+    version = table.version
+    assert not lance.compact(table)  # one fragment: nothing to merge
+    assert table.version == version  # and nothing written
+    table.add(pa.table({"a": [4]}))
+    assert lance.compact(table)
+    assert table.stats()["fragment_stats"]["num_fragments"] == 1
+    table.delete("a = 2")
+    assert lance.compact(table, deleted=True)
+    assert sorted(table.to_arrow()["a"].to_pylist()) == [1, 3, 4]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import torch
 from lancedb.expr import col
@@ -52,6 +53,7 @@ from clanet_store.stores.embedding_store import (
 )
 from clanet_store.stores.encoder_record import EncoderRecord
 from clanet_store.stores.lock import writer_lock
+from clanet_store.stores.patch_store import slot_batches
 from clanet_store.stores.sequence_embeddings import update_sequence_embeddings
 from clanet_store.stores.sequences import sequence_filter
 
@@ -112,7 +114,7 @@ def classic_encoder(
     encoder fits the same statistics again. The sample's features are kept in the encoder, so
     the encode that follows does not compute them twice.
     """
-    store = EmbeddingStore(store_path)
+    store = EmbeddingStore(store_path, consistency=None)  # reads once: no version re-checks
     fit_sequences = None if split is None else tuple(split.train)
     for record in store.encoders():
         if record.arch != CLASSIC_ARCH:
@@ -135,15 +137,25 @@ def classic_encoder(
 
 
 def classic_fit_rows(store: EmbeddingStore, split: Split | None = None) -> np.ndarray:
-    """Zarr rows of the classic statistics' sample: up to FIT_PATCHES patches (every rank)
-    drawn with FIT_SEED from the store's patches sorted by patch id, or from those of
-    ``split``'s training sequences only."""
+    """Zarr rows of the classic statistics' sample: all patches of images drawn with FIT_SEED
+    from the store's images sorted by id (or from those of ``split``'s training sequences)
+    until they hold FIT_PATCHES patches, or of every image when they hold fewer.
+
+    Whole images, because an image's patches are one Zarr chunk: the fit reads about
+    FIT_PATCHES / 20 chunks, where a draw of single patches from a large store reads up to
+    FIT_PATCHES of them (a request each on object storage; BENCHMARKS.md). The draw depends
+    only on the image ids and their patch counts, so a killed run fits the same again."""
     where = None if split is None else sequence_filter(split.train)
-    patches = store.query("patches").where(where).select("patch_id", "row").to_polars()
-    patches = patches.sort("patch_id")
-    rng = np.random.default_rng(FIT_SEED)
-    pick = np.sort(rng.choice(patches.height, min(FIT_PATCHES, patches.height), replace=False))
-    return patches["row"].to_numpy()[pick]
+    patches = store.query("patches").where(where).select("patch_id", "image_id", "row")
+    patches = patches.to_polars()
+    sizes = patches.group_by("image_id").len().sort("image_id")
+    order = np.random.default_rng(FIT_SEED).permutation(sizes.height)
+    enough = np.searchsorted(np.cumsum(sizes["len"].to_numpy()[order]), FIT_PATCHES) + 1
+    drawn = sizes["image_id"].gather(order[:enough])
+    # In patch id order, as before whole images: a store of up to FIT_PATCHES patches keeps
+    # the statistics (and the model_id) it had then.
+    sample = patches.filter(pl.col("image_id").is_in(drawn.implode())).sort("patch_id")
+    return sample["row"].to_numpy()
 
 
 def encoder_for_model(
@@ -184,9 +196,8 @@ def encoder_for_model(
 
 def _batches(store: EmbeddingStore, rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     """Patch pixels batch by batch, read by a background thread a few batches ahead."""
-    starts = range(0, len(rows), batch_size)
     read = store.patch_store.read_rows
-    return prefetched((read(rows[s : s + batch_size]) for s in starts), PREFETCH_BATCHES)
+    return prefetched(map(read, slot_batches(rows, batch_size)), PREFETCH_BATCHES)
 
 
 def _local_vectors(
@@ -264,8 +275,7 @@ def encode(
             batches = remote.vectors(rows, batch_size)
         encoded = _commit_batches(table, batches, meta, encoder.model_id, schema, commit_every,
                                   progress)  # fmt: skip
-        if encoded or removed:
-            table.optimize()
+        lance.compact(table, deleted=bool(removed))
         update_sequence_embeddings(store, encoder.model_id)
     seconds = time.perf_counter() - start
     return EncodeReport(

@@ -71,6 +71,23 @@ def upsert(table: lancedb.table.Table, rows: pa.Table, key: str) -> None:
     table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(data)
 
 
+def compact(table: lancedb.table.Table, deleted: bool = False) -> bool:
+    """LanceDB's ``optimize`` (compaction, index update, cleanup of versions over 7 days old) of
+    a table that has something to compact: more than one fragment, or ``deleted`` rows. Returns
+    whether it ran.
+
+    A table of one fragment and no deletions has nothing to merge, and no rows outside an index
+    (an index implies earlier rows, so an append after it is a second fragment); ``optimize``
+    there would only run its cleanup, which lists 9 prefixes of the table: 9 requests on
+    object storage that delete nothing younger than 7 days. The cleanup runs with the next
+    compaction instead, so old versions do not pile up.
+    """
+    if not deleted and table.stats()["fragment_stats"]["num_fragments"] <= 1:
+        return False
+    table.optimize()
+    return True
+
+
 def delete_where_in(table: lancedb.table.Table, column: str, values: Iterable[str]) -> int:
     """Delete rows whose ``column`` is one of ``values`` (in chunks); return how many were asked."""
     values = list(dict.fromkeys(values))

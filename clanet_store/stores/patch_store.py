@@ -62,6 +62,23 @@ class StoreVersionError(ClanetError):
     """The store was written by a newer clanet-store with a layout this code does not know."""
 
 
+def slot_batches(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Sorted array ``rows`` cut into batches of at least ``batch_size`` rows (the last may be
+    shorter) that never split an image slot, so each Zarr chunk is read by one batch only
+    (a 64-row batch over 20-row chunks read a fifth of the chunks twice: one more request each
+    on object storage)."""
+    rows = np.asarray(rows)
+    batches: list[np.ndarray] = []
+    start = 0
+    for cut in np.flatnonzero(np.diff(rows // SLOT_SIZE)) + 1:  # where a new slot begins
+        if cut - start >= batch_size:
+            batches.append(rows[start:cut])
+            start = int(cut)
+    if start < len(rows):
+        batches.append(rows[start:])
+    return batches
+
+
 def table_layout(table: str) -> str:
     """The schema file a table follows: ``embeddings_<dim>`` tables follow ``embeddings``,
     ``sequence_embeddings_<dim>`` tables ``sequence_embeddings``."""

@@ -181,7 +181,7 @@ def update_sequence_embeddings(
         lance.upsert(table, _rows(todo, pooled, mid, dim, pooling), "row_id")
     lance.delete_where_in(table, "row_id", gone)
     if todo.height or gone:
-        table.optimize()
+        lance.compact(table, deleted=bool(gone))
     meta = read_meta(store.path)
     meta.setdefault(SOURCES_KEY, {})[_sources_key(mid, pooling)] = sources
     write_meta(store.path, meta)
