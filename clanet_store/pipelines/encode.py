@@ -53,7 +53,7 @@ from clanet_store.stores.embedding_store import (
 )
 from clanet_store.stores.encoder_record import EncoderRecord
 from clanet_store.stores.lock import writer_lock
-from clanet_store.stores.patch_store import slot_batches
+from clanet_store.stores.patch_store import PATCH_SIZE, slot_batches
 from clanet_store.stores.sequence_embeddings import update_sequence_embeddings
 from clanet_store.stores.sequences import sequence_filter
 
@@ -195,9 +195,19 @@ def encoder_for_model(
 
 
 def _batches(store: EmbeddingStore, rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    """Patch pixels batch by batch, read by a background thread a few batches ahead."""
+    """Patch pixels in batches of ``batch_size`` rows (the last may be shorter), read a few
+    batches ahead by a background thread in blocks of whole chunks (`slot_batches`), so that no
+    chunk is read twice where a batch boundary falls inside it."""
     read = store.patch_store.read_rows
-    return prefetched(map(read, slot_batches(rows, batch_size)), PREFETCH_BATCHES)
+    blocks = prefetched(map(read, slot_batches(rows, batch_size)), PREFETCH_BATCHES)
+    pending = np.zeros((0, PATCH_SIZE, PATCH_SIZE), np.uint8)
+    for block in blocks:
+        pending = np.concatenate([pending, block])
+        while len(pending) >= batch_size:
+            yield pending[:batch_size]
+            pending = pending[batch_size:]
+    if len(pending):
+        yield pending
 
 
 def _local_vectors(

@@ -27,7 +27,7 @@ from clanet_store.models.device import inference_context, select_device
 from clanet_store.models.protocol import Encoder
 from clanet_store.pipelines.ingest import dask_client
 from clanet_store.stores.location import StoreLocation
-from clanet_store.stores.patch_store import PatchStore, slot_batches
+from clanet_store.stores.patch_store import PatchStore
 
 # The store a worker process has open, for one run (a later run reopens it: ingest may have
 # grown the patch array since).
@@ -92,11 +92,12 @@ class RemoteEncoder:
     def vectors(self, rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         """The embeddings of ``rows`` batch by batch, in order; a few batches per worker in
         flight, so no worker waits for the driver's commits."""
-        batches = iter(slot_batches(rows, batch_size))
+        starts = iter(range(0, len(rows), batch_size))
         running: deque = deque()
 
         def submit() -> None:
-            for batch in batches:
+            for start in starts:
+                batch = rows[start : start + batch_size]
                 args = (self.run, self.store_path, batch, self.encoder, self.device)
                 running.append(
                     self.client.submit(embed_rows, *args, pure=False, resources=self.resources)

@@ -65,7 +65,7 @@ class StoreVersionError(ClanetError):
 def slot_batches(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Sorted array ``rows`` cut into batches of at least ``batch_size`` rows (the last may be
     shorter) that never split an image slot, so each Zarr chunk is read by one batch only
-    (a 64-row batch over 20-row chunks read a fifth of the chunks twice: one more request each
+    (64-row reads over 20-row chunks read a fifth of the chunks twice: one more request each
     on object storage)."""
     rows = np.asarray(rows)
     batches: list[np.ndarray] = []
