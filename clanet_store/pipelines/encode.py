@@ -152,8 +152,8 @@ def classic_fit_rows(store: EmbeddingStore, split: Split | None = None) -> np.nd
     order = np.random.default_rng(FIT_SEED).permutation(sizes.height)
     enough = np.searchsorted(np.cumsum(sizes["len"].to_numpy()[order]), FIT_PATCHES) + 1
     drawn = sizes["image_id"].gather(order[:enough])
-    # In patch id order, as before whole images: a store of up to FIT_PATCHES patches keeps
-    # the statistics (and the model_id) it had then.
+    # Sorted by patch id, as the single-patch draw was: a store of up to FIT_PATCHES patches
+    # keeps the statistics (and the model_id) that draw gave it.
     sample = patches.filter(pl.col("image_id").is_in(drawn.implode())).sort("patch_id")
     return sample["row"].to_numpy()
 
@@ -285,7 +285,8 @@ def encode(
             batches = remote.vectors(rows, batch_size)
         encoded = _commit_batches(table, batches, meta, encoder.model_id, schema, commit_every,
                                   progress)  # fmt: skip
-        lance.compact(table, deleted=bool(removed))
+        if encoded or removed:
+            lance.compact(table, deleted=bool(removed))
         update_sequence_embeddings(store, encoder.model_id)
     seconds = time.perf_counter() - start
     return EncodeReport(
