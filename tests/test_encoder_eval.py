@@ -16,6 +16,7 @@ from clanet_store.learn.encoder_metrics import (
     cross_batch_metrics,
     exclusion_groups,
     expected_ap,
+    field_bootstrap_ci,
 )
 from clanet_store.models.health import embedding_health
 from clanet_store.pipelines.evaluate_encoder import (
@@ -96,6 +97,8 @@ def test_vectors_of_the_line_give_knn_and_map_one():
     lab = _layout()
     m = _metrics(_vectors(lab["line_id"]), lab)
     assert m.knn_accuracy_cross_batch == 1.0 and m.map_cross_batch == pytest.approx(1.0)
+    assert m.knn_accuracy_cross_batch_ci95 == (1.0, 1.0)  # every field's queries are right
+    assert m.map_cross_batch_ci95 == pytest.approx((1.0, 1.0))
     assert m.knn_accuracy_cross_batch_chance < 0.5 and m.map_cross_batch_chance < 0.5
     assert abs(m.batch_effect_index) < 0.15  # batches of a line are alike
     assert m.group_by == "batch" and m.lines_by_well == ()
@@ -279,3 +282,16 @@ def test_cli_on_a_small_real_store(tmp_path, shared_data):
         and enc["image"]["knn_accuracy_cross_batch"] == (image["knn_accuracy_cross_batch"])
     )
     assert enc["health"]["rows"] == e["patch"]["rows"]
+
+
+def test_the_bootstrap_resamples_whole_fields():
+    rng = np.random.default_rng(1)
+    fields = np.repeat(np.arange(12), 10)  # 12 fields of 10 frames each
+    hits = np.repeat(rng.random(12) < 0.5, 10).astype(float)  # frames of a field agree
+    low, high = field_bootstrap_ci(hits, fields)
+    assert low < hits.mean() < high
+    frame_low, frame_high = field_bootstrap_ci(hits, np.arange(len(hits)))  # as if independent
+    assert high - low > 2 * (frame_high - frame_low)  # 12 fields carry less than 120 frames
+    assert field_bootstrap_ci(hits, fields) == (low, high)  # seeded
+    assert field_bootstrap_ci(np.full(30, 0.25), fields[:30]) == pytest.approx((0.25, 0.25))
+    assert field_bootstrap_ci(np.array([1.0, 0.0]), np.zeros(2)) == (0.5, 0.5)  # one field

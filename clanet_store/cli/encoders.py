@@ -17,8 +17,10 @@ EVAL_COLUMNS = [
     "eff_rank",
     "collapsed",
     "knn",
+    "knn_ci95",
     "knn_chance",
     "map",
+    "map_ci95",
     "map_chance",
     "batch_effect",
     "group_by",
@@ -44,12 +46,18 @@ def evaluation_table_row(level: str, r: dict[str, Any]) -> dict[str, Any]:
         "eff_rank": r["effective_rank"],
         "collapsed": "YES" if r["collapsed"] else "no",
         "knn": r["knn_accuracy_cross_batch"],
+        "knn_ci95": _interval(r["knn_accuracy_cross_batch_ci95"]),
         "knn_chance": r["knn_accuracy_cross_batch_chance"],
         "map": r["map_cross_batch"],
+        "map_ci95": _interval(r["map_cross_batch_ci95"]),
         "map_chance": r["map_cross_batch_chance"],
         "batch_effect": r["batch_effect_index"],
         "group_by": r["group_by"],
     }
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return "-" if bounds is None else f"{bounds[0]:.3f}-{bounds[1]:.3f}"
 
 
 def encoder_banner(model: dict[str, Any], collapsed: bool) -> list[str]:

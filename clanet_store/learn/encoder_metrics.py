@@ -8,9 +8,10 @@ query's neighbours never come from its own group. The metrics, each next to its 
 rankings that keep the neighbours' clumps), ``map_cross_batch`` (equal to copairs' average
 precision, vectorised over query chunks; chance copairs' ``expected_ap``) and
 ``batch_effect_index`` (0 = the nearest same-line neighbours come from the query's own batch no
-more often than chance, 1 = always). Queries: a seeded sample of at most ``max_queries`` rows of
-lines with at least two groups; candidates: every row. The full definitions and why:
-docs/evaluate-encoder.md.
+more often than chance, 1 = always). k-NN and mAP come with a 95 % interval from a bootstrap that
+resamples whole fields (`field_bootstrap_ci`): a field's frames are not independent. Queries: a
+seeded sample of at most ``max_queries`` rows of lines with at least two groups; candidates:
+every row. The full definitions and why: docs/evaluate-encoder.md.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ KNN_K = 20
 KNN_TEMPERATURE = 0.07
 MAX_QUERIES = 2000
 CHANCE_DRAWS = 200  # random placements of the neighbours' groups for the k-NN chance
+BOOTSTRAP_DRAWS = 2000  # resamples of the queries' fields for the 95 % intervals
 QUERY_CHUNK = 128  # queries per similarity block: 128 x 100,000 float32 = 51 MB
 LEVELS = ("patch", "image", "sequence")
 # The keys each level's rows carry (patch rows also carry ``rank``).
@@ -43,6 +45,8 @@ class CrossBatchMetrics:
     knn_accuracy_cross_batch_chance: float | None
     map_cross_batch: float | None
     map_cross_batch_chance: float | None
+    knn_accuracy_cross_batch_ci95: tuple[float, float] | None
+    map_cross_batch_ci95: tuple[float, float] | None
     batch_effect_index: float | None
     batch_effect_queries: int
     group_by: str
@@ -53,6 +57,8 @@ class CrossBatchMetrics:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["lines_by_well"] = list(self.lines_by_well)
+        for key in ("knn_accuracy_cross_batch_ci95", "map_cross_batch_ci95"):
+            d[key] = list(d[key]) if d[key] is not None else None
         return d
 
 
@@ -153,12 +159,15 @@ def cross_batch_metrics(
         observed, expected, most = np.mean(shares, axis=0)
         bei = float((observed - expected) / (most - expected)) if most > expected else None
     some = len(q) > 0
+    hits, aps = (np.concatenate(v) if some else np.zeros(0) for v in (correct, ap))
     return CrossBatchMetrics(
         queries=len(q),
-        knn_accuracy_cross_batch=float(np.concatenate(correct).mean()) if some else None,
+        knn_accuracy_cross_batch=float(hits.mean()) if some else None,
         knn_accuracy_cross_batch_chance=knn_chance if some else None,
-        map_cross_batch=float(np.concatenate(ap).mean()) if some else None,
+        map_cross_batch=float(aps.mean()) if some else None,
         map_cross_batch_chance=float(expected_ap(positive_count, total).mean()) if some else None,
+        knn_accuracy_cross_batch_ci95=field_bootstrap_ci(hits, field[q], seed) if some else None,
+        map_cross_batch_ci95=field_bootstrap_ci(aps, field[q], seed) if some else None,
         batch_effect_index=bei,
         batch_effect_queries=len(shares),
         group_by=group_by_text(lines_by_well, n_lines),
@@ -166,6 +175,22 @@ def cross_batch_metrics(
         k=k,
         temperature=temperature,
     )
+
+
+def field_bootstrap_ci(
+    values: np.ndarray, fields: np.ndarray, seed: int = 0, draws: int = BOOTSTRAP_DRAWS
+) -> tuple[float, float]:
+    """95 % percentile interval of the mean of per-query ``values`` (k-NN hits, APs) when whole
+    fields are drawn with replacement: the frames of one time-lapse field are correlated, so
+    resampling queries one by one would make the interval too narrow. One field: no spread."""
+    _, codes = np.unique(fields, return_inverse=True)
+    n = int(codes.max()) + 1
+    sums = np.bincount(codes, weights=np.asarray(values, np.float64), minlength=n)
+    sizes = np.bincount(codes, minlength=n).astype(np.float64)
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws)
+    means = (counts @ sums) / (counts @ sizes)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def _query_chunks(
