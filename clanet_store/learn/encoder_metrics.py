@@ -187,8 +187,8 @@ def field_bootstrap_ci(
     n = int(codes.max()) + 1
     sums = np.bincount(codes, weights=np.asarray(values, np.float64), minlength=n)
     sizes = np.bincount(codes, minlength=n).astype(np.float64)
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws)
-    means = (counts @ sums) / (counts @ sizes)
+    drawn = np.random.default_rng(seed).integers(0, n, size=(draws, n))  # fields, per draw
+    means = sums[drawn].sum(axis=1) / sizes[drawn].sum(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
 
