@@ -1,7 +1,7 @@
 """encode on a real store: stored vectors equal a direct timm computation, checkpoint formats
 share one path and one model_id, re-runs add nothing, and a SIGKILLed run resumes exactly;
-batches never split a Zarr chunk, and a table is compacted only when it has something to
-compact."""
+reads in whole image slots (Zarr chunks), and a table is compacted only when it has something
+to compact."""
 
 import json
 import shutil

@@ -201,11 +201,12 @@ def _batches(store: EmbeddingStore, rows: np.ndarray, batch_size: int) -> Iterat
     read = store.patch_store.read_rows
     blocks = prefetched(map(read, slot_batches(rows, batch_size)), PREFETCH_BATCHES)
     pending = np.zeros((0, PATCH_SIZE, PATCH_SIZE), np.uint8)
-    for block in blocks:
-        pending = np.concatenate([pending, block])
-        while len(pending) >= batch_size:
-            yield pending[:batch_size]
-            pending = pending[batch_size:]
+    with contextlib.closing(blocks):  # stops the reader thread when the encode stops early
+        for block in blocks:
+            pending = np.concatenate([pending, block])
+            while len(pending) >= batch_size:
+                yield pending[:batch_size]
+                pending = pending[batch_size:]
     if len(pending):
         yield pending
 
